@@ -1,0 +1,111 @@
+//! The admin listener: the Google-shaped IAM policy REST API ([`rest`]), `/healthz`, `/readyz`,
+//! `/metrics` and, in development, the dev issuer's JWK set. Callers authenticate with the same
+//! token validation as Checks, and are authorized by the same IAM rules.
+
+pub mod error;
+pub mod rest;
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::IntoResponse;
+use axum::routing::get;
+
+use crate::authn::bearer::{self, BearerError};
+use crate::authn::{Authenticator, AuthnError, Principal};
+use crate::store::PolicyStore;
+pub use error::ApiError;
+
+/// Shared state of the admin handlers.
+pub struct AdminState {
+    /// The policy store.
+    pub store: Arc<PolicyStore>,
+    /// Caller authentication.
+    pub authenticator: Arc<Authenticator>,
+    /// The project id.
+    pub project: String,
+    /// The organization deployments live under.
+    pub organization: String,
+    /// The dev issuer's JWK set, when running `--dev`.
+    pub dev_jwks: Option<serde_json::Value>,
+    /// Prometheus rendering.
+    pub metrics: metrics_exporter_prometheus::PrometheusHandle,
+}
+
+impl AdminState {
+    /// Authenticates the caller of an admin request.
+    pub async fn caller(&self, headers: &HeaderMap) -> Result<Arc<Principal>, ApiError> {
+        let mut values = headers.get_all(header::AUTHORIZATION).iter();
+        let token = match (values.next(), values.next()) {
+            (None, _) => Err(BearerError::Missing),
+            (Some(_), Some(_)) => Err(BearerError::Multiple),
+            (Some(v), None) => v
+                .to_str()
+                .map_err(|_| BearerError::Malformed)
+                .and_then(bearer::parse),
+        };
+        let token = token.map_err(|e| ApiError::Unauthenticated {
+            message: format!(
+                "Request is missing required authentication credential. Expected OAuth 2 access token: {e}."
+            ),
+            challenge: "invalid_request",
+        })?;
+        self.authenticator
+            .authenticate(token)
+            .await
+            .map_err(|e| match e {
+                AuthnError::InvalidToken(m) => ApiError::Unauthenticated {
+                    message: format!("Request had invalid authentication credentials: {m}."),
+                    challenge: "invalid_token",
+                },
+                AuthnError::InsufficientScope => ApiError::PermissionDenied(
+                    "Request had insufficient authentication scopes.".to_owned(),
+                ),
+                AuthnError::Unavailable(m) => {
+                    tracing::warn!(error = %m, "admin caller verification unavailable");
+                    ApiError::Unavailable(
+                        "token verification is temporarily unavailable".to_owned(),
+                    )
+                }
+            })
+    }
+}
+
+/// The admin router.
+pub fn router(state: Arc<AdminState>) -> Router {
+    Router::new()
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .route("/dev/jwks.json", get(dev_jwks))
+        .merge(rest::routes())
+        .fallback(|| async {
+            ApiError::NotFound("The requested URL was not found on this server.".to_owned())
+        })
+        .with_state(state)
+}
+
+async fn readyz(State(state): State<Arc<AdminState>>) -> impl IntoResponse {
+    // The store is opened before the listener serves, so a served request means it is open.
+    let epoch = state.store.snapshot().epoch;
+    (StatusCode::OK, format!("ready (policy epoch {epoch})\n"))
+}
+
+async fn metrics(State(state): State<Arc<AdminState>>) -> impl IntoResponse {
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        state.metrics.render(),
+    )
+}
+
+async fn dev_jwks(
+    State(state): State<Arc<AdminState>>,
+) -> Result<axum::Json<serde_json::Value>, ApiError> {
+    state
+        .dev_jwks
+        .clone()
+        .map(axum::Json)
+        .ok_or_else(|| ApiError::NotFound("no development issuer is configured".to_owned()))
+}

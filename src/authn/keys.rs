@@ -1,0 +1,329 @@
+//! Issuer key sets: fetched over HTTP (JWK set or Google's x509 map), kept for the response's
+//! `Cache-Control: max-age` within bounds, looked up by `kid`. One fetch per key set at a time;
+//! an unknown `kid` refetches at most once per `min_refresh_interval`; a failed refresh keeps
+//! serving the previous set for a bounded time.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use arc_swap::ArcSwapOption;
+use jsonwebtoken::jwk::Jwk;
+use jsonwebtoken::{Algorithm, DecodingKey};
+
+use crate::config::TokenConfig;
+
+/// Largest key-set response read; a real one is a few KiB.
+const MAX_BODY: usize = 1024 * 1024;
+/// Bounds on how long a fetched set is trusted without a refetch.
+const MIN_MAX_AGE: Duration = Duration::from_secs(60);
+const MAX_MAX_AGE: Duration = Duration::from_secs(24 * 3600);
+/// How long an expired set is still used while its refresh keeps failing.
+const MAX_STALE: Duration = Duration::from_secs(3600);
+/// How many remote key sets are remembered (one per service account with self-signed JWTs).
+const MAX_SETS: u64 = 10_000;
+
+/// One verification key.
+pub struct Key {
+    /// The key, ready for `jsonwebtoken::decode`.
+    pub decoding: DecodingKey,
+    /// The JWK's `alg`, when it names one: the token's `alg` must then be the same.
+    pub alg: Option<Algorithm>,
+}
+
+/// A key set as fetched (or configured).
+pub struct KeySet {
+    by_kid: HashMap<String, Arc<Key>>,
+    /// Keys published without a `kid`.
+    anonymous: Vec<Arc<Key>>,
+    fetched_at: Instant,
+    fresh_until: Instant,
+}
+
+impl KeySet {
+    /// A set that never expires (the development issuer's own key).
+    pub fn fixed(keys: Vec<(String, Key)>) -> KeySet {
+        let now = Instant::now();
+        KeySet {
+            by_kid: keys.into_iter().map(|(k, v)| (k, Arc::new(v))).collect(),
+            anonymous: Vec::new(),
+            fetched_at: now,
+            fresh_until: now + Duration::from_secs(100 * 365 * 24 * 3600),
+        }
+    }
+
+    /// The key for a `kid`; without a `kid`, the only key there is.
+    pub fn find(&self, kid: Option<&str>) -> Option<Arc<Key>> {
+        match kid {
+            Some(kid) => self.by_kid.get(kid).cloned(),
+            None => match (self.by_kid.len(), self.anonymous.len()) {
+                (1, 0) => self.by_kid.values().next().cloned(),
+                (0, 1) => self.anonymous.first().cloned(),
+                _ => None,
+            },
+        }
+    }
+
+    /// Number of keys in the set.
+    pub fn len(&self) -> usize {
+        self.by_kid.len() + self.anonymous.len()
+    }
+
+    /// Whether the set has no key.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// Why no key could be had.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum KeyError {
+    /// The set was fetched and has no such key.
+    #[error("the token's signing key is not in the issuer's key set")]
+    UnknownKey,
+    /// The set could not be fetched and none is cached.
+    #[error("the issuer's key set is unavailable: {0}")]
+    Unavailable(String),
+}
+
+struct Slot {
+    current: ArcSwapOption<KeySet>,
+    /// Single flight: one fetch per key set at a time, shared by every waiting Check.
+    refresh: tokio::sync::Mutex<()>,
+}
+
+/// Remote key sets by URL.
+pub struct KeySets {
+    http: reqwest::Client,
+    slots: moka::sync::Cache<String, Arc<Slot>>,
+    min_refresh: Duration,
+    default_max_age: Duration,
+}
+
+impl KeySets {
+    /// Key sets fetched with `http`, timed by the `[token]` settings.
+    pub fn new(http: reqwest::Client, token: &TokenConfig) -> KeySets {
+        KeySets {
+            http,
+            slots: moka::sync::Cache::builder().max_capacity(MAX_SETS).build(),
+            min_refresh: token.min_refresh_interval,
+            default_max_age: token.default_keys_max_age,
+        }
+    }
+
+    /// The key `kid` of the set at `url`, fetching or refreshing the set when needed.
+    pub async fn key(&self, url: &str, kid: Option<&str>) -> Result<Arc<Key>, KeyError> {
+        let slot = self.slots.get_with_by_ref(url, || {
+            Arc::new(Slot {
+                current: ArcSwapOption::empty(),
+                refresh: tokio::sync::Mutex::new(()),
+            })
+        });
+        let now = Instant::now();
+        let seen = slot.current.load_full();
+        if let Some(set) = &seen {
+            if now < set.fresh_until {
+                if let Some(key) = set.find(kid) {
+                    return Ok(key);
+                }
+                if now.duration_since(set.fetched_at) < self.min_refresh {
+                    return Err(KeyError::UnknownKey);
+                }
+            }
+        }
+        let _flight = slot.refresh.lock().await;
+        // Someone else may have refreshed while this Check waited.
+        let latest = slot.current.load_full();
+        let refreshed = match (&seen, &latest) {
+            (Some(a), Some(b)) => !Arc::ptr_eq(a, b),
+            (None, Some(_)) => true,
+            _ => false,
+        };
+        if refreshed {
+            if let Some(set) = &latest {
+                return set.find(kid).ok_or(KeyError::UnknownKey);
+            }
+        }
+        match self.fetch(url).await {
+            Ok(set) => {
+                let set = Arc::new(set);
+                slot.current.store(Some(set.clone()));
+                set.find(kid).ok_or(KeyError::UnknownKey)
+            }
+            Err(e) => {
+                tracing::warn!(url, error = %e, "key set fetch failed");
+                metrics::counter!("verifyiam_keyset_fetch_errors_total").increment(1);
+                match latest {
+                    Some(set) if Instant::now() < set.fresh_until + MAX_STALE => {
+                        set.find(kid).ok_or(KeyError::UnknownKey)
+                    }
+                    _ => Err(KeyError::Unavailable(e)),
+                }
+            }
+        }
+    }
+
+    async fn fetch(&self, url: &str) -> Result<KeySet, String> {
+        metrics::counter!("verifyiam_keyset_fetches_total").increment(1);
+        let mut response = self
+            .http
+            .get(url)
+            .header(http::header::ACCEPT, "application/json")
+            .send()
+            .await
+            .map_err(|e| format!("request failed: {}", describe(e)))?;
+        let status = response.status();
+        if !status.is_success() {
+            return Err(format!("HTTP {status}"));
+        }
+        let max_age = response
+            .headers()
+            .get(http::header::CACHE_CONTROL)
+            .and_then(|v| v.to_str().ok())
+            .and_then(max_age)
+            .unwrap_or(self.default_max_age)
+            .clamp(MIN_MAX_AGE, MAX_MAX_AGE);
+        let mut body = Vec::new();
+        while let Some(chunk) = response
+            .chunk()
+            .await
+            .map_err(|e| format!("reading the body failed: {}", describe(e)))?
+        {
+            if body.len() + chunk.len() > MAX_BODY {
+                return Err("the key set is larger than 1 MiB".to_owned());
+            }
+            body.extend_from_slice(&chunk);
+        }
+        let mut set = parse_key_set(&body)?;
+        let now = Instant::now();
+        set.fetched_at = now;
+        set.fresh_until = now + max_age;
+        Ok(set)
+    }
+}
+
+/// A short reason for an HTTP failure; the URL is logged separately.
+pub(crate) fn describe(e: reqwest::Error) -> String {
+    if e.is_timeout() {
+        "timed out".to_owned()
+    } else {
+        e.without_url().to_string()
+    }
+}
+
+/// `max-age` of a `Cache-Control` value; `no-cache`/`no-store` count as zero (then clamped up).
+fn max_age(value: &str) -> Option<Duration> {
+    value.split(',').map(str::trim).find_map(|d| {
+        if d.eq_ignore_ascii_case("no-cache") || d.eq_ignore_ascii_case("no-store") {
+            return Some(Duration::ZERO);
+        }
+        let (k, v) = d.split_once('=')?;
+        k.trim()
+            .eq_ignore_ascii_case("max-age")
+            .then(|| {
+                v.trim()
+                    .trim_matches('"')
+                    .parse()
+                    .ok()
+                    .map(Duration::from_secs)
+            })
+            .flatten()
+    })
+}
+
+/// Parses a JWK set (`{"keys":[…]}`) or Google's x509 map (`{"kid":"-----BEGIN CERTIFICATE…"}`).
+/// Keys that do not parse are skipped, so one odd key does not hide the others.
+pub fn parse_key_set(body: &[u8]) -> Result<KeySet, String> {
+    let value: serde_json::Value =
+        serde_json::from_slice(body).map_err(|e| format!("the key set is not JSON: {e}"))?;
+    let Some(object) = value.as_object() else {
+        return Err("the key set is not a JSON object".to_owned());
+    };
+    let now = Instant::now();
+    let mut set = KeySet {
+        by_kid: HashMap::new(),
+        anonymous: Vec::new(),
+        fetched_at: now,
+        fresh_until: now,
+    };
+    if let Some(keys) = object.get("keys") {
+        let Some(keys) = keys.as_array() else {
+            return Err("`keys` is not an array".to_owned());
+        };
+        for raw in keys {
+            let Ok(jwk) = serde_json::from_value::<Jwk>(raw.clone()) else {
+                continue;
+            };
+            if matches!(
+                jwk.common.public_key_use,
+                Some(jsonwebtoken::jwk::PublicKeyUse::Encryption)
+            ) {
+                continue;
+            }
+            let Ok(decoding) = DecodingKey::from_jwk(&jwk) else {
+                continue;
+            };
+            if decoding.family() == jsonwebtoken::AlgorithmFamily::Hmac {
+                // A symmetric key in a public key set could only serve an HMAC forgery.
+                continue;
+            }
+            let alg = raw
+                .get("alg")
+                .and_then(|a| a.as_str())
+                .and_then(|a| a.parse::<Algorithm>().ok());
+            let key = Arc::new(Key { decoding, alg });
+            match jwk.common.key_id {
+                Some(kid) => {
+                    set.by_kid.insert(kid, key);
+                }
+                None => set.anonymous.push(key),
+            }
+        }
+    } else {
+        for (kid, pem) in object {
+            let Some(pem) = pem.as_str() else { continue };
+            let decoding = DecodingKey::from_rsa_pem(pem.as_bytes())
+                .or_else(|_| DecodingKey::from_ec_pem(pem.as_bytes()));
+            if let Ok(decoding) = decoding {
+                set.by_kid.insert(
+                    kid.clone(),
+                    Arc::new(Key {
+                        decoding,
+                        alg: None,
+                    }),
+                );
+            }
+        }
+    }
+    if set.is_empty() {
+        return Err("the key set holds no usable key".to_owned());
+    }
+    Ok(set)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn max_age_is_read_from_cache_control() {
+        assert_eq!(
+            max_age("public, max-age=19845, must-revalidate"),
+            Some(Duration::from_secs(19845))
+        );
+        assert_eq!(max_age("no-store"), Some(Duration::ZERO));
+        assert_eq!(max_age("public"), None);
+    }
+
+    #[test]
+    fn symmetric_and_garbage_keys_are_skipped() {
+        let body = br#"{"keys":[{"kty":"oct","k":"c2VjcmV0","kid":"h"},{"kty":"RSA","kid":"x"}]}"#;
+        assert!(parse_key_set(body).is_err());
+    }
+
+    #[test]
+    fn non_json_is_an_error() {
+        assert!(parse_key_set(b"<html>").is_err());
+        assert!(parse_key_set(b"[1,2]").is_err());
+    }
+}

@@ -1,0 +1,119 @@
+//! Opaque Google access tokens (`ya29.…`), asked of Google's tokeninfo endpoint. The token
+//! travels in the `Authorization` header of a POST, never in a URL. Tokeninfo's numbers arrive
+//! as JSON strings; `email` is present only with the `userinfo.email` scope; HTTP 400 with
+//! `invalid_token` means the token is bad.
+
+use serde::Deserialize;
+
+use super::keys::describe;
+use super::{AuthnError, Verified, unix_now};
+
+/// Largest tokeninfo answer read.
+const MAX_BODY: usize = 64 * 1024;
+
+/// A tokeninfo client.
+pub struct Tokeninfo {
+    http: reqwest::Client,
+    url: String,
+}
+
+#[derive(Deserialize)]
+struct Answer {
+    #[serde(default)]
+    sub: Option<String>,
+    #[serde(default)]
+    email: Option<String>,
+    #[serde(default)]
+    email_verified: Option<serde_json::Value>,
+    #[serde(default)]
+    scope: Option<String>,
+    #[serde(default)]
+    exp: Option<serde_json::Value>,
+    #[serde(default)]
+    expires_in: Option<serde_json::Value>,
+    #[serde(default)]
+    error: Option<String>,
+}
+
+/// A number that may arrive as a JSON number or a JSON string.
+fn number(v: &serde_json::Value) -> Option<u64> {
+    match v {
+        serde_json::Value::Number(n) => n.as_u64(),
+        serde_json::Value::String(s) => s.trim().parse().ok(),
+        _ => None,
+    }
+}
+
+impl Tokeninfo {
+    /// A client for `url`.
+    pub fn new(http: reqwest::Client, url: String) -> Tokeninfo {
+        Tokeninfo { http, url }
+    }
+
+    /// Asks tokeninfo about `token`.
+    pub async fn verify(
+        &self,
+        token: &str,
+        required_scope: &str,
+        leeway: u64,
+    ) -> Result<Verified, AuthnError> {
+        metrics::counter!("verifyiam_tokeninfo_requests_total").increment(1);
+        let response = self
+            .http
+            .post(&self.url)
+            .bearer_auth(token)
+            .header(http::header::ACCEPT, "application/json")
+            .send()
+            .await
+            .map_err(|e| AuthnError::Unavailable(format!("tokeninfo: {}", describe(e))))?;
+        let status = response.status();
+        let body = response
+            .bytes()
+            .await
+            .map_err(|e| AuthnError::Unavailable(format!("tokeninfo: {}", describe(e))))?;
+        if body.len() > MAX_BODY {
+            return Err(AuthnError::Unavailable(
+                "tokeninfo: answer too large".into(),
+            ));
+        }
+        let answer: Option<Answer> = serde_json::from_slice(&body).ok();
+        if status.is_client_error() {
+            // 400 invalid_token (or any 4xx): the token is bad, not the service.
+            return Err(AuthnError::InvalidToken(
+                match answer.and_then(|a| a.error).as_deref() {
+                    Some("invalid_token") | None => "the token is not valid (tokeninfo)",
+                    Some(_) => "the token was refused by tokeninfo",
+                }
+                .into(),
+            ));
+        }
+        if !status.is_success() {
+            return Err(AuthnError::Unavailable(format!("tokeninfo: HTTP {status}")));
+        }
+        let answer = answer
+            .ok_or_else(|| AuthnError::Unavailable("tokeninfo: answer is not JSON".into()))?;
+        let now = unix_now();
+        let expires_at = answer
+            .exp
+            .as_ref()
+            .and_then(number)
+            .or_else(|| answer.expires_in.as_ref().and_then(number).map(|s| now + s))
+            .ok_or_else(|| AuthnError::Unavailable("tokeninfo: answer has no expiry".into()))?;
+        if expires_at + leeway < now {
+            return Err(AuthnError::InvalidToken("the token has expired".into()));
+        }
+        let verified = !matches!(&answer.email_verified, Some(v) if v == &serde_json::json!(false) || v == "false");
+        let email = answer.email.filter(|_| verified);
+        let has_scope = answer
+            .scope
+            .as_deref()
+            .is_some_and(|s| s.split(' ').any(|x| x == required_scope));
+        Ok(Verified {
+            subject: answer.sub.or_else(|| email.clone()),
+            email,
+            issuer: "https://accounts.google.com".to_owned(),
+            expires_at,
+            has_scope,
+        })
+    }
+}

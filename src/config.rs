@@ -1,0 +1,536 @@
+//! The one typed configuration: loaded from TOML, defaults filled in, validated at start.
+//!
+//! Unknown keys are errors (serde's `deny_unknown_fields`), and every validation error names the
+//! field it is about, so a bad file fails fast with a message an operator can act on.
+
+use std::collections::HashSet;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::iam::member::Member;
+
+/// The scope every token must carry unless configured otherwise.
+pub const CLOUD_PLATFORM_SCOPE: &str = "https://www.googleapis.com/auth/cloud-platform";
+/// Where Google publishes a service account's public keys.
+pub const GOOGLE_SA_JWKS_TEMPLATE: &str =
+    "https://www.googleapis.com/service_accounts/v1/metadata/jwk/{email}";
+
+/// A configuration problem, always naming the field.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The TOML did not parse or a key is unknown or has the wrong type.
+    #[error("{0}")]
+    Parse(String),
+    /// A value parsed but is not acceptable.
+    #[error("{field}: {reason}")]
+    Invalid {
+        /// Dotted path of the offending field, e.g. `routes[1].path_prefix`.
+        field: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+}
+
+fn invalid(field: impl Into<String>, reason: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        field: field.into(),
+        reason: reason.into(),
+    }
+}
+
+/// The whole configuration file.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Listeners and the Check deadline.
+    #[serde(default)]
+    pub server: ServerConfig,
+    /// The project, the store and the bootstrap administrators.
+    pub iam: IamConfig,
+    /// Which tokens are trusted and what they must carry.
+    #[serde(default)]
+    pub token: TokenConfig,
+    /// Host/path → deployment, for requests Envoy sends without `context_extensions`.
+    #[serde(default)]
+    pub routes: Vec<RouteConfig>,
+}
+
+/// `[server]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerConfig {
+    /// Envoy ext_authz gRPC and `grpc.health.v1`.
+    #[serde(default = "default_extauthz_addr")]
+    pub extauthz_addr: SocketAddr,
+    /// Admin REST, `/metrics`, `/healthz`, `/readyz`.
+    #[serde(default = "default_admin_addr")]
+    pub admin_addr: SocketAddr,
+    /// No Check answers later than this.
+    #[serde(default = "default_check_deadline", with = "humantime_serde")]
+    pub check_deadline: Duration,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            extauthz_addr: default_extauthz_addr(),
+            admin_addr: default_admin_addr(),
+            check_deadline: default_check_deadline(),
+        }
+    }
+}
+
+fn default_extauthz_addr() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 9001))
+}
+fn default_admin_addr() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 9002))
+}
+fn default_check_deadline() -> Duration {
+    Duration::from_millis(150)
+}
+
+/// `[iam]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IamConfig {
+    /// The project id whose policy is the project-level policy.
+    pub project: String,
+    /// The Apigee organization name; the project id when absent.
+    #[serde(default)]
+    pub organization: Option<String>,
+    /// Directory of the embedded durable store.
+    #[serde(default = "default_store")]
+    pub store: PathBuf,
+    /// Members that always hold `roles/owner` on the project.
+    #[serde(default)]
+    pub bootstrap_admins: Vec<String>,
+}
+
+impl IamConfig {
+    /// The organization name deployments live under.
+    pub fn organization(&self) -> &str {
+        self.organization.as_deref().unwrap_or(&self.project)
+    }
+}
+
+fn default_store() -> PathBuf {
+    PathBuf::from("./verifyiam-data")
+}
+
+/// `[token]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TokenConfig {
+    /// The OAuth scope every token must carry.
+    #[serde(default = "default_scope")]
+    pub required_scope: String,
+    /// Clock skew allowed on `exp`, `nbf` and `iat`.
+    #[serde(default = "default_leeway", with = "humantime_serde")]
+    pub leeway: Duration,
+    /// How long one fetch of a key set may take.
+    #[serde(default = "default_fetch_timeout", with = "humantime_serde")]
+    pub fetch_timeout: Duration,
+    /// An unknown `kid` refetches a key set at most this often.
+    #[serde(default = "default_min_refresh", with = "humantime_serde")]
+    pub min_refresh_interval: Duration,
+    /// Key-set lifetime when the response has no `Cache-Control: max-age`.
+    #[serde(default = "default_keys_max_age", with = "humantime_serde")]
+    pub default_keys_max_age: Duration,
+    /// Trusted JWT issuers.
+    #[serde(default)]
+    pub jwt: Vec<JwtIssuerConfig>,
+    /// Google service-account self-signed JWTs; absent means not accepted.
+    #[serde(default)]
+    pub google_service_accounts: Option<ServiceAccountsConfig>,
+    /// Opaque Google access tokens; absent means not accepted.
+    #[serde(default)]
+    pub tokeninfo: Option<TokeninfoConfig>,
+    /// The local development issuer (`serve --dev` sets it).
+    #[serde(default)]
+    pub dev: Option<DevIssuerConfig>,
+}
+
+impl Default for TokenConfig {
+    fn default() -> Self {
+        Self {
+            required_scope: default_scope(),
+            leeway: default_leeway(),
+            fetch_timeout: default_fetch_timeout(),
+            min_refresh_interval: default_min_refresh(),
+            default_keys_max_age: default_keys_max_age(),
+            jwt: Vec::new(),
+            google_service_accounts: None,
+            tokeninfo: None,
+            dev: None,
+        }
+    }
+}
+
+fn default_scope() -> String {
+    CLOUD_PLATFORM_SCOPE.to_owned()
+}
+fn default_leeway() -> Duration {
+    Duration::from_secs(30)
+}
+fn default_fetch_timeout() -> Duration {
+    Duration::from_secs(2)
+}
+fn default_min_refresh() -> Duration {
+    Duration::from_secs(30)
+}
+fn default_keys_max_age() -> Duration {
+    Duration::from_secs(300)
+}
+
+/// `[[token.jwt]]`: one trusted issuer.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JwtIssuerConfig {
+    /// Exact `iss` value.
+    pub issuer: String,
+    /// Where the issuer's JWK set is published.
+    pub jwks_uri: String,
+    /// Accepted `aud` values; empty means `aud` is not checked.
+    #[serde(default)]
+    pub audiences: Vec<String>,
+}
+
+/// `[token.google_service_accounts]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServiceAccountsConfig {
+    /// Key-set URL with `{email}` where the account's (URL-encoded) email goes.
+    #[serde(default = "default_sa_template")]
+    pub jwks_uri_template: String,
+}
+
+fn default_sa_template() -> String {
+    GOOGLE_SA_JWKS_TEMPLATE.to_owned()
+}
+
+/// `[token.tokeninfo]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TokeninfoConfig {
+    /// Google's tokeninfo endpoint (or a compatible one).
+    pub url: String,
+}
+
+/// `[token.dev]`: a locally held signing key whose tokens are trusted (development only).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DevIssuerConfig {
+    /// The `iss` of tokens it mints.
+    pub issuer: String,
+    /// PKCS#8 PEM file of its P-256 key.
+    pub key_file: PathBuf,
+}
+
+/// `[[routes]]`: requests Envoy sends without `context_extensions` are mapped by host and path.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteConfig {
+    /// Exact host or `*.suffix`; absent matches any host.
+    #[serde(default)]
+    pub host: Option<String>,
+    /// Path prefix, matched on whole segments; longest wins.
+    #[serde(default = "default_prefix")]
+    pub path_prefix: String,
+    /// Organization; defaults to `iam.organization`.
+    #[serde(default)]
+    pub organization: Option<String>,
+    /// Environment of the deployment.
+    pub environment: String,
+    /// Deployment (API proxy) name.
+    pub deployment: String,
+}
+
+fn default_prefix() -> String {
+    "/".to_owned()
+}
+
+impl Config {
+    /// Reads, parses and validates a file.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Config::parse(&text)
+    }
+
+    /// Parses and validates TOML text.
+    pub fn parse(text: &str) -> Result<Config, ConfigError> {
+        let config: Config = toml::from_str(text)
+            .map_err(|e| ConfigError::Parse(e.to_string().trim().to_owned()))?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Checks every value that parsed but may still be wrong.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let d = self.server.check_deadline;
+        if d.is_zero() || d > Duration::from_secs(10) {
+            return Err(invalid(
+                "server.check_deadline",
+                "must be between 1ms and 10s (Envoy's default ext_authz timeout is 200ms)",
+            ));
+        }
+        if self.server.extauthz_addr == self.server.admin_addr
+            && self.server.extauthz_addr.port() != 0
+        {
+            return Err(invalid(
+                "server.admin_addr",
+                "must differ from server.extauthz_addr",
+            ));
+        }
+        check_segment("iam.project", &self.iam.project)?;
+        if let Some(org) = &self.iam.organization {
+            check_segment("iam.organization", org)?;
+        }
+        if self.iam.store.as_os_str().is_empty() {
+            return Err(invalid("iam.store", "must be a directory path"));
+        }
+        for (i, m) in self.iam.bootstrap_admins.iter().enumerate() {
+            Member::parse(m)
+                .map_err(|e| invalid(format!("iam.bootstrap_admins[{i}]"), e.to_string()))?;
+        }
+        self.token.validate()?;
+        for (i, r) in self.routes.iter().enumerate() {
+            r.validate(&format!("routes[{i}]"))?;
+        }
+        Ok(())
+    }
+}
+
+impl TokenConfig {
+    fn validate(&self) -> Result<(), ConfigError> {
+        if self.required_scope.trim().is_empty() || self.required_scope.contains(' ') {
+            return Err(invalid(
+                "token.required_scope",
+                "must be one scope, not empty",
+            ));
+        }
+        if self.leeway > Duration::from_secs(300) {
+            return Err(invalid("token.leeway", "must be at most 5m"));
+        }
+        if self.fetch_timeout.is_zero() {
+            return Err(invalid("token.fetch_timeout", "must be positive"));
+        }
+        if self.default_keys_max_age.is_zero() {
+            return Err(invalid("token.default_keys_max_age", "must be positive"));
+        }
+        let mut seen = HashSet::new();
+        for (i, j) in self.jwt.iter().enumerate() {
+            let field = format!("token.jwt[{i}]");
+            if j.issuer.trim().is_empty() {
+                return Err(invalid(format!("{field}.issuer"), "must not be empty"));
+            }
+            if !seen.insert(j.issuer.as_str()) {
+                return Err(invalid(
+                    format!("{field}.issuer"),
+                    format!("issuer {:?} is configured twice", j.issuer),
+                ));
+            }
+            check_url(&format!("{field}.jwks_uri"), &j.jwks_uri)?;
+        }
+        if let Some(dev) = &self.dev {
+            if !seen.insert(dev.issuer.as_str()) {
+                return Err(invalid(
+                    "token.dev.issuer",
+                    "is also configured in token.jwt",
+                ));
+            }
+        }
+        if let Some(sa) = &self.google_service_accounts {
+            if !sa.jwks_uri_template.contains("{email}") {
+                return Err(invalid(
+                    "token.google_service_accounts.jwks_uri_template",
+                    "must contain {email}",
+                ));
+            }
+            check_url(
+                "token.google_service_accounts.jwks_uri_template",
+                &sa.jwks_uri_template
+                    .replace("{email}", "a%40b.iam.gserviceaccount.com"),
+            )?;
+        }
+        if let Some(t) = &self.tokeninfo {
+            check_url("token.tokeninfo.url", &t.url)?;
+        }
+        Ok(())
+    }
+}
+
+impl RouteConfig {
+    fn validate(&self, field: &str) -> Result<(), ConfigError> {
+        if !self.path_prefix.starts_with('/') {
+            return Err(invalid(
+                format!("{field}.path_prefix"),
+                "must start with '/'",
+            ));
+        }
+        if self.path_prefix.contains(['?', '#']) {
+            return Err(invalid(
+                format!("{field}.path_prefix"),
+                "must not contain '?' or '#'",
+            ));
+        }
+        if let Some(host) = &self.host {
+            let bare = host.strip_prefix("*.").unwrap_or(host);
+            if bare.is_empty() || bare.contains(['*', '/', ' ']) {
+                return Err(invalid(
+                    format!("{field}.host"),
+                    "must be an exact host name or \"*.suffix\"",
+                ));
+            }
+        }
+        if let Some(org) = &self.organization {
+            check_segment(&format!("{field}.organization"), org)?;
+        }
+        check_segment(&format!("{field}.environment"), &self.environment)?;
+        check_segment(&format!("{field}.deployment"), &self.deployment)
+    }
+}
+
+/// A resource-name segment: what Apigee accepts for organization, environment and API names.
+pub(crate) fn is_segment(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 255
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+}
+
+fn check_segment(field: &str, value: &str) -> Result<(), ConfigError> {
+    if is_segment(value) {
+        Ok(())
+    } else {
+        Err(invalid(
+            field,
+            format!("{value:?} is not a valid name (letters, digits, '-', '_', '.')"),
+        ))
+    }
+}
+
+fn check_url(field: &str, value: &str) -> Result<(), ConfigError> {
+    match url::Url::parse(value) {
+        Ok(u) if matches!(u.scheme(), "http" | "https") && u.host().is_some() => Ok(()),
+        _ => Err(invalid(field, format!("{value:?} is not an http(s) URL"))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MINIMAL: &str = "[iam]\nproject = \"demo\"\n";
+
+    #[test]
+    fn defaults_fill_in_a_minimal_file() {
+        let c = Config::parse(MINIMAL).unwrap();
+        assert_eq!(c.server.check_deadline, Duration::from_millis(150));
+        assert_eq!(c.server.extauthz_addr.port(), 9001);
+        assert_eq!(c.token.required_scope, CLOUD_PLATFORM_SCOPE);
+        assert_eq!(c.token.leeway, Duration::from_secs(30));
+        assert_eq!(c.iam.organization(), "demo");
+    }
+
+    #[test]
+    fn unknown_key_is_an_error_naming_it() {
+        let err = Config::parse("[iam]\nproject = \"demo\"\nprojekt = 1\n").unwrap_err();
+        assert!(err.to_string().contains("projekt"), "{err}");
+    }
+
+    #[test]
+    fn bad_duration_names_the_field() {
+        let err = Config::parse("[server]\ncheck_deadline = \"fast\"\n[iam]\nproject = \"demo\"\n")
+            .unwrap_err();
+        assert!(err.to_string().contains("check_deadline"), "{err}");
+    }
+
+    #[test]
+    fn zero_deadline_is_refused() {
+        let err = Config::parse("[server]\ncheck_deadline = \"0s\"\n[iam]\nproject = \"demo\"\n")
+            .unwrap_err();
+        assert!(
+            err.to_string().starts_with("server.check_deadline"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn route_prefix_must_start_with_slash() {
+        let text = format!(
+            "{MINIMAL}[[routes]]\npath_prefix = \"orders\"\nenvironment = \"prod\"\ndeployment = \"orders\"\n"
+        );
+        let err = Config::parse(&text).unwrap_err();
+        assert!(
+            err.to_string().starts_with("routes[0].path_prefix"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn bad_bootstrap_admin_names_the_index() {
+        let err =
+            Config::parse("[iam]\nproject = \"demo\"\nbootstrap_admins = [\"ops\"]\n").unwrap_err();
+        assert!(
+            err.to_string().starts_with("iam.bootstrap_admins[0]"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn jwks_uri_must_be_a_url() {
+        let text = format!("{MINIMAL}[[token.jwt]]\nissuer = \"x\"\njwks_uri = \"nope\"\n");
+        let err = Config::parse(&text).unwrap_err();
+        assert!(
+            err.to_string().starts_with("token.jwt[0].jwks_uri"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn design_example_parses() {
+        let text = r#"
+[server]
+extauthz_addr = "127.0.0.1:9001"
+admin_addr    = "127.0.0.1:9002"
+check_deadline = "150ms"
+[iam]
+project = "demo-project"
+store = "./verifyiam-data"
+bootstrap_admins = ["user:ops@example.com"]
+[token]
+required_scope = "https://www.googleapis.com/auth/cloud-platform"
+[[token.jwt]]
+issuer = "https://accounts.google.com"
+jwks_uri = "https://www.googleapis.com/oauth2/v3/certs"
+audiences = []
+[token.google_service_accounts]
+jwks_uri_template = "https://www.googleapis.com/service_accounts/v1/metadata/jwk/{email}"
+[token.tokeninfo]
+url = "https://oauth2.googleapis.com/tokeninfo"
+[[routes]]
+host = "api.example.com"
+path_prefix = "/orders"
+environment = "prod"
+deployment = "orders"
+"#;
+        let c = Config::parse(text).unwrap();
+        assert_eq!(c.routes.len(), 1);
+        assert_eq!(c.token.jwt[0].issuer, "https://accounts.google.com");
+    }
+}

@@ -1,0 +1,168 @@
+//! [`Decision`] → Envoy's `CheckResponse` (DESIGN §4). A denial is a successful reply with a
+//! non-OK status and an explicit HTTP status, headers and a Google-style JSON body; an allow
+//! overwrites `x-verifyiam-principal` so a client's copy never reaches the backend.
+
+use std::collections::HashMap;
+
+use envoy_types::ext_authz::v3::pb::{
+    CheckResponse, DeniedHttpResponse, HeaderAppendAction, HeaderValue, HeaderValueOption,
+    HttpResponse, HttpStatus, HttpStatusCode, OkHttpResponse,
+};
+use envoy_types::pb::google::protobuf::{Struct, Value, value::Kind};
+use envoy_types::pb::google::rpc;
+
+use crate::authz::{Decision, Denial, Reason};
+
+/// The header that tells the backend who called.
+pub const PRINCIPAL_HEADER: &str = "x-verifyiam-principal";
+const REALM: &str = "verifyiam";
+
+/// gRPC codes used in `CheckResponse.status`.
+mod code {
+    pub const OK: i32 = 0;
+    pub const PERMISSION_DENIED: i32 = 7;
+    pub const UNAVAILABLE: i32 = 14;
+    pub const UNAUTHENTICATED: i32 = 16;
+}
+
+fn header(key: &str, value: impl Into<String>) -> HeaderValueOption {
+    HeaderValueOption {
+        header: Some(HeaderValue {
+            key: key.to_owned(),
+            value: value.into(),
+            ..Default::default()
+        }),
+        // The enum's default is append; Envoy versions differ on the deprecated `append`.
+        append_action: HeaderAppendAction::OverwriteIfExistsOrAdd as i32,
+        ..Default::default()
+    }
+}
+
+fn string(s: &str) -> Value {
+    Value {
+        kind: Some(Kind::StringValue(s.to_owned())),
+    }
+}
+
+fn metadata(
+    decision: &str,
+    reason: &str,
+    principal: Option<&str>,
+    deployment: Option<&str>,
+) -> Struct {
+    let mut fields = HashMap::with_capacity(4);
+    fields.insert("decision".to_owned(), string(decision));
+    fields.insert("reason".to_owned(), string(reason));
+    if let Some(p) = principal {
+        fields.insert("principal".to_owned(), string(p));
+    }
+    if let Some(d) = deployment {
+        fields.insert("deployment".to_owned(), string(d));
+    }
+    Struct { fields }
+}
+
+/// Google's JSON error body.
+pub fn error_body(http: u16, status: &str, message: &str) -> String {
+    serde_json::json!({"error": {"code": http, "message": message, "status": status}}).to_string()
+}
+
+/// Quotes a value for an auth-param, dropping what cannot appear in a quoted-string.
+fn quoted(s: &str) -> String {
+    s.chars()
+        .filter(|c| *c != '"' && *c != '\\' && !c.is_control())
+        .collect()
+}
+
+/// The `CheckResponse` for a decision; `scope` is the required scope (named on
+/// `insufficient_scope`).
+pub fn check_response(decision: &Decision, scope: &str) -> CheckResponse {
+    match decision {
+        Decision::Allow { principal, target } => CheckResponse {
+            status: Some(rpc::Status {
+                code: code::OK,
+                ..Default::default()
+            }),
+            http_response: Some(HttpResponse::OkResponse(OkHttpResponse {
+                headers: vec![header(PRINCIPAL_HEADER, &*principal.id)],
+                ..Default::default()
+            })),
+            dynamic_metadata: Some(metadata(
+                "allow",
+                "ok",
+                Some(&principal.id),
+                Some(&target.name),
+            )),
+        },
+        Decision::Deny(denial) => denied(denial, scope),
+    }
+}
+
+fn denied(d: &Denial, scope: &str) -> CheckResponse {
+    let (grpc, http, status, challenge) = match d.reason {
+        Reason::InvalidRequest => (
+            code::UNAUTHENTICATED,
+            HttpStatusCode::Unauthorized,
+            "UNAUTHENTICATED",
+            Some(format!(
+                "Bearer realm=\"{REALM}\", error=\"invalid_request\", error_description=\"{}\"",
+                quoted(&d.message)
+            )),
+        ),
+        Reason::InvalidToken => (
+            code::UNAUTHENTICATED,
+            HttpStatusCode::Unauthorized,
+            "UNAUTHENTICATED",
+            Some(format!(
+                "Bearer realm=\"{REALM}\", error=\"invalid_token\", error_description=\"{}\"",
+                quoted(&d.message)
+            )),
+        ),
+        Reason::InsufficientScope => (
+            code::PERMISSION_DENIED,
+            HttpStatusCode::Forbidden,
+            "PERMISSION_DENIED",
+            Some(format!(
+                "Bearer realm=\"{REALM}\", error=\"insufficient_scope\", scope=\"{}\"",
+                quoted(scope)
+            )),
+        ),
+        Reason::PermissionDenied | Reason::NoRoute => (
+            code::PERMISSION_DENIED,
+            HttpStatusCode::Forbidden,
+            "PERMISSION_DENIED",
+            None,
+        ),
+        Reason::Unavailable => (
+            code::UNAVAILABLE,
+            HttpStatusCode::ServiceUnavailable,
+            "UNAVAILABLE",
+            None,
+        ),
+    };
+    let mut headers = vec![header("content-type", "application/json")];
+    if let Some(c) = challenge {
+        headers.push(header("www-authenticate", c));
+    }
+    if d.reason == Reason::Unavailable {
+        headers.push(header("retry-after", "1"));
+    }
+    CheckResponse {
+        status: Some(rpc::Status {
+            code: grpc,
+            message: d.message.to_string(),
+            ..Default::default()
+        }),
+        http_response: Some(HttpResponse::DeniedResponse(DeniedHttpResponse {
+            status: Some(HttpStatus { code: http as i32 }),
+            headers,
+            body: error_body(http as i32 as u16, status, &d.message),
+        })),
+        dynamic_metadata: Some(metadata(
+            "deny",
+            d.reason.label(),
+            d.principal.as_ref().map(|p| &*p.id),
+            d.target.as_ref().map(|t| &*t.name),
+        )),
+    }
+}

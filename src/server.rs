@@ -1,0 +1,205 @@
+//! Wiring: builds the stages from a [`Config`] and serves the ext_authz and admin listeners it is
+//! handed until the shutdown future resolves. It binds nothing itself, so tests pass listeners on
+//! `127.0.0.1:0`.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+use tokio_util::sync::CancellationToken;
+
+use crate::admin::{self, AdminState};
+use crate::authn::Authenticator;
+use crate::authn::dev::{DevIssuer, DevKeyError};
+use crate::authz::Authorizer;
+use crate::config::Config;
+use crate::extauthz::{CheckService, Checker};
+use crate::route::Router;
+use crate::store::{PolicyStore, StoreError};
+use envoy_types::ext_authz::v3::pb::AuthorizationServer;
+
+/// Why the service could not start or stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    /// The store did not open.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The development key could not be had.
+    #[error("development issuer: {0}")]
+    DevKey(#[from] DevKeyError),
+    /// The HTTP client for upstreams could not be built.
+    #[error("http client: {0}")]
+    Http(String),
+    /// A listener failed.
+    #[error("{listener} listener: {reason}")]
+    Serve {
+        /// Which one.
+        listener: &'static str,
+        /// Why.
+        reason: String,
+    },
+}
+
+/// The two listeners, already bound.
+pub struct Listeners {
+    /// Envoy ext_authz gRPC + `grpc.health.v1`.
+    pub extauthz: TcpListener,
+    /// Admin REST, metrics, health.
+    pub admin: TcpListener,
+}
+
+/// The built service.
+pub struct App {
+    /// The configuration it was built from.
+    pub config: Config,
+    /// The policy store.
+    pub store: Arc<PolicyStore>,
+    /// Token verification.
+    pub authenticator: Arc<Authenticator>,
+    /// The Check pipeline.
+    pub checker: Arc<Checker>,
+    /// The development issuer, when configured.
+    pub dev: Option<Arc<DevIssuer>>,
+}
+
+impl App {
+    /// Opens the store and builds every stage.
+    pub fn build(config: Config) -> Result<App, ServerError> {
+        let store = Arc::new(PolicyStore::open(
+            &config.iam.store,
+            &config.iam.project,
+            &config.iam.bootstrap_admins,
+        )?);
+        let http = reqwest::Client::builder()
+            .timeout(config.token.fetch_timeout)
+            .connect_timeout(config.token.fetch_timeout)
+            .user_agent(concat!("verifyiam/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .map_err(|e| ServerError::Http(e.to_string()))?;
+        let dev = match &config.token.dev {
+            Some(d) => Some(Arc::new(DevIssuer::load_or_create(&d.issuer, &d.key_file)?)),
+            None => None,
+        };
+        let fixed = dev
+            .iter()
+            .map(|d| (d.issuer().to_owned(), d.key_set()))
+            .collect();
+        let authenticator = Arc::new(Authenticator::new(&config.token, http, fixed));
+        let organization = config.iam.organization().to_owned();
+        let router = Arc::new(Router::new(&organization, &config.routes));
+        let authorizer = Arc::new(Authorizer::new(
+            store.clone(),
+            &config.iam.project,
+            &organization,
+        ));
+        let checker = Arc::new(Checker::new(
+            router,
+            authenticator.clone(),
+            authorizer,
+            config.server.check_deadline,
+            &config.token.required_scope,
+        ));
+        Ok(App {
+            config,
+            store,
+            authenticator,
+            checker,
+            dev,
+        })
+    }
+}
+
+/// Builds the service from `config` and serves until `shutdown` resolves.
+pub async fn run(
+    listeners: Listeners,
+    config: Config,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), ServerError> {
+    let app = App::build(config)?;
+    serve(listeners, app, shutdown).await
+}
+
+/// Serves a built service until `shutdown` resolves.
+pub async fn serve(
+    listeners: Listeners,
+    app: App,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), ServerError> {
+    let stop = CancellationToken::new();
+    let metrics = crate::telemetry::metrics_handle();
+    let upkeep = {
+        let metrics = metrics.clone();
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(5));
+            loop {
+                tokio::select! {
+                    _ = stop.cancelled() => break,
+                    _ = tick.tick() => metrics.run_upkeep(),
+                }
+            }
+        })
+    };
+
+    let (health, health_service) = tonic_health::server::health_reporter();
+    health
+        .set_serving::<AuthorizationServer<CheckService>>()
+        .await;
+    let check = AuthorizationServer::new(CheckService::new(app.checker.clone()));
+    let grpc = {
+        let stop = stop.clone();
+        tonic::transport::Server::builder()
+            .add_service(health_service)
+            .add_service(check)
+            .serve_with_incoming_shutdown(TcpListenerStream::new(listeners.extauthz), async move {
+                stop.cancelled().await
+            })
+    };
+
+    let state = Arc::new(AdminState {
+        store: app.store.clone(),
+        authenticator: app.authenticator.clone(),
+        project: app.config.iam.project.clone(),
+        organization: app.config.iam.organization().to_owned(),
+        dev_jwks: app.dev.as_ref().map(|d| d.jwk_set()),
+        metrics,
+    });
+    let admin = {
+        let stop = stop.clone();
+        axum::serve(listeners.admin, admin::router(state))
+            .with_graceful_shutdown(async move { stop.cancelled().await })
+    };
+
+    let trigger = {
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            shutdown.await;
+            stop.cancel();
+        })
+    };
+    let (grpc, admin) = tokio::join!(
+        async {
+            let r = grpc.await;
+            stop.cancel();
+            r
+        },
+        async {
+            let r = admin.await;
+            stop.cancel();
+            r
+        }
+    );
+    trigger.abort();
+    let _ = upkeep.await;
+    grpc.map_err(|e| ServerError::Serve {
+        listener: "ext_authz",
+        reason: e.to_string(),
+    })?;
+    admin.map_err(|e| ServerError::Serve {
+        listener: "admin",
+        reason: e.to_string(),
+    })?;
+    Ok(())
+}
