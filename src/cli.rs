@@ -55,6 +55,12 @@ pub struct ServeArgs {
     /// Data directory for `--dev`.
     #[arg(long, default_value = ".verifyiam-dev")]
     pub data_dir: PathBuf,
+    /// Overrides `server.extauthz_addr` (port 0 picks a free port; the banner shows it).
+    #[arg(long)]
+    pub extauthz_addr: Option<SocketAddr>,
+    /// Overrides `server.admin_addr`.
+    #[arg(long)]
+    pub admin_addr: Option<SocketAddr>,
     /// Log as JSON lines instead of text.
     #[arg(long)]
     pub log_json: bool,

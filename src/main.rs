@@ -70,7 +70,7 @@ fn runtime() -> tokio::runtime::Runtime {
 
 fn serve(args: ServeArgs) -> ExitCode {
     verifyiam::telemetry::init_logging(args.log_json);
-    let config = match (&args.config, args.dev) {
+    let mut config = match (&args.config, args.dev) {
         (Some(path), _) => match Config::load(path) {
             Ok(c) => c,
             Err(e) => {
@@ -80,6 +80,12 @@ fn serve(args: ServeArgs) -> ExitCode {
         },
         (None, _) => verifyiam::cli::dev_config(&args.data_dir),
     };
+    if let Some(a) = args.extauthz_addr {
+        config.server.extauthz_addr = a;
+    }
+    if let Some(a) = args.admin_addr {
+        config.server.admin_addr = a;
+    }
     runtime().block_on(async move {
         let bind = |addr| async move {
             TcpListener::bind(addr)

@@ -1,0 +1,217 @@
+//! The `verifyiam` binary as a user runs it: `serve --dev`, `token mint`, `check`, `config check`.
+
+use std::path::Path;
+use std::process::Stdio;
+use std::time::Duration;
+
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::Command;
+
+const BIN: &str = env!("CARGO_BIN_EXE_verifyiam");
+
+async fn run(args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(BIN).args(args).output().await.unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+fn addr_after<'a>(line: &'a str, label: &str) -> Option<&'a str> {
+    line.trim_start()
+        .strip_prefix(label)?
+        .split_whitespace()
+        .next()
+        .map(|a| a.trim_start_matches("http://"))
+}
+
+#[tokio::test]
+async fn dev_walkthrough_mint_grant_check_revoke() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().to_str().unwrap();
+    let mut server = Command::new(BIN)
+        .args([
+            "serve",
+            "--dev",
+            "--data-dir",
+            data,
+            "--extauthz-addr",
+            "127.0.0.1:0",
+            "--admin-addr",
+            "127.0.0.1:0",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(server.stdout.take().unwrap()).lines();
+    let (mut extauthz, mut admin) = (None, None);
+    let read = async {
+        while let Some(line) = lines.next_line().await.unwrap() {
+            if let Some(a) = addr_after(&line, "ext_authz gRPC") {
+                extauthz = Some(a.to_owned());
+            }
+            if let Some(a) = addr_after(&line, "admin HTTP") {
+                admin = Some(a.to_owned());
+            }
+            if extauthz.is_some() && admin.is_some() {
+                break;
+            }
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(30), read)
+        .await
+        .expect("banner printed");
+    let (extauthz, admin) = (extauthz.unwrap(), admin.unwrap());
+    assert!(
+        extauthz.starts_with("127.0.0.1:") && admin.starts_with("127.0.0.1:"),
+        "loopback only"
+    );
+
+    let (code, admin_token, err) = run(&[
+        "token",
+        "mint",
+        "--email",
+        "admin@example.com",
+        "--data-dir",
+        data,
+    ])
+    .await;
+    assert_eq!(code, 0, "{err}");
+    let (_, alice, _) = run(&[
+        "token",
+        "mint",
+        "--email",
+        "alice@example.com",
+        "--data-dir",
+        data,
+    ])
+    .await;
+    let (admin_token, alice) = (admin_token.trim().to_owned(), alice.trim().to_owned());
+    let addr = format!("http://{extauthz}");
+    let check_args = [
+        "check",
+        "--addr",
+        &addr,
+        "--deployment",
+        "prod/orders",
+        "--token",
+        &alice,
+    ];
+    let check = || run(&check_args);
+
+    let (code, out, _) = check().await;
+    assert_eq!(code, 1, "{out}");
+    assert!(
+        out.contains("decision: DENY") && out.contains("http status: 403"),
+        "{out}"
+    );
+
+    let url = format!(
+        "http://{admin}/v1/organizations/dev-project/environments/prod/deployments/orders:setIamPolicy"
+    );
+    let grant = r#"{"policy":{"bindings":[{"members":["user:alice@example.com"],"role":"roles/apigee.deploymentInvoker"}]}}"#;
+    let client = reqwest::Client::new();
+    let r = client
+        .post(&url)
+        .bearer_auth(&admin_token)
+        .header("content-type", "application/json")
+        .body(grant)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+
+    let (code, out, _) = check().await;
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        out.contains("decision: ALLOW") && out.contains("x-verifyiam-principal: alice@example.com"),
+        "{out}"
+    );
+
+    let r = client
+        .post(&url)
+        .bearer_auth(&admin_token)
+        .header("content-type", "application/json")
+        .body("{}")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let (code, out, _) = check().await;
+    assert_eq!(code, 1, "{out}");
+
+    // The dev issuer's key set is published on the admin port.
+    let jwks: serde_json::Value = reqwest::get(format!("http://{admin}/dev/jwks.json"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(jwks["keys"][0]["alg"], "ES256");
+    // The key is kept: a second mint uses the same kid.
+    assert!(Path::new(data).join("dev-issuer-key.pem").exists());
+    server.kill().await.unwrap();
+}
+
+#[tokio::test]
+async fn config_check_validates_without_serving() {
+    let dir = tempfile::tempdir().unwrap();
+    let good = dir.path().join("good.toml");
+    std::fs::write(&good, "[iam]\nproject = \"demo\"\n").unwrap();
+    let (code, out, _) = run(&["config", "check", good.to_str().unwrap()]).await;
+    assert_eq!(code, 0);
+    assert!(out.contains("ok"));
+
+    let bad = dir.path().join("bad.toml");
+    std::fs::write(
+        &bad,
+        "[iam]\nproject = \"demo\"\n[server]\ncheck_deadlin = \"1s\"\n",
+    )
+    .unwrap();
+    let (code, _, err) = run(&["config", "check", bad.to_str().unwrap()]).await;
+    assert_eq!(code, 2);
+    assert!(err.contains("check_deadlin"), "{err}");
+
+    let bad = dir.path().join("bad2.toml");
+    std::fs::write(&bad, "[iam]\nproject = \"demo\"\n[[routes]]\npath_prefix = \"x\"\nenvironment = \"e\"\ndeployment = \"d\"\n").unwrap();
+    let (code, _, err) = run(&["config", "check", bad.to_str().unwrap()]).await;
+    assert_eq!(code, 2);
+    assert!(err.contains("routes[0].path_prefix"), "{err}");
+
+    let (code, _, err) = run(&["config", "check", "/no/such/file.toml"]).await;
+    assert_eq!(code, 2);
+    assert!(err.contains("cannot read"), "{err}");
+}
+
+#[tokio::test]
+async fn serve_with_a_bad_config_exits_2_naming_the_field() {
+    let dir = tempfile::tempdir().unwrap();
+    let bad = dir.path().join("bad.toml");
+    std::fs::write(
+        &bad,
+        "[iam]\nproject = \"demo\"\nbootstrap_admins = [\"nobody\"]\n",
+    )
+    .unwrap();
+    let (code, _, err) = run(&["serve", "--config", bad.to_str().unwrap()]).await;
+    assert_eq!(code, 2);
+    assert!(err.contains("iam.bootstrap_admins[0]"), "{err}");
+}
+
+#[tokio::test]
+async fn token_mint_without_a_dev_key_explains_what_to_do() {
+    let dir = tempfile::tempdir().unwrap();
+    let (code, _, err) = run(&[
+        "token",
+        "mint",
+        "--email",
+        "a@example.com",
+        "--data-dir",
+        dir.path().to_str().unwrap(),
+    ])
+    .await;
+    assert_eq!(code, 2);
+    assert!(err.contains("serve --dev"), "{err}");
+}

@@ -1,0 +1,575 @@
+//! Test harness: a real verifyiam on `127.0.0.1:0`, a local JWK-set server, keys and tokens
+//! minted here, and small clients for Check (envoy-types' gRPC client) and the admin REST API.
+#![allow(dead_code)]
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use aws_lc_rs::encoding::AsDer as _;
+use aws_lc_rs::signature::{ECDSA_P256_SHA256_FIXED_SIGNING, EcdsaKeyPair};
+use axum::http::HeaderMap;
+use base64::Engine as _;
+use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
+use envoy_types::pb::envoy::service::auth::v3::attribute_context::{
+    HttpRequest, Request as AttrRequest,
+};
+use envoy_types::pb::envoy::service::auth::v3::authorization_client::AuthorizationClient;
+use envoy_types::pb::envoy::service::auth::v3::check_response::HttpResponse;
+use envoy_types::pb::envoy::service::auth::v3::{AttributeContext, CheckRequest, CheckResponse};
+use jsonwebtoken::jwk::Jwk;
+use jsonwebtoken::{Algorithm, EncodingKey, Header};
+use serde_json::{Value, json};
+use tokio::net::TcpListener;
+use tonic::transport::Channel;
+
+use verifyiam::config::Config;
+use verifyiam::server::{self, Listeners};
+
+pub const SCOPE: &str = "https://www.googleapis.com/auth/cloud-platform";
+pub const ISSUER: &str = "https://issuer.test";
+pub const PROJECT: &str = "demo-project";
+pub const ADMIN: &str = "ops@example.com";
+pub const INVOKER: &str = "roles/apigee.deploymentInvoker";
+
+pub fn now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
+
+fn pem(label: &str, der: &[u8]) -> String {
+    let b64 = STANDARD.encode(der);
+    let lines: Vec<&str> = b64
+        .as_bytes()
+        .chunks(64)
+        .map(|c| std::str::from_utf8(c).unwrap())
+        .collect();
+    format!(
+        "-----BEGIN {label}-----\n{}\n-----END {label}-----\n",
+        lines.join("\n")
+    )
+}
+
+/// A signing key with its public JWK.
+#[derive(Clone)]
+pub struct TestKey {
+    pub kid: String,
+    pub alg: Algorithm,
+    pub encoding: EncodingKey,
+    pub jwk: Value,
+    /// The public key's bytes as published (the "secret" of an HMAC confusion attack).
+    pub public_pem: String,
+}
+
+impl TestKey {
+    pub fn rsa(kid: &str) -> TestKey {
+        let pair = aws_lc_rs::rsa::KeyPair::generate(aws_lc_rs::rsa::KeySize::Rsa2048).unwrap();
+        let der = pair.as_der().unwrap();
+        let encoding =
+            EncodingKey::from_rsa_pem(pem("PRIVATE KEY", der.as_ref()).as_bytes()).unwrap();
+        Self::finish(kid, Algorithm::RS256, encoding)
+    }
+
+    pub fn ec(kid: &str) -> TestKey {
+        let doc = EcdsaKeyPair::generate_pkcs8(
+            &ECDSA_P256_SHA256_FIXED_SIGNING,
+            &aws_lc_rs::rand::SystemRandom::new(),
+        )
+        .unwrap();
+        Self::finish(
+            kid,
+            Algorithm::ES256,
+            EncodingKey::from_ec_der(doc.as_ref()),
+        )
+    }
+
+    fn finish(kid: &str, alg: Algorithm, encoding: EncodingKey) -> TestKey {
+        let mut jwk =
+            serde_json::to_value(Jwk::from_encoding_key(&encoding, alg).unwrap()).unwrap();
+        jwk["kid"] = json!(kid);
+        jwk["use"] = json!("sig");
+        let public_pem = jwk.to_string();
+        TestKey {
+            kid: kid.to_owned(),
+            alg,
+            encoding,
+            jwk,
+            public_pem,
+        }
+    }
+
+    /// Signs `claims` under this key's `kid`.
+    pub fn sign(&self, claims: &Value) -> String {
+        let mut header = Header::new(self.alg);
+        header.kid = Some(self.kid.clone());
+        jsonwebtoken::encode(&header, claims, &self.encoding).unwrap()
+    }
+
+    /// Signs `claims` with this key but names another `kid`.
+    pub fn sign_as(&self, kid: &str, claims: &Value) -> String {
+        let mut header = Header::new(self.alg);
+        header.kid = Some(kid.to_owned());
+        jsonwebtoken::encode(&header, claims, &self.encoding).unwrap()
+    }
+}
+
+/// Shared keys (RSA generation is slow in debug builds).
+pub fn keys() -> &'static (TestKey, TestKey, TestKey) {
+    static KEYS: OnceLock<(TestKey, TestKey, TestKey)> = OnceLock::new();
+    KEYS.get_or_init(|| {
+        (
+            TestKey::rsa("rsa-1"),
+            TestKey::ec("ec-1"),
+            TestKey::rsa("rogue"),
+        )
+    })
+}
+
+pub fn rsa() -> &'static TestKey {
+    &keys().0
+}
+pub fn ec() -> &'static TestKey {
+    &keys().1
+}
+/// A key the issuer never published.
+pub fn rogue() -> &'static TestKey {
+    &keys().2
+}
+
+/// Standard claims for `email`, valid for an hour, with the cloud-platform scope.
+pub fn claims(email: &str) -> Value {
+    let n = now();
+    json!({"iss": ISSUER, "sub": format!("sub-{email}"), "email": email, "email_verified": true,
+           "scope": format!("openid {SCOPE}"), "iat": n, "exp": n + 3600})
+}
+
+pub fn token(email: &str) -> String {
+    rsa().sign(&claims(email))
+}
+
+/// Base64url of a JSON value (for hand-built tokens).
+pub fn b64(v: &Value) -> String {
+    URL_SAFE_NO_PAD.encode(v.to_string())
+}
+
+/// A local HTTP server answering with what the test says, counting requests per path.
+#[derive(Clone)]
+pub struct Upstream {
+    pub addr: SocketAddr,
+    pub hits: Arc<Mutex<HashMap<String, usize>>>,
+    routes: Arc<Mutex<HashMap<String, Reply>>>,
+    total: Arc<AtomicUsize>,
+}
+
+/// What an upstream answers on one path.
+#[derive(Clone)]
+pub struct Reply {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: String,
+    pub delay: Duration,
+}
+
+impl Reply {
+    pub fn json(body: Value) -> Reply {
+        Reply {
+            status: 200,
+            headers: vec![("content-type".into(), "application/json".into())],
+            body: body.to_string(),
+            delay: Duration::ZERO,
+        }
+    }
+}
+
+impl Upstream {
+    pub async fn start() -> Upstream {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let up = Upstream {
+            addr,
+            hits: Default::default(),
+            routes: Default::default(),
+            total: Default::default(),
+        };
+        let state = up.clone();
+        let app = axum::Router::new().fallback(move |uri: axum::http::Uri, _h: HeaderMap| {
+            let state = state.clone();
+            async move {
+                let path = uri.path().to_owned();
+                *state.hits.lock().unwrap().entry(path.clone()).or_default() += 1;
+                state.total.fetch_add(1, Ordering::SeqCst);
+                let reply = state.routes.lock().unwrap().get(&path).cloned();
+                let Some(reply) = reply else {
+                    return axum::http::Response::builder()
+                        .status(404)
+                        .body(axum::body::Body::empty())
+                        .unwrap();
+                };
+                if !reply.delay.is_zero() {
+                    tokio::time::sleep(reply.delay).await;
+                }
+                let mut b = axum::http::Response::builder().status(reply.status);
+                for (k, v) in &reply.headers {
+                    b = b.header(k, v);
+                }
+                b.body(axum::body::Body::from(reply.body)).unwrap()
+            }
+        });
+        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+        up
+    }
+
+    pub fn set(&self, path: &str, reply: Reply) {
+        self.routes.lock().unwrap().insert(path.to_owned(), reply);
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    pub fn hits(&self, path: &str) -> usize {
+        self.hits.lock().unwrap().get(path).copied().unwrap_or(0)
+    }
+
+    /// Publishes a JWK set at `/jwks`.
+    pub fn publish(&self, keys: &[&TestKey]) {
+        let keys: Vec<Value> = keys.iter().map(|k| k.jwk.clone()).collect();
+        self.set("/jwks", Reply::json(json!({ "keys": keys })));
+    }
+}
+
+/// A running verifyiam.
+pub struct Server {
+    pub extauthz: SocketAddr,
+    pub admin: SocketAddr,
+    pub upstream: Upstream,
+    pub config: Config,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    task: Option<tokio::task::JoinHandle<Result<(), server::ServerError>>>,
+    _dir: Option<Arc<tempfile::TempDir>>,
+}
+
+#[derive(Default)]
+pub struct Options {
+    pub extra: String,
+    pub store: Option<Arc<tempfile::TempDir>>,
+    pub upstream: Option<Upstream>,
+}
+
+impl Server {
+    /// A server trusting `ISSUER` (keys at the upstream's `/jwks`, RSA and EC published).
+    pub async fn start() -> Server {
+        Self::start_with(Options::default()).await
+    }
+
+    pub async fn start_with(options: Options) -> Server {
+        let upstream = match options.upstream {
+            Some(u) => u,
+            None => {
+                let u = Upstream::start().await;
+                u.publish(&[rsa(), ec()]);
+                u
+            }
+        };
+        let dir = options
+            .store
+            .unwrap_or_else(|| Arc::new(tempfile::tempdir().unwrap()));
+        let text = format!(
+            r#"
+[server]
+check_deadline = "2s"
+[iam]
+project = "{PROJECT}"
+store = "{store}"
+bootstrap_admins = ["user:{ADMIN}"]
+[[token.jwt]]
+issuer = "{ISSUER}"
+jwks_uri = "{jwks}"
+{extra}
+"#,
+            store = dir.path().display(),
+            jwks = upstream.url("/jwks"),
+            extra = options.extra,
+        );
+        let config = Config::parse(&text).unwrap_or_else(|e| panic!("test config: {e}\n{text}"));
+        let extauthz = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let admin = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let (ea, aa) = (extauthz.local_addr().unwrap(), admin.local_addr().unwrap());
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let cfg = config.clone();
+        let task = tokio::spawn(async move {
+            server::run(Listeners { extauthz, admin }, cfg, async move {
+                let _ = rx.await;
+            })
+            .await
+        });
+        let s = Server {
+            extauthz: ea,
+            admin: aa,
+            upstream,
+            config,
+            stop: Some(tx),
+            task: Some(task),
+            _dir: Some(dir),
+        };
+        s.wait_ready().await;
+        s
+    }
+
+    async fn wait_ready(&self) {
+        for _ in 0..200 {
+            if let Ok(r) = reqwest::get(format!("http://{}/readyz", self.admin)).await {
+                if r.status().is_success() {
+                    return;
+                }
+            }
+            tokio::task::yield_now().await;
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        panic!("server did not become ready");
+    }
+
+    /// Stops the server and waits for it; returns the store directory for a restart.
+    pub async fn stop(mut self) -> Arc<tempfile::TempDir> {
+        if let Some(tx) = self.stop.take() {
+            let _ = tx.send(());
+        }
+        if let Some(task) = self.task.take() {
+            task.await.unwrap().unwrap();
+        }
+        self._dir.take().unwrap()
+    }
+
+    pub async fn client(&self) -> AuthorizationClient<Channel> {
+        AuthorizationClient::connect(format!("http://{}", self.extauthz))
+            .await
+            .unwrap()
+    }
+
+    /// Checks a request with the given `Authorization` header(s) against `env/api`.
+    pub async fn check(&self, authorization: Option<&str>, env: &str, api: &str) -> Outcome {
+        let mut req = check_request(authorization, "api.example.com", "/");
+        let ext = &mut req.attributes.as_mut().unwrap().context_extensions;
+        ext.insert("environment".into(), env.into());
+        ext.insert("deployment".into(), api.into());
+        self.send(req).await
+    }
+
+    pub async fn send(&self, req: CheckRequest) -> Outcome {
+        let response = self
+            .client()
+            .await
+            .check(req)
+            .await
+            .expect("Check never fails at the gRPC level");
+        Outcome::from(response.into_inner())
+    }
+
+    pub fn admin_url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.admin)
+    }
+
+    /// POSTs JSON to the admin API as `token`.
+    pub async fn post(&self, path: &str, token: Option<&str>, body: &str) -> (u16, Value) {
+        let mut rb = reqwest::Client::new()
+            .post(self.admin_url(path))
+            .header("content-type", "application/json")
+            .body(body.to_owned());
+        if let Some(t) = token {
+            rb = rb.header("authorization", format!("Bearer {t}"));
+        }
+        let r = rb.send().await.unwrap();
+        let status = r.status().as_u16();
+        let text = r.text().await.unwrap();
+        (
+            status,
+            serde_json::from_str(&text).unwrap_or(Value::String(text)),
+        )
+    }
+
+    pub async fn get(&self, path: &str, token: Option<&str>) -> (u16, Value) {
+        let mut rb = reqwest::Client::new().get(self.admin_url(path));
+        if let Some(t) = token {
+            rb = rb.header("authorization", format!("Bearer {t}"));
+        }
+        let r = rb.send().await.unwrap();
+        let status = r.status().as_u16();
+        let text = r.text().await.unwrap();
+        (
+            status,
+            serde_json::from_str(&text).unwrap_or(Value::String(text)),
+        )
+    }
+
+    /// Grants `member` `role` on a deployment (as the bootstrap admin), asserting success.
+    pub async fn grant_deployment(&self, env: &str, api: &str, member: &str, role: &str) {
+        let path = format!(
+            "/v1/organizations/{PROJECT}/environments/{env}/deployments/{api}:setIamPolicy"
+        );
+        let body = json!({"policy": {"bindings": [{"role": role, "members": [member]}]}});
+        let (s, v) = self
+            .post(&path, Some(&token(ADMIN)), &body.to_string())
+            .await;
+        assert_eq!(s, 200, "{v}");
+    }
+
+    pub async fn grant_project(&self, member: &str, role: &str) {
+        let path = format!("/v1/projects/{PROJECT}:setIamPolicy");
+        let body = json!({"policy": {"bindings": [{"role": role, "members": [member]}]}});
+        let (s, v) = self
+            .post(&path, Some(&token(ADMIN)), &body.to_string())
+            .await;
+        assert_eq!(s, 200, "{v}");
+    }
+
+    pub async fn grant_environment(&self, env: &str, member: &str, role: &str) {
+        let path = format!("/v1/organizations/{PROJECT}/environments/{env}:setIamPolicy");
+        let body = json!({"policy": {"bindings": [{"role": role, "members": [member]}]}});
+        let (s, v) = self
+            .post(&path, Some(&token(ADMIN)), &body.to_string())
+            .await;
+        assert_eq!(s, 200, "{v}");
+    }
+}
+
+/// An Envoy-shaped CheckRequest with lowercased headers, as Envoy sends them.
+pub fn check_request(authorization: Option<&str>, host: &str, path: &str) -> CheckRequest {
+    let mut headers = HashMap::from([
+        (":authority".to_owned(), host.to_owned()),
+        (":path".to_owned(), path.to_owned()),
+        (":method".to_owned(), "GET".to_owned()),
+        ("x-request-id".to_owned(), "req-1".to_owned()),
+    ]);
+    if let Some(a) = authorization {
+        headers.insert("authorization".to_owned(), a.to_owned());
+    }
+    CheckRequest {
+        attributes: Some(AttributeContext {
+            request: Some(AttrRequest {
+                http: Some(HttpRequest {
+                    id: "req-1".into(),
+                    method: "GET".into(),
+                    host: host.into(),
+                    path: path.into(),
+                    headers,
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+    }
+}
+
+/// A CheckResponse, read the way Envoy reads it.
+#[derive(Debug)]
+pub struct Outcome {
+    pub grpc: i32,
+    pub message: String,
+    /// HTTP status Envoy would send; 0 when allowed.
+    pub http: u16,
+    pub headers: Vec<(String, String, i32)>,
+    pub body: Value,
+    pub metadata: HashMap<String, String>,
+    pub raw: CheckResponse,
+}
+
+impl Outcome {
+    pub fn allowed(&self) -> bool {
+        self.grpc == 0
+    }
+
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _, _)| k == name)
+            .map(|(_, v, _)| v.as_str())
+    }
+
+    pub fn message(&self) -> &str {
+        self.body["error"]["message"].as_str().unwrap_or("")
+    }
+
+    /// Asserts a denial with this gRPC code, HTTP status and `WWW-Authenticate` error.
+    pub fn assert_denied(&self, grpc: i32, http: u16, challenge: Option<&str>) {
+        assert_eq!(self.grpc, grpc, "{self:#?}");
+        assert_eq!(self.http, http, "{self:#?}");
+        assert_eq!(self.body["error"]["code"], json!(http), "{self:#?}");
+        match challenge {
+            Some(c) => {
+                let h = self
+                    .header("www-authenticate")
+                    .unwrap_or_else(|| panic!("no challenge: {self:#?}"));
+                assert!(h.starts_with("Bearer "), "{h}");
+                assert!(h.contains(&format!("error=\"{c}\"")), "{h}");
+            }
+            None => assert!(self.header("www-authenticate").is_none(), "{self:#?}"),
+        }
+    }
+}
+
+impl From<CheckResponse> for Outcome {
+    fn from(r: CheckResponse) -> Outcome {
+        let (grpc, message) = r
+            .status
+            .as_ref()
+            .map(|s| (s.code, s.message.clone()))
+            .unwrap_or((0, String::new()));
+        let mut metadata = HashMap::new();
+        if let Some(m) = &r.dynamic_metadata {
+            for (k, v) in &m.fields {
+                if let Some(envoy_types::pb::google::protobuf::value::Kind::StringValue(s)) =
+                    &v.kind
+                {
+                    metadata.insert(k.clone(), s.clone());
+                }
+            }
+        }
+        let (http, headers, body) = match &r.http_response {
+            Some(HttpResponse::OkResponse(ok)) => (
+                0,
+                ok.headers
+                    .iter()
+                    .filter_map(|h| {
+                        h.header
+                            .as_ref()
+                            .map(|x| (x.key.clone(), x.value.clone(), h.append_action))
+                    })
+                    .collect(),
+                Value::Null,
+            ),
+            Some(HttpResponse::DeniedResponse(d)) => (
+                d.status.map(|s| s.code as u16).unwrap_or(403),
+                d.headers
+                    .iter()
+                    .filter_map(|h| {
+                        h.header
+                            .as_ref()
+                            .map(|x| (x.key.clone(), x.value.clone(), h.append_action))
+                    })
+                    .collect(),
+                serde_json::from_str(&d.body).unwrap_or(Value::String(d.body.clone())),
+            ),
+            _ => (0, Vec::new(), Value::Null),
+        };
+        Outcome {
+            grpc,
+            message,
+            http,
+            headers,
+            body,
+            metadata,
+            raw: r,
+        }
+    }
+}
+
+/// gRPC codes.
+pub const OK: i32 = 0;
+pub const PERMISSION_DENIED: i32 = 7;
+pub const UNAVAILABLE: i32 = 14;
+pub const UNAUTHENTICATED: i32 = 16;
