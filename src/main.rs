@@ -6,6 +6,8 @@
 
 use std::process::ExitCode;
 
+use std::io::Write as _;
+
 use clap::Parser;
 use tokio::net::TcpListener;
 
@@ -115,7 +117,10 @@ fn serve(args: ServeArgs) -> ExitCode {
         };
         if args.dev {
             if let (Some(e), Some(a)) = (ext, adm) {
-                println!("{}", verifyiam::cli::dev_banner(e, a, &args.data_dir));
+                // A closed stdout (the reader went away) must not take the service down.
+                let banner = verifyiam::cli::dev_banner(e, a, &args.data_dir);
+                let mut out = std::io::stdout().lock();
+                let _ = writeln!(out, "{banner}").and_then(|()| out.flush());
             }
         }
         tracing::info!(extauthz = ?ext, admin = ?adm, "serving");

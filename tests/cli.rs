@@ -215,3 +215,83 @@ async fn token_mint_without_a_dev_key_explains_what_to_do() {
     assert_eq!(code, 2);
     assert!(err.contains("serve --dev"), "{err}");
 }
+
+/// An acknowledged policy write survives `kill -9` right after it returns.
+#[tokio::test]
+async fn acknowledged_write_survives_kill_9() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().to_str().unwrap().to_owned();
+    let start = || async {
+        let mut child = Command::new(BIN)
+            .args([
+                "serve",
+                "--dev",
+                "--data-dir",
+                &data,
+                "--extauthz-addr",
+                "127.0.0.1:0",
+                "--admin-addr",
+                "127.0.0.1:0",
+            ])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap();
+        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+        let mut admin = None;
+        while let Some(line) = tokio::time::timeout(Duration::from_secs(30), lines.next_line())
+            .await
+            .unwrap()
+            .unwrap()
+        {
+            if let Some(a) = addr_after(&line, "admin HTTP") {
+                admin = Some(a.to_owned());
+                break;
+            }
+        }
+        (child, admin.expect("banner names the admin address"))
+    };
+    let (mut child, admin) = start().await;
+    let (_, token, _) = run(&[
+        "token",
+        "mint",
+        "--email",
+        "admin@example.com",
+        "--data-dir",
+        &data,
+    ])
+    .await;
+    let url = format!(
+        "http://{admin}/v1/organizations/dev-project/environments/prod/deployments/orders:setIamPolicy"
+    );
+    let body = r#"{"policy":{"bindings":[{"members":["user:alice@example.com"],"role":"roles/apigee.deploymentInvoker"}]}}"#;
+    let r = reqwest::Client::new()
+        .post(&url)
+        .bearer_auth(token.trim())
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let written: serde_json::Value = r.json().await.unwrap();
+    // SIGKILL: no shutdown path runs.
+    child.start_kill().unwrap();
+    child.wait().await.unwrap();
+
+    let (mut child, admin) = start().await;
+    let url = format!(
+        "http://{admin}/v1/organizations/dev-project/environments/prod/deployments/orders:getIamPolicy"
+    );
+    let read: serde_json::Value = reqwest::Client::new()
+        .get(&url)
+        .bearer_auth(token.trim())
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(read, written);
+    child.kill().await.unwrap();
+}
