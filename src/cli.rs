@@ -139,6 +139,7 @@ pub fn dev_config(data_dir: &Path) -> Config {
             }),
             ..TokenConfig::default()
         },
+        authz: crate::config::AuthzConfig::default(),
         routes: Vec::new(),
     }
 }

@@ -61,9 +61,83 @@ pub struct Config {
     /// Which tokens are trusted and what they must carry.
     #[serde(default)]
     pub token: TokenConfig,
+    /// Where invoke decisions come from, and how they are cached.
+    #[serde(default)]
+    pub authz: AuthzConfig,
     /// Host/path → deployment, for requests Envoy sends without `context_extensions`.
     #[serde(default)]
     pub routes: Vec<RouteConfig>,
+}
+
+/// `[authz]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuthzConfig {
+    /// `local` (the embedded store) or `google` (Apigee's testIamPermissions with the caller's token).
+    #[serde(default)]
+    pub mode: AuthzMode,
+    /// Base URL of the Apigee API for `google` mode (another verifyiam's admin URL works too).
+    #[serde(default = "default_apigee_url")]
+    pub apigee_url: String,
+    /// One remote decision request may take this long (it runs on even after a Check gives up).
+    #[serde(default = "default_authz_timeout", with = "humantime_serde")]
+    pub timeout: Duration,
+    /// Decisions kept at once.
+    #[serde(default = "default_decision_capacity")]
+    pub decision_cache_capacity: u64,
+    /// How long a decision is used without asking again.
+    #[serde(default = "default_decision_ttl", with = "humantime_serde")]
+    pub cache_ttl: Duration,
+    /// A decision used within this of its expiry is refreshed in the background (`google` mode).
+    #[serde(default = "default_refresh_ahead", with = "humantime_serde")]
+    pub refresh_ahead: Duration,
+    /// An expired decision is still used this long past expiry while the source fails.
+    #[serde(default = "default_max_stale", with = "humantime_serde")]
+    pub max_stale: Duration,
+}
+
+impl Default for AuthzConfig {
+    fn default() -> Self {
+        Self {
+            mode: AuthzMode::default(),
+            apigee_url: default_apigee_url(),
+            timeout: default_authz_timeout(),
+            decision_cache_capacity: default_decision_capacity(),
+            cache_ttl: default_decision_ttl(),
+            refresh_ahead: default_refresh_ahead(),
+            max_stale: default_max_stale(),
+        }
+    }
+}
+
+/// `authz.mode`
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AuthzMode {
+    /// Policies in the embedded store (the default).
+    #[default]
+    Local,
+    /// Google IAM (Apigee's `testIamPermissions`) decides.
+    Google,
+}
+
+fn default_apigee_url() -> String {
+    "https://apigee.googleapis.com".to_owned()
+}
+fn default_authz_timeout() -> Duration {
+    Duration::from_secs(2)
+}
+fn default_decision_capacity() -> u64 {
+    100_000
+}
+fn default_decision_ttl() -> Duration {
+    Duration::from_secs(300)
+}
+fn default_refresh_ahead() -> Duration {
+    Duration::from_secs(60)
+}
+fn default_max_stale() -> Duration {
+    Duration::from_secs(3600)
 }
 
 /// `[server]`
@@ -79,6 +153,9 @@ pub struct ServerConfig {
     /// No Check answers later than this.
     #[serde(default = "default_check_deadline", with = "humantime_serde")]
     pub check_deadline: Duration,
+    /// What a Check answers when a dependency cannot answer in time and nothing usable is cached.
+    #[serde(default)]
+    pub on_dependency_failure: OnDependencyFailure,
 }
 
 impl Default for ServerConfig {
@@ -87,8 +164,20 @@ impl Default for ServerConfig {
             extauthz_addr: default_extauthz_addr(),
             admin_addr: default_admin_addr(),
             check_deadline: default_check_deadline(),
+            on_dependency_failure: OnDependencyFailure::default(),
         }
     }
+}
+
+/// `server.on_dependency_failure`
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OnDependencyFailure {
+    /// A denial: `UNAVAILABLE`, HTTP 503 with `Retry-After` (the default).
+    #[default]
+    Deny,
+    /// A gRPC error on the Check call, so Envoy's `failure_mode_allow` / `status_on_error` decide.
+    Error,
 }
 
 fn default_extauthz_addr() -> SocketAddr {
@@ -148,6 +237,15 @@ pub struct TokenConfig {
     /// Key-set lifetime when the response has no `Cache-Control: max-age`.
     #[serde(default = "default_keys_max_age", with = "humantime_serde")]
     pub default_keys_max_age: Duration,
+    /// An expired key set keeps serving this long past expiry while its refresh fails.
+    #[serde(default = "default_keys_max_stale", with = "humantime_serde")]
+    pub keys_max_stale: Duration,
+    /// Verified tokens kept at once (each entry is a few hundred bytes).
+    #[serde(default = "default_token_capacity")]
+    pub cache_capacity: u64,
+    /// A token found invalid is answered from memory this long, without asking upstream again.
+    #[serde(default = "default_negative_ttl", with = "humantime_serde")]
+    pub negative_cache_ttl: Duration,
     /// Trusted JWT issuers.
     #[serde(default)]
     pub jwt: Vec<JwtIssuerConfig>,
@@ -157,6 +255,9 @@ pub struct TokenConfig {
     /// Opaque Google access tokens; absent means not accepted.
     #[serde(default)]
     pub tokeninfo: Option<TokeninfoConfig>,
+    /// Opaque tokens checked by RFC 7662 introspection; absent means not accepted.
+    #[serde(default)]
+    pub introspection: Option<IntrospectionConfig>,
     /// The local development issuer (`serve --dev` sets it).
     #[serde(default)]
     pub dev: Option<DevIssuerConfig>,
@@ -170,9 +271,13 @@ impl Default for TokenConfig {
             fetch_timeout: default_fetch_timeout(),
             min_refresh_interval: default_min_refresh(),
             default_keys_max_age: default_keys_max_age(),
+            keys_max_stale: default_keys_max_stale(),
+            cache_capacity: default_token_capacity(),
+            negative_cache_ttl: default_negative_ttl(),
             jwt: Vec::new(),
             google_service_accounts: None,
             tokeninfo: None,
+            introspection: None,
             dev: None,
         }
     }
@@ -192,6 +297,15 @@ fn default_min_refresh() -> Duration {
 }
 fn default_keys_max_age() -> Duration {
     Duration::from_secs(300)
+}
+fn default_keys_max_stale() -> Duration {
+    Duration::from_secs(3600)
+}
+fn default_token_capacity() -> u64 {
+    200_000
+}
+fn default_negative_ttl() -> Duration {
+    Duration::from_secs(10)
 }
 
 /// `[[token.jwt]]`: one trusted issuer.
@@ -226,6 +340,27 @@ fn default_sa_template() -> String {
 pub struct TokeninfoConfig {
     /// Google's tokeninfo endpoint (or a compatible one).
     pub url: String,
+}
+
+/// `[token.introspection]`: an RFC 7662 token introspection endpoint.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IntrospectionConfig {
+    /// The introspection endpoint.
+    pub url: String,
+    /// Client id for HTTP Basic authentication to the endpoint.
+    #[serde(default)]
+    pub client_id: Option<String>,
+    /// Client secret for HTTP Basic authentication.
+    #[serde(default)]
+    pub client_secret: Option<String>,
+    /// The answer's field holding the caller's email, when the server provides one.
+    #[serde(default = "default_email_field")]
+    pub email_field: String,
+}
+
+fn default_email_field() -> String {
+    "email".to_owned()
 }
 
 /// `[token.dev]`: a locally held signing key whose tokens are trusted (development only).
@@ -308,6 +443,7 @@ impl Config {
                 .map_err(|e| invalid(format!("iam.bootstrap_admins[{i}]"), e.to_string()))?;
         }
         self.token.validate()?;
+        self.authz.validate()?;
         for (i, r) in self.routes.iter().enumerate() {
             r.validate(&format!("routes[{i}]"))?;
         }
@@ -369,6 +505,39 @@ impl TokenConfig {
         }
         if let Some(t) = &self.tokeninfo {
             check_url("token.tokeninfo.url", &t.url)?;
+        }
+        if let Some(i) = &self.introspection {
+            check_url("token.introspection.url", &i.url)?;
+            if i.client_id.is_some() != i.client_secret.is_some() {
+                return Err(invalid(
+                    "token.introspection.client_secret",
+                    "client_id and client_secret go together",
+                ));
+            }
+        }
+        if self.cache_capacity == 0 {
+            return Err(invalid("token.cache_capacity", "must be positive"));
+        }
+        Ok(())
+    }
+}
+
+impl AuthzConfig {
+    fn validate(&self) -> Result<(), ConfigError> {
+        if self.mode == AuthzMode::Google {
+            check_url("authz.apigee_url", &self.apigee_url)?;
+        }
+        if self.timeout.is_zero() {
+            return Err(invalid("authz.timeout", "must be positive"));
+        }
+        if self.decision_cache_capacity == 0 {
+            return Err(invalid("authz.decision_cache_capacity", "must be positive"));
+        }
+        if self.refresh_ahead >= self.cache_ttl && !self.cache_ttl.is_zero() {
+            return Err(invalid(
+                "authz.refresh_ahead",
+                "must be shorter than authz.cache_ttl",
+            ));
         }
         Ok(())
     }

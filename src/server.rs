@@ -14,7 +14,8 @@ use crate::admin::{self, AdminState};
 use crate::authn::Authenticator;
 use crate::authn::dev::{DevIssuer, DevKeyError};
 use crate::authz::Authorizer;
-use crate::config::Config;
+use crate::authz::google::GoogleSource;
+use crate::config::{AuthzMode, Config};
 use crate::extauthz::{CheckService, Checker};
 use crate::route::Router;
 use crate::store::{PolicyStore, StoreError};
@@ -58,6 +59,8 @@ pub struct App {
     pub store: Arc<PolicyStore>,
     /// Token verification.
     pub authenticator: Arc<Authenticator>,
+    /// Invoke decisions.
+    pub authorizer: Arc<Authorizer>,
     /// The Check pipeline.
     pub checker: Arc<Checker>,
     /// The development issuer, when configured.
@@ -72,12 +75,7 @@ impl App {
             &config.iam.project,
             &config.iam.bootstrap_admins,
         )?);
-        let http = reqwest::Client::builder()
-            .timeout(config.token.fetch_timeout)
-            .connect_timeout(config.token.fetch_timeout)
-            .user_agent(concat!("verifyiam/", env!("CARGO_PKG_VERSION")))
-            .build()
-            .map_err(|e| ServerError::Http(e.to_string()))?;
+        let http = http_for(config.token.fetch_timeout)?;
         let dev = match &config.token.dev {
             Some(d) => Some(Arc::new(DevIssuer::load_or_create(&d.issuer, &d.key_file)?)),
             None => None,
@@ -89,15 +87,26 @@ impl App {
         let authenticator = Arc::new(Authenticator::new(&config.token, http, fixed));
         let organization = config.iam.organization().to_owned();
         let router = Arc::new(Router::new(&organization, &config.routes));
-        let authorizer = Arc::new(Authorizer::new(
-            store.clone(),
-            &config.iam.project,
-            &organization,
-        ));
+        let authorizer = Arc::new(match config.authz.mode {
+            AuthzMode::Local => Authorizer::local(
+                store.clone(),
+                &config.iam.project,
+                &organization,
+                &config.authz,
+            ),
+            AuthzMode::Google => Authorizer::remote(
+                Arc::new(GoogleSource::new(
+                    http_for(config.authz.timeout)?,
+                    &config.authz.apigee_url,
+                )),
+                &config.authz,
+                config.server.check_deadline,
+            ),
+        });
         let checker = Arc::new(Checker::new(
             router,
             authenticator.clone(),
-            authorizer,
+            authorizer.clone(),
             config.server.check_deadline,
             &config.token.required_scope,
         ));
@@ -105,10 +114,21 @@ impl App {
             config,
             store,
             authenticator,
+            authorizer,
             checker,
             dev,
         })
     }
+}
+
+/// An HTTP client for upstreams, every request bounded by `timeout`.
+fn http_for(timeout: Duration) -> Result<reqwest::Client, ServerError> {
+    reqwest::Client::builder()
+        .timeout(timeout)
+        .connect_timeout(timeout)
+        .user_agent(concat!("verifyiam/", env!("CARGO_PKG_VERSION")))
+        .build()
+        .map_err(|e| ServerError::Http(e.to_string()))
 }
 
 /// Builds the service from `config` and serves until `shutdown` resolves.
@@ -132,12 +152,20 @@ pub async fn serve(
     let upkeep = {
         let metrics = metrics.clone();
         let stop = stop.clone();
+        let (authenticator, authorizer) = (app.authenticator.clone(), app.authorizer.clone());
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(Duration::from_secs(5));
             loop {
                 tokio::select! {
                     _ = stop.cancelled() => break,
-                    _ = tick.tick() => metrics.run_upkeep(),
+                    _ = tick.tick() => {
+                        let (tokens, rejected) = authenticator.cache_sizes();
+                        metrics::gauge!("verifyiam_cache_entries", "cache" => "token").set(tokens as f64);
+                        metrics::gauge!("verifyiam_cache_entries", "cache" => "token_rejected").set(rejected as f64);
+                        metrics::gauge!("verifyiam_cache_entries", "cache" => "decision")
+                            .set(authorizer.cache_size() as f64);
+                        metrics.run_upkeep();
+                    }
                 }
             }
         })
@@ -147,7 +175,10 @@ pub async fn serve(
     health
         .set_serving::<AuthorizationServer<CheckService>>()
         .await;
-    let check = AuthorizationServer::new(CheckService::new(app.checker.clone()));
+    let check = AuthorizationServer::new(CheckService::new(
+        app.checker.clone(),
+        app.config.server.on_dependency_failure,
+    ));
     let grpc = {
         let stop = stop.clone();
         tonic::transport::Server::builder()

@@ -45,3 +45,49 @@ pub fn metrics_handle() -> PrometheusHandle {
         })
         .clone()
 }
+
+/// Measures one call to an upstream (key set, tokeninfo, introspection, remote IAM):
+/// in flight while alive, then its latency; [`UpstreamCall::fail`] counts why it failed.
+pub struct UpstreamCall {
+    upstream: &'static str,
+    started: std::time::Instant,
+}
+
+impl UpstreamCall {
+    /// Starts measuring a call to `upstream`.
+    pub fn start(upstream: &'static str) -> UpstreamCall {
+        metrics::gauge!("verifyiam_upstream_in_flight", "upstream" => upstream).increment(1.0);
+        metrics::counter!("verifyiam_upstream_requests_total", "upstream" => upstream).increment(1);
+        UpstreamCall {
+            upstream,
+            started: std::time::Instant::now(),
+        }
+    }
+
+    /// Counts a failure: `timeout`, `connect`, `status`, `body`.
+    pub fn fail(&self, kind: &'static str) {
+        metrics::counter!("verifyiam_upstream_errors_total", "upstream" => self.upstream, "kind" => kind)
+            .increment(1);
+    }
+
+    /// Counts a reqwest failure by its kind.
+    pub fn fail_with(&self, e: &reqwest::Error) {
+        self.fail(if e.is_timeout() {
+            "timeout"
+        } else if e.is_connect() {
+            "connect"
+        } else if e.is_status() {
+            "status"
+        } else {
+            "body"
+        });
+    }
+}
+
+impl Drop for UpstreamCall {
+    fn drop(&mut self) {
+        metrics::gauge!("verifyiam_upstream_in_flight", "upstream" => self.upstream).decrement(1.0);
+        metrics::histogram!("verifyiam_upstream_duration_seconds", "upstream" => self.upstream)
+            .record(self.started.elapsed().as_secs_f64());
+    }
+}

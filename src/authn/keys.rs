@@ -4,10 +4,12 @@
 //! serving the previous set for a bounded time.
 
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwapOption;
+use futures_util::FutureExt as _;
+use futures_util::future::{BoxFuture, Shared};
 use jsonwebtoken::jwk::Jwk;
 use jsonwebtoken::{Algorithm, DecodingKey};
 
@@ -18,8 +20,6 @@ const MAX_BODY: usize = 1024 * 1024;
 /// Bounds on how long a fetched set is trusted without a refetch.
 const MIN_MAX_AGE: Duration = Duration::from_secs(60);
 const MAX_MAX_AGE: Duration = Duration::from_secs(24 * 3600);
-/// How long an expired set is still used while its refresh keeps failing.
-const MAX_STALE: Duration = Duration::from_secs(3600);
 /// How many remote key sets are remembered (one per service account with self-signed JWTs).
 const MAX_SETS: u64 = 10_000;
 
@@ -36,8 +36,8 @@ pub struct KeySet {
     by_kid: HashMap<String, Arc<Key>>,
     /// Keys published without a `kid`.
     anonymous: Vec<Arc<Key>>,
-    fetched_at: Instant,
     fresh_until: Instant,
+    refresh_ahead: Duration,
 }
 
 impl KeySet {
@@ -47,8 +47,8 @@ impl KeySet {
         KeySet {
             by_kid: keys.into_iter().map(|(k, v)| (k, Arc::new(v))).collect(),
             anonymous: Vec::new(),
-            fetched_at: now,
             fresh_until: now + Duration::from_secs(100 * 365 * 24 * 3600),
+            refresh_ahead: Duration::ZERO,
         }
     }
 
@@ -86,37 +86,66 @@ pub enum KeyError {
     Unavailable(String),
 }
 
+/// The outcome of one fetch, shared by every Check that waits for it.
+type Flight = Shared<BoxFuture<'static, Result<Arc<KeySet>, String>>>;
+
 struct Slot {
     current: ArcSwapOption<KeySet>,
-    /// Single flight: one fetch per key set at a time, shared by every waiting Check.
-    refresh: tokio::sync::Mutex<()>,
+    /// The fetch in progress, if any: one per key set at a time (single flight). It runs in its
+    /// own task, so a Check that gives up at its deadline does not cancel it for the others.
+    flight: Mutex<Option<Flight>>,
+    /// When the last fetch started: an unknown `kid` refetches at most once per
+    /// `min_refresh_interval`.
+    last_start: Mutex<Option<Instant>>,
+    /// When the last fetch failed; an expired set is retried at most once per
+    /// [`RETRY_AFTER_FAILURE`], so a failing issuer is not hammered by every Check.
+    last_failure: Mutex<Option<Instant>>,
 }
+
+/// How often a failing key-set URL is retried.
+const RETRY_AFTER_FAILURE: Duration = Duration::from_secs(1);
 
 /// Remote key sets by URL.
 pub struct KeySets {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
     http: reqwest::Client,
     slots: moka::sync::Cache<String, Arc<Slot>>,
     min_refresh: Duration,
     default_max_age: Duration,
+    max_stale: Duration,
 }
 
 impl KeySets {
     /// Key sets fetched with `http`, timed by the `[token]` settings.
     pub fn new(http: reqwest::Client, token: &TokenConfig) -> KeySets {
         KeySets {
-            http,
-            slots: moka::sync::Cache::builder().max_capacity(MAX_SETS).build(),
-            min_refresh: token.min_refresh_interval,
-            default_max_age: token.default_keys_max_age,
+            inner: Arc::new(Inner {
+                http,
+                slots: moka::sync::Cache::builder().max_capacity(MAX_SETS).build(),
+                min_refresh: token.min_refresh_interval,
+                default_max_age: token.default_keys_max_age,
+                max_stale: token.keys_max_stale,
+            }),
         }
     }
 
     /// The key `kid` of the set at `url`, fetching or refreshing the set when needed.
+    ///
+    /// Fresh set with the key: returned at once (and refreshed in the background when it is
+    /// close to expiry). Unknown `kid`: one refetch, at most once per `min_refresh_interval`.
+    /// Expired set: refetched; while the refetch fails, the old set keeps serving up to
+    /// `keys_max_stale` past its expiry.
     pub async fn key(&self, url: &str, kid: Option<&str>) -> Result<Arc<Key>, KeyError> {
-        let slot = self.slots.get_with_by_ref(url, || {
+        let inner = &self.inner;
+        let slot = inner.slots.get_with_by_ref(url, || {
             Arc::new(Slot {
                 current: ArcSwapOption::empty(),
-                refresh: tokio::sync::Mutex::new(()),
+                flight: Mutex::new(None),
+                last_start: Mutex::new(None),
+                last_failure: Mutex::new(None),
             })
         });
         let now = Instant::now();
@@ -124,56 +153,118 @@ impl KeySets {
         if let Some(set) = &seen {
             if now < set.fresh_until {
                 if let Some(key) = set.find(kid) {
+                    if set.fresh_until - now < set.refresh_ahead {
+                        // Hot and about to expire: refresh before anyone has to wait for it.
+                        let _ = self.flight(url, &slot, now);
+                    }
                     return Ok(key);
                 }
-                if now.duration_since(set.fetched_at) < self.min_refresh {
+                // Unknown kid in a fresh set: the issuer may have rotated; refetch, rate-limited.
+                if !self.may_start(&slot, now) {
                     return Err(KeyError::UnknownKey);
                 }
             }
         }
-        let _flight = slot.refresh.lock().await;
-        // Someone else may have refreshed while this Check waited.
-        let latest = slot.current.load_full();
-        let refreshed = match (&seen, &latest) {
-            (Some(a), Some(b)) => !Arc::ptr_eq(a, b),
-            (None, Some(_)) => true,
-            _ => false,
-        };
-        if refreshed {
-            if let Some(set) = &latest {
-                return set.find(kid).ok_or(KeyError::UnknownKey);
-            }
-        }
-        match self.fetch(url).await {
-            Ok(set) => {
-                let set = Arc::new(set);
-                slot.current.store(Some(set.clone()));
-                set.find(kid).ok_or(KeyError::UnknownKey)
-            }
-            Err(e) => {
-                tracing::warn!(url, error = %e, "key set fetch failed");
-                metrics::counter!("verifyiam_keyset_fetch_errors_total").increment(1);
-                match latest {
-                    Some(set) if Instant::now() < set.fresh_until + MAX_STALE => {
-                        set.find(kid).ok_or(KeyError::UnknownKey)
-                    }
-                    _ => Err(KeyError::Unavailable(e)),
-                }
-            }
+        let flight = self.flight(url, &slot, now);
+        match flight {
+            Some(flight) => match flight.await {
+                Ok(set) => set.find(kid).ok_or(KeyError::UnknownKey),
+                Err(e) => stale_or(seen.as_deref(), kid, inner.max_stale, e),
+            },
+            None => stale_or(
+                slot.current.load_full().as_deref(),
+                kid,
+                inner.max_stale,
+                "the key set could not be fetched recently".to_owned(),
+            ),
         }
     }
 
+    fn may_start(&self, slot: &Slot, now: Instant) -> bool {
+        let last = slot.last_start.lock().map(|l| *l).unwrap_or(None);
+        last.is_none_or(|t| now.duration_since(t) >= self.inner.min_refresh)
+    }
+
+    /// Joins the fetch in progress, or starts one. `None` when a fetch ran too recently to
+    /// start another (the caller then uses what is cached).
+    fn flight(&self, url: &str, slot: &Arc<Slot>, now: Instant) -> Option<Flight> {
+        let Ok(mut guard) = slot.flight.lock() else {
+            return None;
+        };
+        if let Some(f) = guard.as_ref() {
+            return Some(f.clone());
+        }
+        let expired = slot
+            .current
+            .load()
+            .as_ref()
+            .is_none_or(|s| now >= s.fresh_until);
+        let failed_recently = slot
+            .last_failure
+            .lock()
+            .map(|f| f.is_some_and(|t| now.duration_since(t) < RETRY_AFTER_FAILURE))
+            .unwrap_or(false);
+        if failed_recently || (!expired && !self.may_start(slot, now)) {
+            return None;
+        }
+        if let Ok(mut last) = slot.last_start.lock() {
+            *last = Some(now);
+        }
+        let (inner, url_owned, slot_owned) = (self.inner.clone(), url.to_owned(), slot.clone());
+        let task = tokio::spawn(async move {
+            let result = inner.fetch(&url_owned).await.map(Arc::new);
+            if let Ok(mut f) = slot_owned.last_failure.lock() {
+                *f = result.is_err().then(Instant::now);
+            }
+            match &result {
+                Ok(set) => slot_owned.current.store(Some(set.clone())),
+                Err(e) => tracing::warn!(url = %url_owned, error = %e, "key set fetch failed"),
+            }
+            if let Ok(mut f) = slot_owned.flight.lock() {
+                *f = None;
+            }
+            result
+        });
+        let flight: Flight = async move { task.await.map_err(|e| e.to_string())? }
+            .boxed()
+            .shared();
+        *guard = Some(flight.clone());
+        Some(flight)
+    }
+}
+
+/// After a failed fetch: the previous set while it is within `max_stale` of its expiry.
+fn stale_or(
+    previous: Option<&KeySet>,
+    kid: Option<&str>,
+    max_stale: Duration,
+    error: String,
+) -> Result<Arc<Key>, KeyError> {
+    match previous {
+        Some(set) if Instant::now() < set.fresh_until + max_stale => {
+            metrics::counter!("verifyiam_keyset_stale_served_total").increment(1);
+            set.find(kid).ok_or(KeyError::UnknownKey)
+        }
+        _ => Err(KeyError::Unavailable(error)),
+    }
+}
+
+impl Inner {
     async fn fetch(&self, url: &str) -> Result<KeySet, String> {
-        metrics::counter!("verifyiam_keyset_fetches_total").increment(1);
+        let call = crate::telemetry::UpstreamCall::start("jwks");
         let mut response = self
             .http
             .get(url)
             .header(http::header::ACCEPT, "application/json")
             .send()
             .await
-            .map_err(|e| format!("request failed: {}", describe(e)))?;
+            .map_err(|e| {
+                call.fail_with(&e);
+                format!("request failed: {}", describe(e))
+            })?;
         let status = response.status();
         if !status.is_success() {
+            call.fail("status");
             return Err(format!("HTTP {status}"));
         }
         let max_age = response
@@ -184,20 +275,21 @@ impl KeySets {
             .unwrap_or(self.default_max_age)
             .clamp(MIN_MAX_AGE, MAX_MAX_AGE);
         let mut body = Vec::new();
-        while let Some(chunk) = response
-            .chunk()
-            .await
-            .map_err(|e| format!("reading the body failed: {}", describe(e)))?
-        {
+        while let Some(chunk) = response.chunk().await.map_err(|e| {
+            call.fail_with(&e);
+            format!("reading the body failed: {}", describe(e))
+        })? {
             if body.len() + chunk.len() > MAX_BODY {
+                call.fail("body");
                 return Err("the key set is larger than 1 MiB".to_owned());
             }
             body.extend_from_slice(&chunk);
         }
-        let mut set = parse_key_set(&body)?;
+        let mut set = parse_key_set(&body).inspect_err(|_| call.fail("body"))?;
         let now = Instant::now();
-        set.fetched_at = now;
         set.fresh_until = now + max_age;
+        // Refresh in the background during the last tenth of the set's life.
+        set.refresh_ahead = max_age / 10;
         Ok(set)
     }
 }
@@ -243,8 +335,8 @@ pub fn parse_key_set(body: &[u8]) -> Result<KeySet, String> {
     let mut set = KeySet {
         by_kid: HashMap::new(),
         anonymous: Vec::new(),
-        fetched_at: now,
         fresh_until: now,
+        refresh_ahead: Duration::ZERO,
     };
     if let Some(keys) = object.get("keys") {
         let Some(keys) = keys.as_array() else {

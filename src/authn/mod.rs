@@ -4,6 +4,7 @@
 
 pub mod bearer;
 pub mod dev;
+pub mod introspection;
 pub mod jwt;
 pub mod keys;
 pub mod tokeninfo;
@@ -18,8 +19,11 @@ use crate::iam::member::principal_members;
 
 /// Verified principals kept at most this long, whatever the token's own expiry.
 const MAX_CACHE_TTL: Duration = Duration::from_secs(3600);
-/// Verified principals kept at once.
-const CACHE_CAPACITY: u64 = 200_000;
+/// Invalid tokens remembered at once.
+const NEGATIVE_CAPACITY: u64 = 100_000;
+/// Google's opaque access tokens start so; with both opaque verifiers configured they go to
+/// tokeninfo and every other opaque token to introspection.
+const GOOGLE_OPAQUE_PREFIX: &str = "ya29.";
 
 /// Why a token does not authenticate.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -55,6 +59,9 @@ pub struct Verified {
 pub struct Principal {
     /// What `x-verifyiam-principal` carries: the email, else the subject.
     pub id: Box<str>,
+    /// Identifies the principal in decision-cache keys: issuer, id and members together, so two
+    /// issuers' principals that share an id never share a decision.
+    pub key: Arc<str>,
     /// The token's issuer.
     pub issuer: Box<str>,
     /// The IAM members the caller matches (`user:…`, `domain:…`, `allAuthenticatedUsers`, …).
@@ -74,8 +81,10 @@ impl Principal {
             .map(str::to_ascii_lowercase)
             .or(v.subject)
             .unwrap_or_default();
+        let key = format!("{}\n{id}\n{}", v.issuer, members.join(" "));
         Principal {
             id: id.into(),
+            key: key.into(),
             issuer: v.issuer.into(),
             members,
             expires_at: v.expires_at,
@@ -117,9 +126,33 @@ impl moka::Expiry<TokenHash, Arc<Principal>> for UntilExpiry {
 pub struct Authenticator {
     jwt: jwt::JwtVerifier,
     tokeninfo: Option<tokeninfo::Tokeninfo>,
+    introspection: Option<introspection::Introspection>,
     required_scope: String,
     leeway: u64,
+    /// Verified principals, until their token expires (capped).
     cache: moka::future::Cache<TokenHash, Arc<Principal>>,
+    /// Tokens found invalid, for `negative_cache_ttl`: a flood of one bad token stays here.
+    rejected: moka::future::Cache<TokenHash, AuthnError>,
+}
+
+fn cache_request(cache: &'static str, result: &'static str) {
+    metrics::counter!("verifyiam_cache_requests_total", "cache" => cache, "result" => result)
+        .increment(1);
+}
+
+fn count_eviction(
+    cache: &'static str,
+) -> impl Fn(moka::notification::RemovalCause) + Send + Sync + 'static {
+    move |cause| {
+        let cause = match cause {
+            moka::notification::RemovalCause::Expired => "expired",
+            moka::notification::RemovalCause::Size => "size",
+            moka::notification::RemovalCause::Explicit => return,
+            moka::notification::RemovalCause::Replaced => return,
+        };
+        metrics::counter!("verifyiam_cache_evictions_total", "cache" => cache, "cause" => cause)
+            .increment(1);
+    }
 }
 
 impl Authenticator {
@@ -129,17 +162,29 @@ impl Authenticator {
         http: reqwest::Client,
         fixed: Vec<(String, Arc<keys::KeySet>)>,
     ) -> Authenticator {
+        let evicted = count_eviction("token");
+        let rejected = count_eviction("token_rejected");
         Authenticator {
             jwt: jwt::JwtVerifier::new(token, keys::KeySets::new(http.clone(), token), fixed),
             tokeninfo: token
                 .tokeninfo
                 .as_ref()
-                .map(|t| tokeninfo::Tokeninfo::new(http, t.url.clone())),
+                .map(|t| tokeninfo::Tokeninfo::new(http.clone(), t.url.clone())),
+            introspection: token
+                .introspection
+                .as_ref()
+                .map(|i| introspection::Introspection::new(http, i.clone())),
             required_scope: token.required_scope.clone(),
             leeway: token.leeway.as_secs(),
             cache: moka::future::Cache::builder()
-                .max_capacity(CACHE_CAPACITY)
+                .max_capacity(token.cache_capacity)
                 .expire_after(UntilExpiry)
+                .eviction_listener(move |_, _, cause| evicted(cause))
+                .build(),
+            rejected: moka::future::Cache::builder()
+                .max_capacity(NEGATIVE_CAPACITY)
+                .time_to_live(token.negative_cache_ttl.max(Duration::from_millis(1)))
+                .eviction_listener(move |_, _, cause| rejected(cause))
                 .build(),
         }
     }
@@ -149,20 +194,35 @@ impl Authenticator {
         let key = token_hash(token);
         let principal = match self.cache.get(&key).await {
             Some(p) => {
-                metrics::counter!("verifyiam_token_cache_hits_total").increment(1);
+                cache_request("token", "hit");
                 p
             }
             None => {
-                metrics::counter!("verifyiam_token_cache_misses_total").increment(1);
+                if let Some(e) = self.rejected.get(&key).await {
+                    cache_request("token_rejected", "hit");
+                    return Err(e);
+                }
+                cache_request("token", "miss");
                 // Concurrent first sights of one token share one verification.
-                self.cache
+                let verified = self
+                    .cache
                     .try_get_with(key, async {
                         self.verify(token)
                             .await
                             .map(|v| Arc::new(Principal::from_verified(v)))
                     })
                     .await
-                    .map_err(|e| (*e).clone())?
+                    .map_err(|e| (*e).clone());
+                match verified {
+                    Ok(p) => p,
+                    Err(e) => {
+                        // Only a verdict on the token is remembered; an outage is not.
+                        if matches!(e, AuthnError::InvalidToken(_)) {
+                            self.rejected.insert(key, e.clone()).await;
+                        }
+                        return Err(e);
+                    }
+                }
             }
         };
         if principal.expires_at + self.leeway < unix_now() {
@@ -179,9 +239,18 @@ impl Authenticator {
         if token.bytes().filter(|&b| b == b'.').count() == 2 {
             return self.jwt.verify(token, &self.required_scope).await;
         }
-        match &self.tokeninfo {
-            Some(t) => t.verify(token, &self.required_scope, self.leeway).await,
-            None => Err(AuthnError::InvalidToken("the token is not a JWT".into())),
+        match (&self.tokeninfo, &self.introspection) {
+            (Some(t), None) => t.verify(token, &self.required_scope, self.leeway).await,
+            (Some(t), Some(_)) if token.starts_with(GOOGLE_OPAQUE_PREFIX) => {
+                t.verify(token, &self.required_scope, self.leeway).await
+            }
+            (_, Some(i)) => i.verify(token, &self.required_scope, self.leeway).await,
+            (None, None) => Err(AuthnError::InvalidToken("the token is not a JWT".into())),
         }
+    }
+
+    /// Entries in the token caches (verified, rejected), for the size gauges.
+    pub fn cache_sizes(&self) -> (u64, u64) {
+        (self.cache.entry_count(), self.rejected.entry_count())
     }
 }

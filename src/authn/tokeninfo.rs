@@ -36,7 +36,7 @@ struct Answer {
 }
 
 /// A number that may arrive as a JSON number or a JSON string.
-fn number(v: &serde_json::Value) -> Option<u64> {
+pub(crate) fn number(v: &serde_json::Value) -> Option<u64> {
     match v {
         serde_json::Value::Number(n) => n.as_u64(),
         serde_json::Value::String(s) => s.trim().parse().ok(),

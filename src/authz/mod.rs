@@ -1,11 +1,23 @@
-//! Authorization: a principal × a deployment → allowed or not, evaluated against the current
-//! policy snapshot (project level or the deployment itself grant `apigee.deployments.invoke`).
+//! Authorization: a principal × a deployment → allowed or not. The source is the embedded
+//! store's current snapshot (`local`: project level or the deployment itself grant
+//! `apigee.deployments.invoke`) or Google IAM (`google`: Apigee's testIamPermissions with the
+//! caller's token). Decisions are cached by (principal, deployment, policy epoch); remote ones are
+//! refreshed ahead of expiry when hot and served stale, within bounds, when the source fails.
 //! Also the [`Decision`] every Check ends in: a denial is data, not an error.
 
+pub mod google;
+
 use std::borrow::Cow;
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures_util::FutureExt as _;
+use futures_util::future::{BoxFuture, Shared};
+use tokio::time::Instant;
 
 use crate::authn::Principal;
+use crate::config::AuthzConfig;
 use crate::iam::eval::may_invoke;
 use crate::route::Target;
 use crate::store::PolicyStore;
@@ -88,50 +100,314 @@ pub fn permission_denied_message(resource: &str) -> String {
     format!("Permission '{INVOKE}' denied on resource '{resource}' (or it may not exist).")
 }
 
-/// Evaluates invoke permission against the store.
+/// Why a remote source gave no verdict.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SourceError {
+    /// It could not answer (timeout, 5xx, garbage).
+    #[error("{0}")]
+    Unavailable(String),
+    /// It did not accept the caller's token.
+    #[error("the policy source did not accept the caller's token")]
+    Unauthenticated,
+}
+
+/// A policy source asked over the network (Google IAM, or a test double).
+pub trait RemoteSource: Send + Sync + 'static {
+    /// Whether the caller, by its own `token`, holds invoke on `target`.
+    fn may_invoke<'a>(
+        &'a self,
+        token: &'a str,
+        target: &'a Target,
+    ) -> BoxFuture<'a, Result<bool, SourceError>>;
+}
+
+/// The decision-cache key: who, where, and the policy epoch it was computed at.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+struct Key {
+    principal: Arc<str>,
+    deployment: Arc<str>,
+    epoch: u64,
+}
+
+#[derive(Clone, Copy)]
+struct Cached {
+    allowed: bool,
+    at: Instant,
+}
+
+type Flight = Shared<BoxFuture<'static, Result<bool, SourceError>>>;
+
+enum Source {
+    Local {
+        store: Arc<PolicyStore>,
+        /// `projects/{project}`, built once.
+        project_name: Box<str>,
+        organization: Box<str>,
+    },
+    Remote {
+        source: Arc<dyn RemoteSource>,
+        /// One remote question per (principal, deployment) at a time.
+        flights: Arc<Mutex<HashMap<Key, Flight>>>,
+        timeout: Duration,
+    },
+}
+
+/// Evaluates invoke permission, through the decision cache.
 pub struct Authorizer {
-    store: Arc<PolicyStore>,
-    /// `projects/{project}`, built once.
-    project_name: Box<str>,
-    organization: Box<str>,
+    source: Source,
+    cache: moka::sync::Cache<Key, Cached>,
+    ttl: Duration,
+    refresh_ahead: Duration,
+    max_stale: Duration,
+    /// How long a Check waits for a refresh of a stale remote decision before serving it stale.
+    stale_wait: Duration,
 }
 
 impl Authorizer {
-    /// An authorizer for `project`, whose deployments live under `organization`.
-    pub fn new(store: Arc<PolicyStore>, project: &str, organization: &str) -> Authorizer {
-        Authorizer {
-            store,
-            project_name: format!("projects/{project}").into(),
-            organization: organization.into(),
-        }
-    }
-
-    /// Whether `principal` may invoke `target`.
-    pub fn may_invoke(&self, principal: &Principal, target: &Target) -> bool {
-        // Project-level grants cover this project's organization only.
-        if *target.organization != *self.organization {
-            return false;
-        }
-        let snapshot = self.store.snapshot();
-        may_invoke(
-            &**snapshot,
-            &self.project_name,
-            &target.name,
-            &principal.members,
+    /// Decisions from the embedded store for `project`, whose deployments live under
+    /// `organization`.
+    pub fn local(
+        store: Arc<PolicyStore>,
+        project: &str,
+        organization: &str,
+        config: &AuthzConfig,
+    ) -> Authorizer {
+        Self::with(
+            Source::Local {
+                store,
+                project_name: format!("projects/{project}").into(),
+                organization: organization.into(),
+            },
+            config,
+            Duration::ZERO,
         )
     }
 
-    /// Authorizes an authenticated caller for a deployment.
-    pub fn decide(&self, principal: Arc<Principal>, target: Target) -> Decision {
-        if self.may_invoke(&principal, &target) {
-            Decision::Allow { principal, target }
-        } else {
-            Decision::Deny(Denial {
+    /// Decisions from a remote source; `deadline` is the Check deadline.
+    pub fn remote(
+        source: Arc<dyn RemoteSource>,
+        config: &AuthzConfig,
+        deadline: Duration,
+    ) -> Authorizer {
+        Self::with(
+            Source::Remote {
+                source,
+                flights: Default::default(),
+                timeout: config.timeout,
+            },
+            config,
+            deadline * 2 / 3,
+        )
+    }
+
+    fn with(source: Source, config: &AuthzConfig, stale_wait: Duration) -> Authorizer {
+        let evicted = |_: Arc<Key>, _: Cached, cause: moka::notification::RemovalCause| {
+            let cause = match cause {
+                moka::notification::RemovalCause::Expired => "expired",
+                moka::notification::RemovalCause::Size => "size",
+                _ => return,
+            };
+            metrics::counter!("verifyiam_cache_evictions_total", "cache" => "decision", "cause" => cause).increment(1);
+        };
+        Authorizer {
+            source,
+            cache: moka::sync::Cache::builder()
+                .max_capacity(config.decision_cache_capacity)
+                // A backstop only: freshness is judged on each entry's own timestamp.
+                .time_to_live(config.cache_ttl + config.max_stale + Duration::from_secs(1))
+                .eviction_listener(evicted)
+                .build(),
+            ttl: config.cache_ttl,
+            refresh_ahead: config.refresh_ahead,
+            max_stale: config.max_stale,
+            stale_wait,
+        }
+    }
+
+    /// Entries in the decision cache.
+    pub fn cache_size(&self) -> u64 {
+        self.cache.entry_count()
+    }
+
+    /// Authorizes an authenticated caller (`token` is its own bearer token, for remote sources).
+    pub async fn decide(&self, principal: Arc<Principal>, token: &str, target: Target) -> Decision {
+        match self.allowed(&principal, token, &target).await {
+            Ok(true) => Decision::Allow { principal, target },
+            Ok(false) => Decision::Deny(Denial {
                 reason: Reason::PermissionDenied,
                 message: permission_denied_message(&target.name).into(),
                 principal: Some(principal),
                 target: Some(target),
-            })
+            }),
+            Err(e) => {
+                let (reason, message): (Reason, Cow<'static, str>) = match e {
+                    SourceError::Unauthenticated => (
+                        Reason::InvalidToken,
+                        "the policy source did not accept the token".into(),
+                    ),
+                    SourceError::Unavailable(m) => {
+                        tracing::warn!(error = %m, "policy source unavailable");
+                        (
+                            Reason::Unavailable,
+                            "the policy source is temporarily unavailable".into(),
+                        )
+                    }
+                };
+                Decision::Deny(Denial {
+                    reason,
+                    message,
+                    principal: Some(principal),
+                    target: Some(target),
+                })
+            }
         }
     }
+
+    async fn allowed(
+        &self,
+        principal: &Principal,
+        token: &str,
+        target: &Target,
+    ) -> Result<bool, SourceError> {
+        match &self.source {
+            Source::Local {
+                store,
+                project_name,
+                organization,
+            } => {
+                // Project-level grants cover this project's organization only.
+                if *target.organization != **organization {
+                    return Ok(false);
+                }
+                let snapshot = store.snapshot();
+                let key = Key {
+                    principal: principal.key.clone(),
+                    deployment: target.name.clone(),
+                    epoch: snapshot.epoch,
+                };
+                if let Some(c) = self.cache.get(&key) {
+                    if c.at.elapsed() < self.ttl {
+                        hit("hit");
+                        return Ok(c.allowed);
+                    }
+                }
+                hit("miss");
+                let allowed =
+                    may_invoke(&**snapshot, project_name, &target.name, &principal.members);
+                self.cache.insert(
+                    key,
+                    Cached {
+                        allowed,
+                        at: Instant::now(),
+                    },
+                );
+                Ok(allowed)
+            }
+            Source::Remote { .. } => self.remote_allowed(principal, token, target).await,
+        }
+    }
+
+    async fn remote_allowed(
+        &self,
+        principal: &Principal,
+        token: &str,
+        target: &Target,
+    ) -> Result<bool, SourceError> {
+        let key = Key {
+            principal: principal.key.clone(),
+            deployment: target.name.clone(),
+            epoch: 0,
+        };
+        let cached = self.cache.get(&key);
+        let age = cached.map(|c| c.at.elapsed());
+        match (cached, age) {
+            (Some(c), Some(age)) if age < self.ttl => {
+                hit("hit");
+                if age + self.refresh_ahead >= self.ttl {
+                    // Hot and about to expire: refresh in the background, answer now.
+                    drop(self.flight(&key, token, target));
+                }
+                Ok(c.allowed)
+            }
+            (Some(c), Some(age)) if age < self.ttl + self.max_stale => {
+                hit("stale");
+                let flight = self.flight(&key, token, target);
+                match tokio::time::timeout(self.stale_wait, flight).await {
+                    Ok(Ok(allowed)) => Ok(allowed),
+                    // The source failed or is slow: the last verdict, within max_stale.
+                    Ok(Err(SourceError::Unavailable(_))) | Err(_) => {
+                        metrics::counter!("verifyiam_decision_stale_served_total").increment(1);
+                        Ok(c.allowed)
+                    }
+                    Ok(Err(e)) => Err(e),
+                }
+            }
+            _ => {
+                hit("miss");
+                self.flight(&key, token, target).await
+            }
+        }
+    }
+
+    /// Joins the remote question in flight for `key`, or asks it in a task of its own (so a
+    /// Check giving up at its deadline does not cancel it for the others).
+    fn flight(&self, key: &Key, token: &str, target: &Target) -> Flight {
+        let Source::Remote {
+            source,
+            flights,
+            timeout,
+        } = &self.source
+        else {
+            unreachable!("flights exist only for remote sources");
+        };
+        let Ok(mut map) = flights.lock() else {
+            return futures_util::future::ready(Err(SourceError::Unavailable(
+                "internal lock poisoned".into(),
+            )))
+            .boxed()
+            .shared();
+        };
+        if let Some(f) = map.get(key) {
+            return f.clone();
+        }
+        let (source, flights, cache) = (source.clone(), flights.clone(), self.cache.clone());
+        let (key_owned, token, target, timeout) =
+            (key.clone(), token.to_owned(), target.clone(), *timeout);
+        let task = tokio::spawn(async move {
+            let result =
+                match tokio::time::timeout(timeout, source.may_invoke(&token, &target)).await {
+                    Ok(r) => r,
+                    Err(_) => Err(SourceError::Unavailable("remote IAM timed out".into())),
+                };
+            if let Ok(allowed) = result {
+                cache.insert(
+                    key_owned.clone(),
+                    Cached {
+                        allowed,
+                        at: Instant::now(),
+                    },
+                );
+            }
+            if let Ok(mut map) = flights.lock() {
+                map.remove(&key_owned);
+            }
+            result
+        });
+        let flight: Flight = async move {
+            task.await.unwrap_or_else(|e| {
+                Err(SourceError::Unavailable(format!(
+                    "remote IAM task failed: {e}"
+                )))
+            })
+        }
+        .boxed()
+        .shared();
+        map.insert(key.clone(), flight.clone());
+        flight
+    }
+}
+
+fn hit(result: &'static str) {
+    metrics::counter!("verifyiam_cache_requests_total", "cache" => "decision", "result" => result)
+        .increment(1);
 }

@@ -15,6 +15,7 @@ use tracing::Instrument as _;
 
 use crate::authn::{Authenticator, AuthnError};
 use crate::authz::{Authorizer, Decision, Denial, Reason};
+use crate::config::OnDependencyFailure;
 use crate::route::{RouteError, Router};
 pub use request::AuthzRequest;
 
@@ -109,7 +110,7 @@ impl Checker {
                 });
             }
         };
-        self.authorizer.decide(principal, target)
+        self.authorizer.decide(principal, token, target).await
     }
 
     /// The scope tokens must carry.
@@ -121,16 +122,24 @@ impl Checker {
 /// The tonic service.
 pub struct CheckService {
     checker: Arc<Checker>,
+    on_failure: OnDependencyFailure,
 }
 
 impl CheckService {
-    /// Serves `checker`.
-    pub fn new(checker: Arc<Checker>) -> CheckService {
-        CheckService { checker }
+    /// Serves `checker`; `on_failure` says how a dependency failure is answered.
+    pub fn new(checker: Arc<Checker>, on_failure: OnDependencyFailure) -> CheckService {
+        CheckService {
+            checker,
+            on_failure,
+        }
     }
 
     /// One Check, as the gRPC method runs it (also used in-process by benchmarks).
     pub async fn check_one(&self, check: &CheckRequest) -> CheckResponse {
+        self.decide_and_answer(check).await.1
+    }
+
+    async fn decide_and_answer(&self, check: &CheckRequest) -> (Option<Reason>, CheckResponse) {
         let started = Instant::now();
         let req = AuthzRequest::from_check(check);
         let span = tracing::info_span!("check", request_id = req.request_id);
@@ -153,7 +162,14 @@ impl CheckService {
             .increment(1);
         metrics::histogram!("verifyiam_check_duration_seconds")
             .record(started.elapsed().as_secs_f64());
-        response::check_response(&decision, self.checker.scope())
+        let reason = match &decision {
+            Decision::Deny(d) => Some(d.reason),
+            Decision::Allow { .. } => None,
+        };
+        (
+            reason,
+            response::check_response(&decision, self.checker.scope()),
+        )
     }
 }
 
@@ -163,6 +179,13 @@ impl Authorization for CheckService {
         &self,
         request: Request<CheckRequest>,
     ) -> Result<Response<CheckResponse>, Status> {
-        Ok(Response::new(self.check_one(request.get_ref()).await))
+        let (reason, response) = self.decide_and_answer(request.get_ref()).await;
+        if reason == Some(Reason::Unavailable) && self.on_failure == OnDependencyFailure::Error {
+            // Envoy's own failure policy (failure_mode_allow, status_on_error) decides.
+            return Err(Status::unavailable(
+                "authorization dependencies are unavailable",
+            ));
+        }
+        Ok(Response::new(response))
     }
 }

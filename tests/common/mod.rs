@@ -255,7 +255,12 @@ pub struct Server {
 
 #[derive(Default)]
 pub struct Options {
+    /// Appended to the config file (whole tables).
     pub extra: String,
+    /// Extra keys for the `[server]` table.
+    pub server_extra: String,
+    /// `server.check_deadline`; "2s" when empty.
+    pub deadline: String,
     pub store: Option<Arc<tempfile::TempDir>>,
     pub upstream: Option<Upstream>,
 }
@@ -281,7 +286,8 @@ impl Server {
         let text = format!(
             r#"
 [server]
-check_deadline = "2s"
+check_deadline = "{deadline}"
+{server_extra}
 [iam]
 project = "{PROJECT}"
 store = "{store}"
@@ -294,6 +300,12 @@ jwks_uri = "{jwks}"
             store = dir.path().display(),
             jwks = upstream.url("/jwks"),
             extra = options.extra,
+            server_extra = options.server_extra,
+            deadline = if options.deadline.is_empty() {
+                "2s"
+            } else {
+                options.deadline.as_str()
+            },
         );
         let config = Config::parse(&text).unwrap_or_else(|e| panic!("test config: {e}\n{text}"));
         let extauthz = TcpListener::bind("127.0.0.1:0").await.unwrap();
