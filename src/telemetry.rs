@@ -91,3 +91,27 @@ impl Drop for UpstreamCall {
             .record(self.started.elapsed().as_secs_f64());
     }
 }
+
+/// Request counters of one cache, registered once so the hot path only adds to an atomic.
+#[derive(Clone)]
+pub struct CacheCounters {
+    /// Answered from the cache.
+    pub hit: metrics::Counter,
+    /// Not in the cache (or expired).
+    pub miss: metrics::Counter,
+    /// Expired, served while its refresh failed.
+    pub stale: metrics::Counter,
+}
+
+impl CacheCounters {
+    /// The counters of `cache` (`verifyiam_cache_requests_total{cache,result}`).
+    pub fn new(cache: &'static str) -> CacheCounters {
+        let _ = metrics_handle();
+        let c = |result: &'static str| metrics::counter!("verifyiam_cache_requests_total", "cache" => cache, "result" => result);
+        CacheCounters {
+            hit: c("hit"),
+            miss: c("miss"),
+            stale: c("stale"),
+        }
+    }
+}

@@ -16,6 +16,7 @@ use sha2::{Digest, Sha256};
 
 use crate::config::TokenConfig;
 use crate::iam::member::principal_members;
+use crate::telemetry::CacheCounters;
 
 /// Verified principals kept at most this long, whatever the token's own expiry.
 const MAX_CACHE_TTL: Duration = Duration::from_secs(3600);
@@ -133,11 +134,8 @@ pub struct Authenticator {
     cache: moka::future::Cache<TokenHash, Arc<Principal>>,
     /// Tokens found invalid, for `negative_cache_ttl`: a flood of one bad token stays here.
     rejected: moka::future::Cache<TokenHash, AuthnError>,
-}
-
-fn cache_request(cache: &'static str, result: &'static str) {
-    metrics::counter!("verifyiam_cache_requests_total", "cache" => cache, "result" => result)
-        .increment(1);
+    counters: CacheCounters,
+    rejected_counters: CacheCounters,
 }
 
 fn count_eviction(
@@ -186,6 +184,8 @@ impl Authenticator {
                 .time_to_live(token.negative_cache_ttl.max(Duration::from_millis(1)))
                 .eviction_listener(move |_, _, cause| rejected(cause))
                 .build(),
+            counters: CacheCounters::new("token"),
+            rejected_counters: CacheCounters::new("token_rejected"),
         }
     }
 
@@ -194,15 +194,15 @@ impl Authenticator {
         let key = token_hash(token);
         let principal = match self.cache.get(&key).await {
             Some(p) => {
-                cache_request("token", "hit");
+                self.counters.hit.increment(1);
                 p
             }
             None => {
                 if let Some(e) = self.rejected.get(&key).await {
-                    cache_request("token_rejected", "hit");
+                    self.rejected_counters.hit.increment(1);
                     return Err(e);
                 }
-                cache_request("token", "miss");
+                self.counters.miss.increment(1);
                 // Concurrent first sights of one token share one verification.
                 let verified = self
                     .cache
@@ -247,6 +247,12 @@ impl Authenticator {
             (_, Some(i)) => i.verify(token, &self.required_scope, self.leeway).await,
             (None, None) => Err(AuthnError::InvalidToken("the token is not a JWT".into())),
         }
+    }
+
+    /// Applies the caches' pending bookkeeping (so sizes are exact), e.g. before measuring.
+    pub async fn run_pending_tasks(&self) {
+        self.cache.run_pending_tasks().await;
+        self.rejected.run_pending_tasks().await;
     }
 
     /// Entries in the token caches (verified, rejected), for the size gauges.

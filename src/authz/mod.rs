@@ -21,6 +21,7 @@ use crate::config::AuthzConfig;
 use crate::iam::eval::may_invoke;
 use crate::route::Target;
 use crate::store::PolicyStore;
+use crate::telemetry::CacheCounters;
 
 /// The permission a caller needs on a deployment.
 pub const INVOKE: &str = "apigee.deployments.invoke";
@@ -161,6 +162,7 @@ pub struct Authorizer {
     max_stale: Duration,
     /// How long a Check waits for a refresh of a stale remote decision before serving it stale.
     stale_wait: Duration,
+    counters: CacheCounters,
 }
 
 impl Authorizer {
@@ -221,11 +223,13 @@ impl Authorizer {
             refresh_ahead: config.refresh_ahead,
             max_stale: config.max_stale,
             stale_wait,
+            counters: CacheCounters::new("decision"),
         }
     }
 
-    /// Entries in the decision cache.
+    /// Entries in the decision cache (after applying its pending bookkeeping).
     pub fn cache_size(&self) -> u64 {
+        self.cache.run_pending_tasks();
         self.cache.entry_count()
     }
 
@@ -287,11 +291,11 @@ impl Authorizer {
                 };
                 if let Some(c) = self.cache.get(&key) {
                     if c.at.elapsed() < self.ttl {
-                        hit("hit");
+                        self.counters.hit.increment(1);
                         return Ok(c.allowed);
                     }
                 }
-                hit("miss");
+                self.counters.miss.increment(1);
                 let allowed =
                     may_invoke(&**snapshot, project_name, &target.name, &principal.members);
                 self.cache.insert(
@@ -322,7 +326,7 @@ impl Authorizer {
         let age = cached.map(|c| c.at.elapsed());
         match (cached, age) {
             (Some(c), Some(age)) if age < self.ttl => {
-                hit("hit");
+                self.counters.hit.increment(1);
                 if age + self.refresh_ahead >= self.ttl {
                     // Hot and about to expire: refresh in the background, answer now.
                     drop(self.flight(&key, token, target));
@@ -330,7 +334,7 @@ impl Authorizer {
                 Ok(c.allowed)
             }
             (Some(c), Some(age)) if age < self.ttl + self.max_stale => {
-                hit("stale");
+                self.counters.stale.increment(1);
                 let flight = self.flight(&key, token, target);
                 match tokio::time::timeout(self.stale_wait, flight).await {
                     Ok(Ok(allowed)) => Ok(allowed),
@@ -343,7 +347,7 @@ impl Authorizer {
                 }
             }
             _ => {
-                hit("miss");
+                self.counters.miss.increment(1);
                 self.flight(&key, token, target).await
             }
         }
@@ -405,9 +409,4 @@ impl Authorizer {
         map.insert(key.clone(), flight.clone());
         flight
     }
-}
-
-fn hit(result: &'static str) {
-    metrics::counter!("verifyiam_cache_requests_total", "cache" => "decision", "result" => result)
-        .increment(1);
 }

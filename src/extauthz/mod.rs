@@ -123,6 +123,42 @@ impl Checker {
 pub struct CheckService {
     checker: Arc<Checker>,
     on_failure: OnDependencyFailure,
+    metrics: CheckMetrics,
+}
+
+/// `verifyiam_checks_total{decision,reason}` and the latency histogram, registered once so a
+/// Check only adds to atomics.
+struct CheckMetrics {
+    allowed: metrics::Counter,
+    denied: [metrics::Counter; REASONS.len()],
+    duration: metrics::Histogram,
+}
+
+const REASONS: [Reason; 6] = [
+    Reason::InvalidRequest,
+    Reason::InvalidToken,
+    Reason::InsufficientScope,
+    Reason::PermissionDenied,
+    Reason::NoRoute,
+    Reason::Unavailable,
+];
+
+impl CheckMetrics {
+    fn new() -> CheckMetrics {
+        let _ = crate::telemetry::metrics_handle();
+        CheckMetrics {
+            allowed: metrics::counter!("verifyiam_checks_total", "decision" => "allow", "reason" => "ok"),
+            denied: REASONS.map(|r| {
+                metrics::counter!("verifyiam_checks_total", "decision" => "deny", "reason" => r.label())
+            }),
+            duration: metrics::histogram!("verifyiam_check_duration_seconds"),
+        }
+    }
+
+    fn denied(&self, reason: Reason) -> &metrics::Counter {
+        let i = REASONS.iter().position(|r| *r == reason).unwrap_or(0);
+        &self.denied[i]
+    }
 }
 
 impl CheckService {
@@ -131,6 +167,7 @@ impl CheckService {
         CheckService {
             checker,
             on_failure,
+            metrics: CheckMetrics::new(),
         }
     }
 
@@ -142,30 +179,33 @@ impl CheckService {
     async fn decide_and_answer(&self, check: &CheckRequest) -> (Option<Reason>, CheckResponse) {
         let started = Instant::now();
         let req = AuthzRequest::from_check(check);
-        let span = tracing::info_span!("check", request_id = req.request_id);
+        // Debug level: at the default `info` a span per Check would cost its formatting on
+        // every request; `RUST_LOG=verifyiam=debug` shows each Check with its request id.
+        let span = tracing::debug_span!("check", request_id = req.request_id);
         let decision = self.checker.decide(&req).instrument(span.clone()).await;
-        let (label, reason) = match &decision {
-            Decision::Allow { .. } => ("allow", "ok"),
-            Decision::Deny(d) => ("deny", d.reason.label()),
-        };
-        span.in_scope(|| match &decision {
-            Decision::Allow { principal, target } => {
-                tracing::debug!(
-                    principal = &*principal.id,
-                    deployment = &*target.name,
-                    "allowed"
-                )
-            }
-            Decision::Deny(d) => tracing::debug!(reason, message = %d.message, "denied"),
-        });
-        metrics::counter!("verifyiam_checks_total", "decision" => label, "reason" => reason)
-            .increment(1);
-        metrics::histogram!("verifyiam_check_duration_seconds")
-            .record(started.elapsed().as_secs_f64());
         let reason = match &decision {
-            Decision::Deny(d) => Some(d.reason),
-            Decision::Allow { .. } => None,
+            Decision::Allow { principal, target } => {
+                self.metrics.allowed.increment(1);
+                span.in_scope(|| {
+                    tracing::debug!(
+                        principal = &*principal.id,
+                        deployment = &*target.name,
+                        "allowed"
+                    )
+                });
+                None
+            }
+            Decision::Deny(d) => {
+                self.metrics.denied(d.reason).increment(1);
+                span.in_scope(
+                    || tracing::debug!(reason = d.reason.label(), message = %d.message, "denied"),
+                );
+                Some(d.reason)
+            }
         };
+        self.metrics
+            .duration
+            .record(started.elapsed().as_secs_f64());
         (
             reason,
             response::check_response(&decision, self.checker.scope()),
