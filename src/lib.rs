@@ -13,10 +13,12 @@
 pub mod admin;
 pub mod authn;
 pub mod authz;
+pub mod client;
 pub mod cli;
 pub mod config;
 pub mod extauthz;
 pub mod iam;
+pub mod proto;
 pub mod route;
 pub mod server;
 pub mod store;
