@@ -72,6 +72,8 @@ impl App {
             &config.iam.project,
             &config.iam.bootstrap_admins,
         )?);
+        // Management data: `[[iam.groups]]` seeds group memberships at start.
+        admin::service::seed_groups(&store, &config.iam.groups)?;
         let http = reqwest::Client::builder()
             .timeout(config.token.fetch_timeout)
             .connect_timeout(config.token.fetch_timeout)
@@ -89,11 +91,10 @@ impl App {
         let authenticator = Arc::new(Authenticator::new(&config.token, http, fixed));
         let organization = config.iam.organization().to_owned();
         let router = Arc::new(Router::new(&organization, &config.routes));
-        let authorizer = Arc::new(Authorizer::new(
-            store.clone(),
-            &config.iam.project,
-            &organization,
-        ));
+        let authorizer = Arc::new(
+            Authorizer::new(store.clone(), &config.iam.project, &organization)
+                .with_strict_deployments(config.iam.strict_deployments),
+        );
         let checker = Arc::new(Checker::new(
             router,
             authenticator.clone(),
@@ -109,6 +110,24 @@ impl App {
             dev,
         })
     }
+}
+
+/// The full names of the deployments `[[routes]]` name.
+fn route_deployments(config: &Config) -> Vec<String> {
+    let organization = config.iam.organization();
+    config
+        .routes
+        .iter()
+        .map(|r| {
+            crate::route::Target::new(
+                r.organization.as_deref().unwrap_or(organization),
+                &r.environment,
+                &r.deployment,
+            )
+            .name
+            .to_string()
+        })
+        .collect()
 }
 
 /// Builds the service from `config` and serves until `shutdown` resolves.
@@ -165,10 +184,12 @@ pub async fn serve(
         organization: app.config.iam.organization().to_owned(),
         dev_jwks: app.dev.as_ref().map(|d| d.jwk_set()),
         metrics,
+        strict_deployments: app.config.iam.strict_deployments,
+        route_deployments: route_deployments(&app.config),
     });
     let admin = {
         let stop = stop.clone();
-        axum::serve(listeners.admin, admin::router(state))
+        axum::serve(listeners.admin, admin::service(state))
             .with_graceful_shutdown(async move { stop.cancelled().await })
     };
 

@@ -28,6 +28,9 @@ pub enum Reason {
     NoRoute,
     /// A dependency could not answer in time (503).
     Unavailable,
+    /// The deployment was undeployed, or (strict mode) was never deployed (403, same message as
+    /// [`Reason::PermissionDenied`]: existence is not leaked).
+    NotDeployed,
 }
 
 impl Reason {
@@ -40,6 +43,7 @@ impl Reason {
             Reason::PermissionDenied => "permission_denied",
             Reason::NoRoute => "no_route",
             Reason::Unavailable => "unavailable",
+            Reason::NotDeployed => "not_deployed",
         }
     }
 }
@@ -94,6 +98,8 @@ pub struct Authorizer {
     /// `projects/{project}`, built once.
     project_name: Box<str>,
     organization: Box<str>,
+    /// `iam.strict_deployments`: only explicitly deployed APIs may be allowed.
+    strict_deployments: bool,
 }
 
 impl Authorizer {
@@ -103,7 +109,27 @@ impl Authorizer {
             store,
             project_name: format!("projects/{project}").into(),
             organization: organization.into(),
+            strict_deployments: false,
         }
+    }
+
+    /// Only explicitly deployed APIs may be allowed (`iam.strict_deployments`).
+    #[must_use]
+    pub fn with_strict_deployments(mut self, strict: bool) -> Authorizer {
+        self.strict_deployments = strict;
+        self
+    }
+
+    /// Whether the deployment may be allowed at all: deployed, or (unless strict) never undeployed.
+    pub fn is_deployed(&self, target: &Target) -> bool {
+        self.store
+            .snapshot()
+            .is_deployed(&target.name, self.strict_deployments)
+    }
+
+    /// Whether a denied Check on `target` goes on to the backend (continue on error).
+    pub fn continues_on_error(&self, target: &Target) -> bool {
+        self.store.snapshot().continues_on_error(&target.name)
     }
 
     /// Whether `principal` may invoke `target`.
@@ -123,6 +149,14 @@ impl Authorizer {
 
     /// Authorizes an authenticated caller for a deployment.
     pub fn decide(&self, principal: Arc<Principal>, target: Target) -> Decision {
+        if !self.is_deployed(&target) {
+            return Decision::Deny(Denial {
+                reason: Reason::NotDeployed,
+                message: permission_denied_message(&target.name).into(),
+                principal: Some(principal),
+                target: Some(target),
+            });
+        }
         if self.may_invoke(&principal, &target) {
             Decision::Allow { principal, target }
         } else {

@@ -112,6 +112,19 @@ impl Checker {
         self.authorizer.decide(principal, target)
     }
 
+    /// Whether a decision is a denial that goes on to the backend: the deployment is marked
+    /// continue-on-error. An unavailable dependency (503) does not continue: an outage stays
+    /// visible and retryable, and Envoy's failure policy is the place to decide about outages.
+    pub fn continues(&self, decision: &Decision) -> bool {
+        match decision {
+            Decision::Deny(d) if d.reason != Reason::Unavailable => d
+                .target
+                .as_ref()
+                .is_some_and(|t| self.authorizer.continues_on_error(t)),
+            _ => false,
+        }
+    }
+
     /// The scope tokens must carry.
     pub fn scope(&self) -> &str {
         &self.scope
@@ -135,8 +148,11 @@ impl CheckService {
         let req = AuthzRequest::from_check(check);
         let span = tracing::info_span!("check", request_id = req.request_id);
         let decision = self.checker.decide(&req).instrument(span.clone()).await;
+        // Continue on error: a denial that Envoy forwards, marked.
+        let continues = self.checker.continues(&decision);
         let (label, reason) = match &decision {
             Decision::Allow { .. } => ("allow", "ok"),
+            Decision::Deny(d) if continues => ("continue", d.reason.label()),
             Decision::Deny(d) => ("deny", d.reason.label()),
         };
         span.in_scope(|| match &decision {
@@ -153,7 +169,10 @@ impl CheckService {
             .increment(1);
         metrics::histogram!("verifyiam_check_duration_seconds")
             .record(started.elapsed().as_secs_f64());
-        response::check_response(&decision, self.checker.scope())
+        match &decision {
+            Decision::Deny(d) if continues => response::continued(d),
+            _ => response::check_response(&decision, self.checker.scope()),
+        }
     }
 }
 
