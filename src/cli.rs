@@ -19,8 +19,8 @@ use envoy_types::pb::envoy::service::auth::v3::{AttributeContext, CheckRequest};
 use reqwest::Method;
 use serde_json::{Value, json};
 
-use crate::client::{AdminClient, ClientError, Format};
 use crate::authn::dev::{DEV_ISSUER, DevIssuer, KEY_FILE};
+use crate::client::{AdminClient, ClientError, Format};
 use crate::config::{
     CLOUD_PLATFORM_SCOPE, Config, DevIssuerConfig, IamConfig, ServerConfig, TokenConfig,
 };
@@ -198,8 +198,8 @@ pub enum DeploymentsCommand {
     Update {
         /// The API (deployment) name.
         api: String,
-        /// Let denied requests go on to the backend, marked.
-        #[arg(long)]
+        /// Let denied requests go on to the backend, marked (`true` or `false`).
+        #[arg(long, action = clap::ArgAction::Set)]
         continue_on_error: bool,
     },
 }
@@ -704,9 +704,10 @@ pub async fn manage(command: Command) -> Result<Printed, ClientError> {
                         .await?,
                     None,
                 )),
-                DeploymentsCommand::Describe { api } => {
-                    Ok(show(client.call(Method::GET, &path(&api)?, None).await?, None))
-                }
+                DeploymentsCommand::Describe { api } => Ok(show(
+                    client.call(Method::GET, &path(&api)?, None).await?,
+                    None,
+                )),
                 DeploymentsCommand::Deploy {
                     api,
                     revision,
@@ -717,7 +718,10 @@ pub async fn manage(command: Command) -> Result<Printed, ClientError> {
                         target.push_str(&format!("?continueOnError={c}"));
                     }
                     let v = client.call(Method::POST, &target, None).await?;
-                    Ok(show(v, Some(format!("Deployed [{api}] revision {revision}."))))
+                    Ok(show(
+                        v,
+                        Some(format!("Deployed [{api}] revision {revision}.")),
+                    ))
                 }
                 DeploymentsCommand::Undeploy { api, revision } => {
                     let v = client
@@ -735,7 +739,9 @@ pub async fn manage(command: Command) -> Result<Printed, ClientError> {
                     continue_on_error,
                 } => {
                     let body = json!({ "continueOnError": continue_on_error });
-                    let v = client.call(Method::PATCH, &path(&api)?, Some(&body)).await?;
+                    let v = client
+                        .call(Method::PATCH, &path(&api)?, Some(&body))
+                        .await?;
                     Ok(show(v, Some(format!("Updated deployment [{api}]."))))
                 }
             }
@@ -818,11 +824,15 @@ pub async fn manage(command: Command) -> Result<Printed, ClientError> {
                             Some(&body),
                         )
                         .await?;
-                    Ok(show(v, Some(format!("Removed {member} from group [{group}]."))))
+                    Ok(show(
+                        v,
+                        Some(format!("Removed {member} from group [{group}].")),
+                    ))
                 }
-                GroupsCommand::List => {
-                    Ok(show(client.call(Method::GET, "/v1/groups", None).await?, None))
-                }
+                GroupsCommand::List => Ok(show(
+                    client.call(Method::GET, "/v1/groups", None).await?,
+                    None,
+                )),
                 GroupsCommand::Describe { group } => Ok(show(
                     client
                         .call(Method::GET, &format!("/v1/groups/{}", enc(&group)), None)

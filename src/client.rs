@@ -116,7 +116,9 @@ impl AdminClient {
         let parsed = url::Url::parse(base)
             .ok()
             .filter(|u| matches!(u.scheme(), "http" | "https") && u.host().is_some())
-            .ok_or_else(|| ClientError::usage(format!("--admin-url {base:?} is not an http(s) URL")))?;
+            .ok_or_else(|| {
+                ClientError::usage(format!("--admin-url {base:?} is not an http(s) URL"))
+            })?;
         let http = reqwest::Client::builder()
             .timeout(Duration::from_secs(30))
             .user_agent(concat!("verifyiam-cli/", env!("CARGO_PKG_VERSION")))
@@ -208,9 +210,7 @@ impl AdminClient {
                 }
                 return Err(ClientError {
                     code: exit::NOT_FOUND,
-                    message: format!(
-                        "NOT_FOUND: the policy has no binding of {member} to {role}"
-                    ),
+                    message: format!("NOT_FOUND: the policy has no binding of {member} to {role}"),
                 });
             }
             match self.set_policy(path, &policy).await {
@@ -410,14 +410,29 @@ mod tests {
     #[test]
     fn http_errors_map_to_documented_exit_codes() {
         let body = |s: &str| format!(r#"{{"error":{{"code":0,"message":"m","status":"{s}"}}}}"#);
-        assert_eq!(ClientError::from_http(403, &body("PERMISSION_DENIED")).code, exit::DENIED);
-        assert_eq!(ClientError::from_http(401, &body("UNAUTHENTICATED")).code, exit::DENIED);
-        assert_eq!(ClientError::from_http(404, &body("NOT_FOUND")).code, exit::NOT_FOUND);
+        assert_eq!(
+            ClientError::from_http(403, &body("PERMISSION_DENIED")).code,
+            exit::DENIED
+        );
+        assert_eq!(
+            ClientError::from_http(401, &body("UNAUTHENTICATED")).code,
+            exit::DENIED
+        );
+        assert_eq!(
+            ClientError::from_http(404, &body("NOT_FOUND")).code,
+            exit::NOT_FOUND
+        );
         let aborted = ClientError::from_http(409, &body("ABORTED"));
         assert_eq!(aborted.code, exit::CONFLICT);
         assert!(aborted.is_aborted());
-        assert_eq!(ClientError::from_http(400, &body("INVALID_ARGUMENT")).code, exit::INVALID);
+        assert_eq!(
+            ClientError::from_http(400, &body("INVALID_ARGUMENT")).code,
+            exit::INVALID
+        );
         assert_eq!(ClientError::from_http(500, "oops").code, exit::UNAVAILABLE);
-        assert_eq!(ClientError::from_http(500, "oops").message, "HTTP 500: oops");
+        assert_eq!(
+            ClientError::from_http(500, "oops").message,
+            "HTTP 500: oops"
+        );
     }
 }

@@ -351,7 +351,9 @@ impl Config {
                     Ok(_) => {
                         return Err(invalid(
                             format!("{field}.members[{j}]"),
-                            format!("{m:?}: a group holds user:EMAIL and serviceAccount:EMAIL members only"),
+                            format!(
+                                "{m:?}: a group holds user:EMAIL and serviceAccount:EMAIL members only"
+                            ),
                         ));
                     }
                     Err(e) => return Err(invalid(format!("{field}.members[{j}]"), e.to_string())),
@@ -602,7 +604,10 @@ deployment = "orders"
         let text = "[iam]\nproject = \"demo\"\n[[iam.groups]]\nemail = \"ops@example.com\"\n\
                     members = [\"user:a@example.com\", \"domain:example.com\"]\n";
         let err = Config::parse(text).unwrap_err();
-        assert!(err.to_string().starts_with("iam.groups[0].members[1]"), "{err}");
+        assert!(
+            err.to_string().starts_with("iam.groups[0].members[1]"),
+            "{err}"
+        );
         let text = "[iam]\nproject = \"demo\"\n[[iam.groups]]\nemail = \"ops\"\n";
         let err = Config::parse(text).unwrap_err();
         assert!(err.to_string().starts_with("iam.groups[0].email"), "{err}");

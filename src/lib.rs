@@ -13,8 +13,8 @@
 pub mod admin;
 pub mod authn;
 pub mod authz;
-pub mod client;
 pub mod cli;
+pub mod client;
 pub mod config;
 pub mod extauthz;
 pub mod iam;

@@ -88,10 +88,7 @@ async fn grpc_set_get_test_and_the_next_check_agree_with_rest() {
 
     // REST on the same port sees the same policy, etag in base64.
     let (status, rest) = s
-        .get(
-            &format!("/v1/{ORDERS}:getIamPolicy"),
-            Some(&admin),
-        )
+        .get(&format!("/v1/{ORDERS}:getIamPolicy"), Some(&admin))
         .await;
     assert_eq!(status, 200);
     use base64::Engine as _;
@@ -101,7 +98,15 @@ async fn grpc_set_get_test_and_the_next_check_agree_with_rest() {
     );
 
     // The very next Check allows alice.
-    assert!(s.check(Some(&format!("Bearer {}", token("alice@example.com"))), "prod", "orders").await.allowed());
+    assert!(
+        s.check(
+            Some(&format!("Bearer {}", token("alice@example.com"))),
+            "prod",
+            "orders"
+        )
+        .await
+        .allowed()
+    );
 
     // GetIamPolicy with options, as Google's clients send them.
     let mut with_options = get(ORDERS);
@@ -139,10 +144,13 @@ async fn grpc_set_get_test_and_the_next_check_agree_with_rest() {
     assert!(bob.permissions.is_empty());
 
     // A set without a policy clears every binding (REST's `{}`), with the current etag.
-    let mut clear = set(ORDERS, Some(Policy {
-        etag: stored.etag.clone(),
-        ..Policy::default()
-    }));
+    let mut clear = set(
+        ORDERS,
+        Some(Policy {
+            etag: stored.etag.clone(),
+            ..Policy::default()
+        }),
+    );
     clear.update_mask = Some(prost_types::FieldMask {
         paths: vec!["bindings".into(), "etag".into()],
     });
@@ -152,7 +160,15 @@ async fn grpc_set_get_test_and_the_next_check_agree_with_rest() {
         .unwrap()
         .into_inner();
     assert!(cleared.bindings.is_empty());
-    assert!(!s.check(Some(&format!("Bearer {}", token("alice@example.com"))), "prod", "orders").await.allowed());
+    assert!(
+        !s.check(
+            Some(&format!("Bearer {}", token("alice@example.com"))),
+            "prod",
+            "orders"
+        )
+        .await
+        .allowed()
+    );
 }
 
 #[tokio::test]
@@ -161,13 +177,19 @@ async fn grpc_failures_carry_googles_codes() {
     let mut c = client(&s).await;
     let admin = token(ADMIN);
     let first = c
-        .set_iam_policy(authed(set(ORDERS, Some(invoker("user:a@example.com"))), Some(&admin)))
+        .set_iam_policy(authed(
+            set(ORDERS, Some(invoker("user:a@example.com"))),
+            Some(&admin),
+        ))
         .await
         .unwrap()
         .into_inner();
-    c.set_iam_policy(authed(set(ORDERS, Some(invoker("user:b@example.com"))), Some(&admin)))
-        .await
-        .unwrap();
+    c.set_iam_policy(authed(
+        set(ORDERS, Some(invoker("user:b@example.com"))),
+        Some(&admin),
+    ))
+    .await
+    .unwrap();
 
     // Stale etag: ABORTED.
     let mut stale = invoker("user:c@example.com");
@@ -180,7 +202,10 @@ async fn grpc_failures_carry_googles_codes() {
     assert!(e.message().contains("concurrent policy changes"), "{e:?}");
 
     // No token: UNAUTHENTICATED, on every method.
-    let e = c.get_iam_policy(authed(get(ORDERS), None)).await.unwrap_err();
+    let e = c
+        .get_iam_policy(authed(get(ORDERS), None))
+        .await
+        .unwrap_err();
     assert_eq!(e.code(), Code::Unauthenticated, "{e:?}");
     let e = c
         .set_iam_policy(authed(set(ORDERS, None), None))
@@ -212,13 +237,22 @@ async fn grpc_failures_carry_googles_codes() {
         .await
         .unwrap_err();
     assert_eq!(e.code(), Code::PermissionDenied, "{e:?}");
-    assert!(e.message().contains("apigee.deployments.getIamPolicy"), "{e:?}");
+    assert!(
+        e.message().contains("apigee.deployments.getIamPolicy"),
+        "{e:?}"
+    );
     let e = c
-        .set_iam_policy(authed(set(ORDERS, Some(invoker("user:alice@example.com"))), Some(&alice)))
+        .set_iam_policy(authed(
+            set(ORDERS, Some(invoker("user:alice@example.com"))),
+            Some(&alice),
+        ))
         .await
         .unwrap_err();
     assert_eq!(e.code(), Code::PermissionDenied, "{e:?}");
-    assert!(e.message().contains("apigee.deployments.setIamPolicy"), "{e:?}");
+    assert!(
+        e.message().contains("apigee.deployments.setIamPolicy"),
+        "{e:?}"
+    );
 
     // Bad policies: INVALID_ARGUMENT with a message naming the problem.
     let mut conditional = invoker("user:a@example.com");
@@ -288,7 +322,10 @@ async fn grpc_failures_carry_googles_codes() {
     v2.options = Some(GetPolicyOptions {
         requested_policy_version: 2,
     });
-    let e = c.get_iam_policy(authed(v2, Some(&admin))).await.unwrap_err();
+    let e = c
+        .get_iam_policy(authed(v2, Some(&admin)))
+        .await
+        .unwrap_err();
     assert_eq!(e.code(), Code::InvalidArgument, "{e:?}");
 
     // Nothing failed was written.

@@ -41,8 +41,13 @@ async fn deploy(s: &Server, api: &str, rev: &str, query: &str) -> (u16, Value) {
 }
 
 async fn undeploy(s: &Server, api: &str, rev: &str) -> (u16, Value) {
-    s.call(Method::DELETE, &revision(api, rev), Some(&token(ADMIN)), None)
-        .await
+    s.call(
+        Method::DELETE,
+        &revision(api, rev),
+        Some(&token(ADMIN)),
+        None,
+    )
+    .await
 }
 
 #[tokio::test]
@@ -59,12 +64,23 @@ async fn undeploy_deletes_the_policy_denies_and_redeploy_starts_empty() {
         .await;
     // A project-level grant too: undeployed APIs are denied whatever grants exist.
     s.grant_project("user:bob@example.com", INVOKER).await;
-    assert!(s.check(Some(&bearer("alice@example.com")), "prod", "orders").await.allowed());
-    assert!(s.check(Some(&bearer("bob@example.com")), "prod", "orders").await.allowed());
+    assert!(
+        s.check(Some(&bearer("alice@example.com")), "prod", "orders")
+            .await
+            .allowed()
+    );
+    assert!(
+        s.check(Some(&bearer("bob@example.com")), "prod", "orders")
+            .await
+            .allowed()
+    );
 
     // Listed and described.
     let (st, list) = s
-        .get(&format!("/v1/organizations/{ORG}/environments/prod/deployments"), Some(&admin))
+        .get(
+            &format!("/v1/organizations/{ORG}/environments/prod/deployments"),
+            Some(&admin),
+        )
         .await;
     assert_eq!(st, 200, "{list}");
     assert_eq!(list["deployments"][0]["apiProxy"], "orders");
@@ -79,7 +95,9 @@ async fn undeploy_deletes_the_policy_denies_and_redeploy_starts_empty() {
     let (st, v) = undeploy(&s, "orders", "1").await;
     assert_eq!(st, 200, "{v}");
     // Policy gone, Checks denied (even through the project grant), 403 like any denial.
-    let (_, policy) = s.get(&format!("{}:getIamPolicy", dep("orders")), Some(&admin)).await;
+    let (_, policy) = s
+        .get(&format!("{}:getIamPolicy", dep("orders")), Some(&admin))
+        .await;
     assert_eq!(policy, json!({"version": 1, "etag": "ACAB"}));
     for who in ["alice@example.com", "bob@example.com"] {
         let o = s.check(Some(&bearer(who)), "prod", "orders").await;
@@ -89,7 +107,10 @@ async fn undeploy_deletes_the_policy_denies_and_redeploy_starts_empty() {
     }
     // No longer listed or described.
     let (_, list) = s
-        .get(&format!("/v1/organizations/{ORG}/environments/prod/deployments"), Some(&admin))
+        .get(
+            &format!("/v1/organizations/{ORG}/environments/prod/deployments"),
+            Some(&admin),
+        )
         .await;
     assert_eq!(list, json!({}));
     let (st, v) = s.get(&dep("orders"), Some(&admin)).await;
@@ -101,10 +122,20 @@ async fn undeploy_deletes_the_policy_denies_and_redeploy_starts_empty() {
     // Redeploy: it starts with no policy; the project grant applies again, alice's does not.
     let (st, v) = deploy(&s, "orders", "2", "").await;
     assert_eq!(st, 200, "{v}");
-    let (_, policy) = s.get(&format!("{}:getIamPolicy", dep("orders")), Some(&admin)).await;
+    let (_, policy) = s
+        .get(&format!("{}:getIamPolicy", dep("orders")), Some(&admin))
+        .await;
     assert!(policy.get("bindings").is_none(), "{policy}");
-    assert!(!s.check(Some(&bearer("alice@example.com")), "prod", "orders").await.allowed());
-    assert!(s.check(Some(&bearer("bob@example.com")), "prod", "orders").await.allowed());
+    assert!(
+        !s.check(Some(&bearer("alice@example.com")), "prod", "orders")
+            .await
+            .allowed()
+    );
+    assert!(
+        s.check(Some(&bearer("bob@example.com")), "prod", "orders")
+            .await
+            .allowed()
+    );
 }
 
 #[tokio::test]
@@ -119,11 +150,19 @@ async fn implicit_deployments_come_into_being_with_a_policy_and_can_be_undeploye
     // Any revision undeploys an implicit deployment; then it is denied.
     let (st, v) = undeploy(&s, "payments", "7").await;
     assert_eq!(st, 200, "{v}");
-    assert!(!s.check(Some(&bearer("alice@example.com")), "prod", "payments").await.allowed());
+    assert!(
+        !s.check(Some(&bearer("alice@example.com")), "prod", "payments")
+            .await
+            .allowed()
+    );
     // Not strict: setting a policy again brings it back into being.
     s.grant_deployment("prod", "payments", "user:alice@example.com", INVOKER)
         .await;
-    assert!(s.check(Some(&bearer("alice@example.com")), "prod", "payments").await.allowed());
+    assert!(
+        s.check(Some(&bearer("alice@example.com")), "prod", "payments")
+            .await
+            .allowed()
+    );
     // An API nobody named does not exist.
     let (st, _) = s.get(&dep("nothing"), Some(&admin)).await;
     assert_eq!(st, 404);
@@ -137,27 +176,50 @@ async fn deployment_calls_need_their_permissions_and_refuse_bad_input() {
     for (method, path, perm) in [
         (Method::GET, list.clone(), "apigee.deployments.list"),
         (Method::GET, dep("orders"), "apigee.deployments.get"),
-        (Method::POST, revision("orders", "1"), "apigee.deployments.create"),
-        (Method::DELETE, revision("orders", "1"), "apigee.deployments.delete"),
+        (
+            Method::POST,
+            revision("orders", "1"),
+            "apigee.deployments.create",
+        ),
+        (
+            Method::DELETE,
+            revision("orders", "1"),
+            "apigee.deployments.delete",
+        ),
         (Method::PATCH, dep("orders"), "apigee.deployments.update"),
     ] {
         let (st, v) = s
-            .call(method.clone(), &path, Some(&alice), Some(r#"{"continueOnError":true}"#))
+            .call(
+                method.clone(),
+                &path,
+                Some(&alice),
+                Some(r#"{"continueOnError":true}"#),
+            )
             .await;
-        assert_eq!((st, status(&v)), (403, "PERMISSION_DENIED"), "{method} {path}: {v}");
+        assert_eq!(
+            (st, status(&v)),
+            (403, "PERMISSION_DENIED"),
+            "{method} {path}: {v}"
+        );
         assert!(message(&v).contains(perm), "{v}");
         let (st, _) = s.call(method, &path, None, None).await;
         assert_eq!(st, 401);
     }
     // A viewer at project level may list and describe but not deploy.
-    s.grant_project("user:alice@example.com", "roles/viewer").await;
+    s.grant_project("user:alice@example.com", "roles/viewer")
+        .await;
     let (st, _) = s.get(&list, Some(&alice)).await;
     assert_eq!(st, 200);
     // Environment-level admin may deploy in that environment.
     s.grant_environment("prod", "user:carol@example.com", "roles/apigee.admin")
         .await;
     let (st, v) = s
-        .call(Method::POST, &revision("orders", "1"), Some(&token("carol@example.com")), None)
+        .call(
+            Method::POST,
+            &revision("orders", "1"),
+            Some(&token("carol@example.com")),
+            None,
+        )
         .await;
     assert_eq!(st, 200, "{v}");
 
@@ -169,15 +231,29 @@ async fn deployment_calls_need_their_permissions_and_refuse_bad_input() {
         ("1", "?force=true", "Invalid query parameter"),
     ] {
         let (st, v) = deploy(&s, "orders", rev, query).await;
-        assert_eq!((st, status(&v)), (400, "INVALID_ARGUMENT"), "{rev}{query}: {v}");
+        assert_eq!(
+            (st, status(&v)),
+            (400, "INVALID_ARGUMENT"),
+            "{rev}{query}: {v}"
+        );
         assert!(message(&v).contains(needle), "{needle}: {v}");
     }
     let (st, v) = s
-        .call(Method::PATCH, &dep("orders"), Some(&token(ADMIN)), Some(r#"{"continueOnError":"x"}"#))
+        .call(
+            Method::PATCH,
+            &dep("orders"),
+            Some(&token(ADMIN)),
+            Some(r#"{"continueOnError":"x"}"#),
+        )
         .await;
     assert_eq!((st, status(&v)), (400, "INVALID_ARGUMENT"), "{v}");
     let (st, v) = s
-        .call(Method::PATCH, &dep("orders"), Some(&token(ADMIN)), Some(r#"{"revision":"2"}"#))
+        .call(
+            Method::PATCH,
+            &dep("orders"),
+            Some(&token(ADMIN)),
+            Some(r#"{"revision":"2"}"#),
+        )
         .await;
     assert_eq!((st, status(&v)), (400, "INVALID_ARGUMENT"), "{v}");
     assert!(message(&v).contains("unknown field"), "{v}");
@@ -194,14 +270,17 @@ async fn strict_mode_accepts_policies_only_on_deployed_apis() {
     .await;
     let admin = token(ADMIN);
     s.grant_project("user:bob@example.com", INVOKER).await;
-    let body = json!({"policy": {"bindings": [{"role": INVOKER, "members": ["user:alice@example.com"]}]}})
-        .to_string();
+    let body =
+        json!({"policy": {"bindings": [{"role": INVOKER, "members": ["user:alice@example.com"]}]}})
+            .to_string();
     let set = format!("{}:setIamPolicy", dep("orders"));
     let (st, v) = s.post(&set, Some(&admin), &body).await;
     assert_eq!((st, status(&v)), (404, "NOT_FOUND"), "{v}");
     assert!(message(&v).contains("deploy it before"), "{v}");
     // Even a route naming it does not make it exist; Checks on it are denied.
-    let o = s.check(Some(&bearer("bob@example.com")), "prod", "orders").await;
+    let o = s
+        .check(Some(&bearer("bob@example.com")), "prod", "orders")
+        .await;
     o.assert_denied(PERMISSION_DENIED, 403, None);
     assert_eq!(o.metadata["reason"], "not_deployed");
     let (st, _) = s.get(&dep("orders"), Some(&admin)).await;
@@ -211,8 +290,16 @@ async fn strict_mode_accepts_policies_only_on_deployed_apis() {
     assert_eq!(st, 200);
     let (st, v) = s.post(&set, Some(&admin), &body).await;
     assert_eq!(st, 200, "{v}");
-    assert!(s.check(Some(&bearer("alice@example.com")), "prod", "orders").await.allowed());
-    assert!(s.check(Some(&bearer("bob@example.com")), "prod", "orders").await.allowed());
+    assert!(
+        s.check(Some(&bearer("alice@example.com")), "prod", "orders")
+            .await
+            .allowed()
+    );
+    assert!(
+        s.check(Some(&bearer("bob@example.com")), "prod", "orders")
+            .await
+            .allowed()
+    );
 }
 
 #[tokio::test]
@@ -225,14 +312,20 @@ async fn routes_name_deployments_that_exist_until_undeployed() {
     .await;
     let admin = token(ADMIN);
     let (st, list) = s
-        .get(&format!("/v1/organizations/{ORG}/environments/prod/deployments"), Some(&admin))
+        .get(
+            &format!("/v1/organizations/{ORG}/environments/prod/deployments"),
+            Some(&admin),
+        )
         .await;
     assert_eq!(st, 200);
     assert_eq!(list["deployments"][0]["apiProxy"], "orders", "{list}");
     let (st, _) = undeploy(&s, "orders", "1").await;
     assert_eq!(st, 200);
     let (_, list) = s
-        .get(&format!("/v1/organizations/{ORG}/environments/prod/deployments"), Some(&admin))
+        .get(
+            &format!("/v1/organizations/{ORG}/environments/prod/deployments"),
+            Some(&admin),
+        )
         .await;
     assert_eq!(list, json!({}));
 }
@@ -259,14 +352,21 @@ async fn custom_role_with_invoke_grants_and_refusals_are_clear() {
     assert_eq!(st, 200, "{role}");
     let name = format!("projects/{PROJECT}/roles/apiCaller");
     assert_eq!(role["name"], name);
-    assert_eq!(role["includedPermissions"], json!(["apigee.deployments.invoke"]));
+    assert_eq!(
+        role["includedPermissions"],
+        json!(["apigee.deployments.invoke"])
+    );
     assert_eq!(role["stage"], "GA");
     assert!(role["etag"].is_string());
 
     // Usable in bindings: grants invoke on the next Check.
     s.grant_deployment("prod", "orders", "user:alice@example.com", &name)
         .await;
-    assert!(s.check(Some(&bearer("alice@example.com")), "prod", "orders").await.allowed());
+    assert!(
+        s.check(Some(&bearer("alice@example.com")), "prod", "orders")
+            .await
+            .allowed()
+    );
 
     // get / list.
     let (st, got) = s.get(&format!("{}/apiCaller", roles()), Some(&admin)).await;
@@ -280,12 +380,19 @@ async fn custom_role_with_invoke_grants_and_refusals_are_clear() {
             Method::PATCH,
             &format!("{}/apiCaller?updateMask=includedPermissions", roles()),
             Some(&admin),
-            Some(&json!({"includedPermissions": ["apigee.deployments.get"], "title": "ignored"}).to_string()),
+            Some(
+                &json!({"includedPermissions": ["apigee.deployments.get"], "title": "ignored"})
+                    .to_string(),
+            ),
         )
         .await;
     assert_eq!(st, 200, "{patched}");
     assert_eq!(patched["title"], "API caller", "masked out");
-    assert!(!s.check(Some(&bearer("alice@example.com")), "prod", "orders").await.allowed());
+    assert!(
+        !s.check(Some(&bearer("alice@example.com")), "prod", "orders")
+            .await
+            .allowed()
+    );
     // A stale etag on patch: ABORTED.
     let (st, v) = s
         .call(
@@ -299,20 +406,41 @@ async fn custom_role_with_invoke_grants_and_refusals_are_clear() {
 
     // Delete while bound: refused, naming the resource that uses it.
     let (st, v) = s
-        .call(Method::DELETE, &format!("{}/apiCaller", roles()), Some(&admin), None)
+        .call(
+            Method::DELETE,
+            &format!("{}/apiCaller", roles()),
+            Some(&admin),
+            None,
+        )
         .await;
     assert_eq!((st, status(&v)), (400, "FAILED_PRECONDITION"), "{v}");
     assert!(message(&v).contains(&dep("orders")[4..]), "{v}");
     // Unbind, then delete works; the role is then unknown in bindings.
-    let (st, _) = s.post(&format!("{}:setIamPolicy", dep("orders")), Some(&admin), "{}").await;
+    let (st, _) = s
+        .post(
+            &format!("{}:setIamPolicy", dep("orders")),
+            Some(&admin),
+            "{}",
+        )
+        .await;
     assert_eq!(st, 200);
     let (st, v) = s
-        .call(Method::DELETE, &format!("{}/apiCaller", roles()), Some(&admin), None)
+        .call(
+            Method::DELETE,
+            &format!("{}/apiCaller", roles()),
+            Some(&admin),
+            None,
+        )
         .await;
     assert_eq!(st, 200, "{v}");
-    let body = json!({"policy": {"bindings": [{"role": name, "members": ["user:alice@example.com"]}]}});
+    let body =
+        json!({"policy": {"bindings": [{"role": name, "members": ["user:alice@example.com"]}]}});
     let (st, v) = s
-        .post(&format!("{}:setIamPolicy", dep("orders")), Some(&admin), &body.to_string())
+        .post(
+            &format!("{}:setIamPolicy", dep("orders")),
+            Some(&admin),
+            &body.to_string(),
+        )
         .await;
     assert_eq!((st, status(&v)), (400, "INVALID_ARGUMENT"), "{v}");
     assert!(message(&v).contains("unknown role"), "{v}");
@@ -331,10 +459,22 @@ async fn custom_role_bad_input_and_permissions() {
             "INVALID_ARGUMENT",
             "apigee.deployments.fly",
         ),
-        (json!({"roleId": "a-b", "role": {}}), "INVALID_ARGUMENT", "invalid role id"),
+        (
+            json!({"roleId": "a-b", "role": {}}),
+            "INVALID_ARGUMENT",
+            "invalid role id",
+        ),
         (json!({"role": {}}), "INVALID_ARGUMENT", "roleId"),
-        (json!({"roleId": "caller", "role": {"stage": "SOON"}}), "INVALID_ARGUMENT", "SOON"),
-        (json!({"roleId": "caller", "role": {"color": "red"}}), "INVALID_ARGUMENT", "color"),
+        (
+            json!({"roleId": "caller", "role": {"stage": "SOON"}}),
+            "INVALID_ARGUMENT",
+            "SOON",
+        ),
+        (
+            json!({"roleId": "caller", "role": {"color": "red"}}),
+            "INVALID_ARGUMENT",
+            "color",
+        ),
     ] {
         let (st, v) = s.post(&roles(), Some(&admin), &create(body.clone())).await;
         assert_eq!((st, status(&v)), (400, code), "{body}: {v}");
@@ -345,7 +485,12 @@ async fn custom_role_bad_input_and_permissions() {
     let (st, v) = s.post(&roles(), Some(&admin), &ok.to_string()).await;
     assert_eq!((st, status(&v)), (409, "ALREADY_EXISTS"), "{v}");
     let (st, v) = s
-        .call(Method::PATCH, &format!("{}/caller?updateMask=name", roles()), Some(&admin), Some("{}"))
+        .call(
+            Method::PATCH,
+            &format!("{}/caller?updateMask=name", roles()),
+            Some(&admin),
+            Some("{}"),
+        )
         .await;
     assert_eq!((st, status(&v)), (400, "INVALID_ARGUMENT"), "{v}");
     // Another project's roles are not ours: denied.
@@ -357,8 +502,16 @@ async fn custom_role_bad_input_and_permissions() {
         (Method::GET, roles(), "iam.roles.list"),
         (Method::POST, roles(), "iam.roles.create"),
         (Method::GET, format!("{}/caller", roles()), "iam.roles.get"),
-        (Method::PATCH, format!("{}/caller", roles()), "iam.roles.update"),
-        (Method::DELETE, format!("{}/caller", roles()), "iam.roles.delete"),
+        (
+            Method::PATCH,
+            format!("{}/caller", roles()),
+            "iam.roles.update",
+        ),
+        (
+            Method::DELETE,
+            format!("{}/caller", roles()),
+            "iam.roles.delete",
+        ),
     ] {
         let (st, v) = s.call(method, &path, Some(&alice), Some("{}")).await;
         assert_eq!(st, 403, "{path}: {v}");
@@ -385,7 +538,9 @@ async fn group_membership_grants_and_its_removal_applies_to_the_next_check() {
     assert!(!s.check(Some(&alice), "prod", "orders").await.allowed());
 
     let add = r#"{"member":"user:Alice@Example.com"}"#;
-    let (st, g) = s.post("/v1/groups/ops@example.com:addMember", Some(&admin), add).await;
+    let (st, g) = s
+        .post("/v1/groups/ops@example.com:addMember", Some(&admin), add)
+        .await;
     assert_eq!(st, 200, "{g}");
     assert_eq!(g["members"], json!(["user:alice@example.com"]));
     assert_eq!(g["name"], "groups/ops@example.com");
@@ -410,15 +565,26 @@ async fn group_membership_grants_and_its_removal_applies_to_the_next_check() {
         .collect();
     assert_eq!(emails, ["ops@example.com", "seeded@example.com"]);
     let (st, seeded) = s.get("/v1/groups/seeded@example.com", Some(&admin)).await;
-    assert_eq!((st, &seeded["members"]), (200, &json!(["user:carol@example.com"])));
+    assert_eq!(
+        (st, &seeded["members"]),
+        (200, &json!(["user:carol@example.com"]))
+    );
 
     let (st, _) = s
-        .post("/v1/groups/ops@example.com:removeMember", Some(&admin), r#"{"member":"user:alice@example.com"}"#)
+        .post(
+            "/v1/groups/ops@example.com:removeMember",
+            Some(&admin),
+            r#"{"member":"user:alice@example.com"}"#,
+        )
         .await;
     assert_eq!(st, 200);
     assert!(!s.check(Some(&alice), "prod", "orders").await.allowed());
     let (st, v) = s.get("/v1/groups/ops@example.com", Some(&admin)).await;
-    assert_eq!((st, status(&v)), (404, "NOT_FOUND"), "emptied groups are gone: {v}");
+    assert_eq!(
+        (st, status(&v)),
+        (404, "NOT_FOUND"),
+        "emptied groups are gone: {v}"
+    );
 }
 
 #[tokio::test]
@@ -426,31 +592,67 @@ async fn group_bad_input_and_permissions() {
     let s = Server::start().await;
     let admin = token(ADMIN);
     for (path, body, needle) in [
-        ("/v1/groups/ops@example.com:addMember", r#"{"member":"group:other@example.com"}"#, "user:EMAIL and serviceAccount:EMAIL"),
-        ("/v1/groups/ops@example.com:addMember", r#"{"member":"alice"}"#, "invalid member"),
-        ("/v1/groups/ops:addMember", r#"{"member":"user:a@example.com"}"#, "invalid group"),
-        ("/v1/groups/ops@example.com:addMember", r#"{"members":[]}"#, "unknown field"),
+        (
+            "/v1/groups/ops@example.com:addMember",
+            r#"{"member":"group:other@example.com"}"#,
+            "user:EMAIL and serviceAccount:EMAIL",
+        ),
+        (
+            "/v1/groups/ops@example.com:addMember",
+            r#"{"member":"alice"}"#,
+            "invalid member",
+        ),
+        (
+            "/v1/groups/ops:addMember",
+            r#"{"member":"user:a@example.com"}"#,
+            "invalid group",
+        ),
+        (
+            "/v1/groups/ops@example.com:addMember",
+            r#"{"members":[]}"#,
+            "unknown field",
+        ),
     ] {
         let (st, v) = s.post(path, Some(&admin), body).await;
-        assert_eq!((st, status(&v)), (400, "INVALID_ARGUMENT"), "{path} {body}: {v}");
+        assert_eq!(
+            (st, status(&v)),
+            (400, "INVALID_ARGUMENT"),
+            "{path} {body}: {v}"
+        );
         assert!(message(&v).contains(needle), "{needle}: {v}");
     }
     let (st, v) = s
-        .post("/v1/groups/ops@example.com:removeMember", Some(&admin), r#"{"member":"user:a@example.com"}"#)
+        .post(
+            "/v1/groups/ops@example.com:removeMember",
+            Some(&admin),
+            r#"{"member":"user:a@example.com"}"#,
+        )
         .await;
     assert_eq!((st, status(&v)), (404, "NOT_FOUND"), "{v}");
-    let (st, _) = s.post("/v1/groups/ops@example.com:rename", Some(&admin), "{}").await;
+    let (st, _) = s
+        .post("/v1/groups/ops@example.com:rename", Some(&admin), "{}")
+        .await;
     assert_eq!(st, 404);
     // Managing groups needs resourcemanager.projects.setIamPolicy; reading, getIamPolicy.
     let alice = token("alice@example.com");
     let (st, v) = s
-        .post("/v1/groups/ops@example.com:addMember", Some(&alice), r#"{"member":"user:alice@example.com"}"#)
+        .post(
+            "/v1/groups/ops@example.com:addMember",
+            Some(&alice),
+            r#"{"member":"user:alice@example.com"}"#,
+        )
         .await;
     assert_eq!(st, 403);
-    assert!(message(&v).contains("resourcemanager.projects.setIamPolicy"), "{v}");
+    assert!(
+        message(&v).contains("resourcemanager.projects.setIamPolicy"),
+        "{v}"
+    );
     let (st, v) = s.get("/v1/groups", Some(&alice)).await;
     assert_eq!(st, 403);
-    assert!(message(&v).contains("resourcemanager.projects.getIamPolicy"), "{v}");
+    assert!(
+        message(&v).contains("resourcemanager.projects.getIamPolicy"),
+        "{v}"
+    );
     let (st, _) = s.get("/v1/groups", None).await;
     assert_eq!(st, 401);
 }
@@ -478,9 +680,14 @@ async fn continue_on_error_forwards_denials_marked_and_strips_spoofed_headers() 
     assert_eq!(o.header("x-verifyiam-result"), Some("denied"));
     assert_eq!(o.header("x-verifyiam-reason"), Some("permission_denied"));
     assert!(o.header("x-verifyiam-principal").is_none());
-    assert!(o.headers.iter().all(|(_, _, action)| *action == 2), "OVERWRITE_IF_EXISTS_OR_ADD: {o:?}");
+    assert!(
+        o.headers.iter().all(|(_, _, action)| *action == 2),
+        "OVERWRITE_IF_EXISTS_OR_ADD: {o:?}"
+    );
     let ok = match &o.raw.http_response {
-        Some(envoy_types::pb::envoy::service::auth::v3::check_response::HttpResponse::OkResponse(ok)) => ok.clone(),
+        Some(
+            envoy_types::pb::envoy::service::auth::v3::check_response::HttpResponse::OkResponse(ok),
+        ) => ok.clone(),
         other => panic!("{other:?}"),
     };
     assert_eq!(ok.headers_to_remove, ["x-verifyiam-principal"]);
@@ -494,15 +701,25 @@ async fn continue_on_error_forwards_denials_marked_and_strips_spoofed_headers() 
     // Allowed: the principal is set and the client's copies of both marks are removed, never
     // a header that the same answer sets.
     let o = s
-        .check_with(Some(&bearer("alice@example.com")), "prod", "orders", &spoofed)
+        .check_with(
+            Some(&bearer("alice@example.com")),
+            "prod",
+            "orders",
+            &spoofed,
+        )
         .await;
     assert!(o.allowed());
     assert_eq!(o.header("x-verifyiam-principal"), Some("alice@example.com"));
     let ok = match &o.raw.http_response {
-        Some(envoy_types::pb::envoy::service::auth::v3::check_response::HttpResponse::OkResponse(ok)) => ok.clone(),
+        Some(
+            envoy_types::pb::envoy::service::auth::v3::check_response::HttpResponse::OkResponse(ok),
+        ) => ok.clone(),
         other => panic!("{other:?}"),
     };
-    assert_eq!(ok.headers_to_remove, ["x-verifyiam-result", "x-verifyiam-reason"]);
+    assert_eq!(
+        ok.headers_to_remove,
+        ["x-verifyiam-result", "x-verifyiam-reason"]
+    );
     for set in &o.headers {
         assert!(!ok.headers_to_remove.contains(&set.0), "{o:?}");
     }
@@ -519,18 +736,32 @@ async fn continue_on_error_forwards_denials_marked_and_strips_spoofed_headers() 
 
     // Switched off with PATCH: denials stop again.
     let (st, v) = s
-        .call(Method::PATCH, &dep("orders"), Some(&token(ADMIN)), Some(r#"{"continueOnError":false}"#))
+        .call(
+            Method::PATCH,
+            &dep("orders"),
+            Some(&token(ADMIN)),
+            Some(r#"{"continueOnError":false}"#),
+        )
         .await;
     assert_eq!((st, &v["continueOnError"]), (200, &json!(false)), "{v}");
-    let o = s.check(Some(&bearer("bob@example.com")), "prod", "orders").await;
+    let o = s
+        .check(Some(&bearer("bob@example.com")), "prod", "orders")
+        .await;
     o.assert_denied(PERMISSION_DENIED, 403, None);
     // And on again; a redeploy keeps the setting, an undeploy drops it.
-    s.call(Method::PATCH, &dep("orders"), Some(&token(ADMIN)), Some(r#"{"continueOnError":true}"#))
-        .await;
+    s.call(
+        Method::PATCH,
+        &dep("orders"),
+        Some(&token(ADMIN)),
+        Some(r#"{"continueOnError":true}"#),
+    )
+    .await;
     let (_, v) = deploy(&s, "orders", "2", "").await;
     assert_eq!(v["continueOnError"], true);
     undeploy(&s, "orders", "2").await;
-    let o = s.check(Some(&bearer("bob@example.com")), "prod", "orders").await;
+    let o = s
+        .check(Some(&bearer("bob@example.com")), "prod", "orders")
+        .await;
     o.assert_denied(PERMISSION_DENIED, 403, None);
 }
 
@@ -553,7 +784,12 @@ async fn continue_on_error_does_not_cover_outages() {
     let mut claims = claims("eve@example.com");
     claims["iss"] = json!("https://broken.test");
     let o = s
-        .check_with(Some(&format!("Bearer {}", rsa().sign(&claims))), "prod", "orders", &[])
+        .check_with(
+            Some(&format!("Bearer {}", rsa().sign(&claims))),
+            "prod",
+            "orders",
+            &[],
+        )
         .await;
     o.assert_denied(UNAVAILABLE, 503, None);
     assert!(o.header("x-verifyiam-result").is_none(), "{o:?}");

@@ -134,6 +134,8 @@ impl IamPolicy for IamPolicyService {
         let permissions =
             self.state
                 .test_iam_permissions(&caller, &resource, &request.permissions)?;
-        Ok(Response::new(pb::TestIamPermissionsResponse { permissions }))
+        Ok(Response::new(pb::TestIamPermissionsResponse {
+            permissions,
+        }))
     }
 }

@@ -244,9 +244,7 @@ async fn policy_method(
             } else {
                 parse_json(&body)?
             };
-            let version = request
-                .options
-                .map_or(0, |o| o.requested_policy_version);
+            let version = request.options.map_or(0, |o| o.requested_policy_version);
             Ok(Json(state.get_iam_policy(&caller, &resource, version)?).into_response())
         }
         Verb::Set => {
@@ -265,7 +263,8 @@ async fn policy_method(
         }
         Verb::Test => {
             let request: TestIamPermissionsRequest = parse_json(&body)?;
-            let permissions = state.test_iam_permissions(&caller, &resource, &request.permissions)?;
+            let permissions =
+                state.test_iam_permissions(&caller, &resource, &request.permissions)?;
             Ok(Json(TestIamPermissionsResponse { permissions }).into_response())
         }
     }

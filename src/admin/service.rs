@@ -497,7 +497,10 @@ impl AdminState {
                 &snapshot,
                 caller,
                 resource,
-                ("apigee.deployments.create", PermissionSet::DEPLOYMENTS_CREATE),
+                (
+                    "apigee.deployments.create",
+                    PermissionSet::DEPLOYMENTS_CREATE,
+                ),
             )?;
         }
         let revision = check_revision(revision)?;
@@ -549,7 +552,10 @@ impl AdminState {
             &snapshot,
             caller,
             resource,
-            ("apigee.deployments.delete", PermissionSet::DEPLOYMENTS_DELETE),
+            (
+                "apigee.deployments.delete",
+                PermissionSet::DEPLOYMENTS_DELETE,
+            ),
         )?;
         let revision = check_revision(revision)?;
         let view = Self::view(&snapshot, resource);
@@ -624,7 +630,10 @@ impl AdminState {
             &snapshot,
             caller,
             resource,
-            ("apigee.deployments.update", PermissionSet::DEPLOYMENTS_UPDATE),
+            (
+                "apigee.deployments.update",
+                PermissionSet::DEPLOYMENTS_UPDATE,
+            ),
         )?;
         if !self.exists(&snapshot, &resource.name()) {
             return Err(not_deployed(resource));
@@ -688,7 +697,11 @@ impl AdminState {
     }
 
     /// The authorization of `create_role` alone, for transports that check it before decoding.
-    pub fn require_roles_precheck(&self, caller: &Principal, project: &str) -> Result<(), ApiError> {
+    pub fn require_roles_precheck(
+        &self,
+        caller: &Principal,
+        project: &str,
+    ) -> Result<(), ApiError> {
         let snapshot = self.store.snapshot();
         self.require_on_project(
             &snapshot,
@@ -1047,9 +1060,15 @@ fn group_email(email: &str) -> Result<String, ApiError> {
     }
 }
 
-fn audit_role(caller: &Principal, action: &'static str, old: Option<&CustomRole>, new: Option<&CustomRole>) {
+fn audit_role(
+    caller: &Principal,
+    action: &'static str,
+    old: Option<&CustomRole>,
+    new: Option<&CustomRole>,
+) {
     let perms = |r: Option<&CustomRole>| -> Vec<String> {
-        r.map(|r| r.included_permissions.clone()).unwrap_or_default()
+        r.map(|r| r.included_permissions.clone())
+            .unwrap_or_default()
     };
     let (before, after) = (perms(old), perms(new));
     let name = new.or(old).map(|r| r.name.clone()).unwrap_or_default();

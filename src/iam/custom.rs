@@ -70,9 +70,7 @@ impl CustomRole {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum RoleError {
     /// The role id is malformed.
-    #[error(
-        "invalid role id {0:?}: use 3 to 64 letters, digits, '_' or '.' (e.g. \"apiCaller\")"
-    )]
+    #[error("invalid role id {0:?}: use 3 to 64 letters, digits, '_' or '.' (e.g. \"apiCaller\")")]
     BadId(String),
     /// A permission is not one verifyiam knows.
     #[error(
@@ -178,7 +176,9 @@ mod tests {
     fn custom_role_refuses_unknown_permissions() {
         assert_eq!(
             check_permissions(&["apigee.deployments.fly".into()]),
-            Err(RoleError::UnknownPermission("apigee.deployments.fly".into()))
+            Err(RoleError::UnknownPermission(
+                "apigee.deployments.fly".into()
+            ))
         );
         assert_eq!(
             check_permissions(&[

@@ -197,7 +197,10 @@ impl CompiledPolicy {
 
     /// The permissions granted to one member (a canonical string).
     pub fn granted_to(&self, member: &str) -> PermissionSet {
-        self.grants.get(member).copied().unwrap_or(PermissionSet::EMPTY)
+        self.grants
+            .get(member)
+            .copied()
+            .unwrap_or(PermissionSet::EMPTY)
     }
 
     /// Whether the policy grants nothing to anyone.
@@ -789,7 +792,9 @@ mod tests {
         .into();
         let lookup = WithGroups(policies, groups);
         assert!(may_invoke(&lookup, PROJECT_NAME, ORDERS, &alice()));
-        assert!(held(&lookup, PROJECT, &resource(ORDERS), &alice()).contains(PermissionSet::INVOKE));
+        assert!(
+            held(&lookup, PROJECT, &resource(ORDERS), &alice()).contains(PermissionSet::INVOKE)
+        );
         assert!(!may_invoke(&lookup, PROJECT_NAME, ORDERS, &bob()));
         assert!(!may_invoke(&lookup, PROJECT_NAME, PAYMENTS, &alice()));
         // Without the membership, alice's own members do not match the group binding.

@@ -273,7 +273,10 @@ fn check_binding(
 
 /// The `(role, member)` pairs granted by `new` and not by `old` (added), and by `old` and not by
 /// `new` (removed), each in policy order: what an audit event records about a policy write.
-pub fn binding_changes(old: &Policy, new: &Policy) -> (Vec<(String, String)>, Vec<(String, String)>) {
+pub fn binding_changes(
+    old: &Policy,
+    new: &Policy,
+) -> (Vec<(String, String)>, Vec<(String, String)>) {
     let pairs = |p: &Policy| -> Vec<(String, String)> {
         p.bindings
             .iter()
