@@ -415,7 +415,7 @@ pub fn dev_banner(extauthz: SocketAddr, admin: SocketAddr, data_dir: &Path) -> S
     format!(
         "verifyiam is serving in development mode (data in {d})
   ext_authz gRPC  {extauthz}   (Envoy: envoy.service.auth.v3.Authorization/Check)
-  admin HTTP      http://{admin}   (/v1 IAM policy API, /metrics, /healthz, /readyz)
+  admin HTTP      http://{admin}   (/v1 REST and google.iam.v1 gRPC, /metrics, /healthz, /readyz)
   project         dev-project; admin@example.com holds roles/owner
 
 Try it (another shell, same directory):

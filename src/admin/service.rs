@@ -579,7 +579,7 @@ impl AdminState {
                     Some(_) => return Err(not_deployed(&res)),
                     None => {
                         let implicit = !strict
-                            && (current.entry(&name).is_some() || routes.iter().any(|r| *r == name));
+                            && (current.entry(&name).is_some() || routes.contains(&name));
                         if !implicit {
                             return Err(not_deployed(&res));
                         }
@@ -1098,5 +1098,117 @@ pub fn check_bool(field: &str, value: &str) -> Result<bool, ApiError> {
         other => Err(ApiError::InvalidArgument(format!(
             "invalid value {other:?} for {field}: use true or false"
         ))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::{Arc, Mutex};
+    use tracing_subscriber::layer::{Context, SubscriberExt as _};
+
+    /// Records every event's target and fields.
+    #[derive(Default)]
+    struct Capture(Captured);
+
+    /// Each event's target and its fields as text.
+    type Captured = Arc<Mutex<Vec<(String, Vec<(String, String)>)>>>;
+
+    struct Fields(Vec<(String, String)>);
+
+    impl tracing::field::Visit for Fields {
+        fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
+            self.0.push((field.name().to_owned(), format!("{value:?}")));
+        }
+        fn record_str(&mut self, field: &tracing::field::Field, value: &str) {
+            self.0.push((field.name().to_owned(), value.to_owned()));
+        }
+    }
+
+    impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for Capture {
+        fn on_event(&self, event: &tracing::Event<'_>, _: Context<'_, S>) {
+            let mut fields = Fields(Vec::new());
+            event.record(&mut fields);
+            if let Ok(mut events) = self.0.lock() {
+                events.push((event.metadata().target().to_owned(), fields.0));
+            }
+        }
+    }
+
+    #[test]
+    fn audit_event_is_one_structured_event_on_the_audit_target() {
+        let events = Arc::new(Mutex::new(Vec::new()));
+        let subscriber = tracing_subscriber::registry().with(Capture(events.clone()));
+        let old = Policy {
+            bindings: vec![crate::iam::policy::Binding {
+                role: "roles/apigee.deploymentInvoker".into(),
+                members: vec!["user:a@example.com".into()],
+                condition: None,
+            }],
+            etag: Some(Etag::from_version(1)),
+            ..Policy::default()
+        };
+        let new = Policy {
+            bindings: vec![crate::iam::policy::Binding {
+                role: "roles/apigee.deploymentInvoker".into(),
+                members: vec!["user:b@example.com".into()],
+                condition: None,
+            }],
+            etag: Some(Etag::from_version(2)),
+            ..Policy::default()
+        };
+        let (added, removed) = binding_changes(&old, &new);
+        tracing::subscriber::with_default(subscriber, || {
+            AuditEvent {
+                caller: "ops@example.com".into(),
+                action: "setIamPolicy",
+                resource: "projects/p".into(),
+                old_etag: etag_text(old.etag.as_ref()),
+                new_etag: etag_text(new.etag.as_ref()),
+                added,
+                removed,
+            }
+            .log();
+        });
+        let events = events.lock().unwrap();
+        assert_eq!(events.len(), 1);
+        let (target, fields) = &events[0];
+        assert_eq!(target, AUDIT_TARGET);
+        let field = |name: &str| {
+            fields
+                .iter()
+                .find(|(k, _)| k == name)
+                .map(|(_, v)| v.as_str())
+                .unwrap_or_else(|| panic!("no field {name}: {fields:?}"))
+        };
+        assert_eq!(field("caller"), "ops@example.com");
+        assert_eq!(field("action"), "setIamPolicy");
+        assert_eq!(field("resource"), "projects/p");
+        assert_eq!(field("old_etag"), Etag::from_version(1).to_string());
+        assert_eq!(field("new_etag"), Etag::from_version(2).to_string());
+        assert_eq!(
+            field("added"),
+            r#"[["roles/apigee.deploymentInvoker","user:b@example.com"]]"#
+        );
+        assert_eq!(
+            field("removed"),
+            r#"[["roles/apigee.deploymentInvoker","user:a@example.com"]]"#
+        );
+    }
+
+    #[test]
+    fn revisions_and_flags_refuse_bad_values_clearly() {
+        assert_eq!(check_revision("12").ok().as_deref(), Some("12"));
+        for bad in ["0", "", "-1", "1.0", "latest", "99999999999"] {
+            let e = check_revision(bad).unwrap_err();
+            assert!(e.to_string().contains("invalid revision"), "{bad}: {e}");
+        }
+        assert_eq!(check_bool("f", "true").ok(), Some(true));
+        assert!(
+            check_bool("f", "yes")
+                .unwrap_err()
+                .to_string()
+                .contains("f")
+        );
     }
 }

@@ -271,21 +271,21 @@ fn check_binding(
     Ok(members)
 }
 
+/// A `(role, member)` pair of a binding.
+pub type RoleMember = (String, String);
+
 /// The `(role, member)` pairs granted by `new` and not by `old` (added), and by `old` and not by
 /// `new` (removed), each in policy order: what an audit event records about a policy write.
-pub fn binding_changes(
-    old: &Policy,
-    new: &Policy,
-) -> (Vec<(String, String)>, Vec<(String, String)>) {
-    let pairs = |p: &Policy| -> Vec<(String, String)> {
+pub fn binding_changes(old: &Policy, new: &Policy) -> (Vec<RoleMember>, Vec<RoleMember>) {
+    let pairs = |p: &Policy| -> Vec<RoleMember> {
         p.bindings
             .iter()
             .flat_map(|b| b.members.iter().map(|m| (b.role.clone(), m.clone())))
             .collect()
     };
     let (before, after) = (pairs(old), pairs(new));
-    let before_set: HashSet<&(String, String)> = before.iter().collect();
-    let after_set: HashSet<&(String, String)> = after.iter().collect();
+    let before_set: HashSet<&RoleMember> = before.iter().collect();
+    let after_set: HashSet<&RoleMember> = after.iter().collect();
     let added = after
         .iter()
         .filter(|p| !before_set.contains(p))
