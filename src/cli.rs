@@ -1,5 +1,7 @@
 //! Command-line interface: argument parsing and the small client commands (`token mint`,
-//! `check`, `config check`). Serving itself lives in [`crate::server`].
+//! `check`, `config check`, and the gcloud-shaped management commands `projects`,
+//! `environments`, `deployments`, `roles`, `groups` over [`crate::client`]). Serving itself lives
+//! in [`crate::server`].
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -14,7 +16,11 @@ use envoy_types::pb::envoy::service::auth::v3::authorization_client::Authorizati
 use envoy_types::pb::envoy::service::auth::v3::check_response::HttpResponse;
 use envoy_types::pb::envoy::service::auth::v3::{AttributeContext, CheckRequest};
 
+use reqwest::Method;
+use serde_json::{Value, json};
+
 use crate::authn::dev::{DEV_ISSUER, DevIssuer, KEY_FILE};
+use crate::client::{AdminClient, ClientError, Format};
 use crate::config::{
     CLOUD_PLATFORM_SCOPE, Config, DevIssuerConfig, IamConfig, ServerConfig, TokenConfig,
 };
@@ -41,6 +47,264 @@ pub enum Command {
     Token(TokenCommand),
     /// Send an Envoy-shaped Check and print the decision.
     Check(CheckArgs),
+    /// The project-level IAM policy.
+    Projects(ProjectsArgs),
+    /// Environment-level IAM policies.
+    Environments(EnvironmentsArgs),
+    /// Deployments and their IAM policies.
+    Deployments(DeploymentsArgs),
+    /// Custom roles.
+    Roles(RolesArgs),
+    /// Group memberships.
+    Groups(GroupsArgs),
+}
+
+/// How the management commands reach the admin API.
+#[derive(Debug, Args)]
+pub struct Connection {
+    /// The admin endpoint.
+    #[arg(
+        long,
+        global = true,
+        env = "VERIFYIAM_ADMIN_URL",
+        default_value = "http://127.0.0.1:9002"
+    )]
+    pub admin_url: String,
+    /// The caller's access token.
+    #[arg(long, global = true, env = "VERIFYIAM_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+    /// Output format.
+    #[arg(long, global = true, value_enum, default_value = "json")]
+    pub format: crate::client::Format,
+}
+
+/// The IAM policy commands every resource kind has.
+#[derive(Debug, Subcommand)]
+pub enum PolicyCommand {
+    /// Grant ROLE to MEMBER (read-modify-write with the etag, retried on concurrent changes).
+    AddIamPolicyBinding(BindingArgs),
+    /// Revoke ROLE from MEMBER (read-modify-write with the etag, retried on concurrent changes).
+    RemoveIamPolicyBinding(BindingArgs),
+    /// Print the policy.
+    GetIamPolicy {
+        /// The resource (project id, environment or API name).
+        name: String,
+    },
+    /// Replace the policy with the JSON policy in FILE (its etag, if any, must be current).
+    SetIamPolicy {
+        /// The resource (project id, environment or API name).
+        name: String,
+        /// A JSON file holding a policy (`{"bindings":[…],"etag":"…"}`).
+        file: PathBuf,
+    },
+    /// Print which of the given permissions the caller holds.
+    TestIamPermissions {
+        /// The resource (project id, environment or API name).
+        name: String,
+        /// Comma-separated permissions.
+        #[arg(long, value_delimiter = ',', required = true)]
+        permissions: Vec<String>,
+    },
+}
+
+/// `add-iam-policy-binding` / `remove-iam-policy-binding`
+#[derive(Debug, Args)]
+pub struct BindingArgs {
+    /// The resource (project id, environment or API name).
+    pub name: String,
+    /// The member, e.g. `user:alice@example.com`.
+    #[arg(long)]
+    pub member: String,
+    /// The role, e.g. `roles/apigee.deploymentInvoker`.
+    #[arg(long)]
+    pub role: String,
+}
+
+/// `projects …`
+#[derive(Debug, Args)]
+pub struct ProjectsArgs {
+    /// Where and as whom.
+    #[command(flatten)]
+    pub connection: Connection,
+    /// What.
+    #[command(subcommand)]
+    pub command: PolicyCommand,
+}
+
+/// `environments …`
+#[derive(Debug, Args)]
+pub struct EnvironmentsArgs {
+    /// Where and as whom.
+    #[command(flatten)]
+    pub connection: Connection,
+    /// The Apigee organization (the project id unless configured otherwise).
+    #[arg(long, global = true, env = "VERIFYIAM_ORGANIZATION")]
+    pub organization: Option<String>,
+    /// What.
+    #[command(subcommand)]
+    pub command: PolicyCommand,
+}
+
+/// `deployments …`
+#[derive(Debug, Args)]
+pub struct DeploymentsArgs {
+    /// Where and as whom.
+    #[command(flatten)]
+    pub connection: Connection,
+    /// The Apigee organization (the project id unless configured otherwise).
+    #[arg(long, global = true, env = "VERIFYIAM_ORGANIZATION")]
+    pub organization: Option<String>,
+    /// The environment.
+    #[arg(long, global = true)]
+    pub environment: Option<String>,
+    /// What.
+    #[command(subcommand)]
+    pub command: DeploymentsCommand,
+}
+
+/// `deployments …` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum DeploymentsCommand {
+    /// The deployment's IAM policy.
+    #[command(flatten)]
+    Policy(PolicyCommand),
+    /// List the environment's deployments.
+    List,
+    /// Describe one deployment.
+    Describe {
+        /// The API (deployment) name.
+        api: String,
+    },
+    /// Deploy a revision of an API (a deployment that was undeployed starts with no policy).
+    Deploy {
+        /// The API (deployment) name.
+        api: String,
+        /// The revision.
+        #[arg(long)]
+        revision: String,
+        /// Let denied requests go on to the backend, marked (keeps the current setting if omitted).
+        #[arg(long)]
+        continue_on_error: Option<bool>,
+    },
+    /// Undeploy a revision: the deployment's policy is deleted and its requests are denied.
+    Undeploy {
+        /// The API (deployment) name.
+        api: String,
+        /// The revision.
+        #[arg(long)]
+        revision: String,
+    },
+    /// Change a deployment's settings.
+    Update {
+        /// The API (deployment) name.
+        api: String,
+        /// Let denied requests go on to the backend, marked (`true` or `false`).
+        #[arg(long, action = clap::ArgAction::Set)]
+        continue_on_error: bool,
+    },
+}
+
+/// `roles …`
+#[derive(Debug, Args)]
+pub struct RolesArgs {
+    /// Where and as whom.
+    #[command(flatten)]
+    pub connection: Connection,
+    /// The project the custom roles belong to.
+    #[arg(long, global = true, env = "VERIFYIAM_PROJECT")]
+    pub project: Option<String>,
+    /// What.
+    #[command(subcommand)]
+    pub command: RolesCommand,
+}
+
+/// The fields of a custom role.
+#[derive(Debug, Args)]
+pub struct RoleFieldArgs {
+    /// A short title.
+    #[arg(long)]
+    pub title: Option<String>,
+    /// A description.
+    #[arg(long)]
+    pub description: Option<String>,
+    /// Comma-separated permissions.
+    #[arg(long, value_delimiter = ',')]
+    pub permissions: Option<Vec<String>>,
+    /// ALPHA, BETA, GA, DEPRECATED, DISABLED or EAP.
+    #[arg(long)]
+    pub stage: Option<String>,
+}
+
+/// `roles …` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum RolesCommand {
+    /// Create a custom role.
+    Create {
+        /// The role id (3–64 letters, digits, `_`, `.`).
+        role_id: String,
+        /// Its fields.
+        #[command(flatten)]
+        fields: RoleFieldArgs,
+    },
+    /// Describe a custom role.
+    Describe {
+        /// The role id.
+        role_id: String,
+    },
+    /// List the project's custom roles.
+    List,
+    /// Change the fields given (only those).
+    Update {
+        /// The role id.
+        role_id: String,
+        /// The fields to change.
+        #[command(flatten)]
+        fields: RoleFieldArgs,
+    },
+    /// Delete a custom role (refused while a policy binds it).
+    Delete {
+        /// The role id.
+        role_id: String,
+    },
+}
+
+/// `groups …`
+#[derive(Debug, Args)]
+pub struct GroupsArgs {
+    /// Where and as whom.
+    #[command(flatten)]
+    pub connection: Connection,
+    /// What.
+    #[command(subcommand)]
+    pub command: GroupsCommand,
+}
+
+/// `groups …` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum GroupsCommand {
+    /// Add a member (`user:` or `serviceAccount:`) to a group.
+    AddMember {
+        /// The group's email.
+        group: String,
+        /// The member.
+        #[arg(long)]
+        member: String,
+    },
+    /// Remove a member from a group.
+    RemoveMember {
+        /// The group's email.
+        group: String,
+        /// The member.
+        #[arg(long)]
+        member: String,
+    },
+    /// List the groups.
+    List,
+    /// Describe one group.
+    Describe {
+        /// The group's email.
+        group: String,
+    },
 }
 
 /// `serve`
@@ -131,6 +395,8 @@ pub fn dev_config(data_dir: &Path) -> Config {
             organization: None,
             store: data_dir.join("store"),
             bootstrap_admins: vec!["user:admin@example.com".to_owned()],
+            strict_deployments: false,
+            groups: Vec::new(),
         },
         token: TokenConfig {
             dev: Some(DevIssuerConfig {
@@ -150,7 +416,7 @@ pub fn dev_banner(extauthz: SocketAddr, admin: SocketAddr, data_dir: &Path) -> S
     format!(
         "verifyiam is serving in development mode (data in {d})
   ext_authz gRPC  {extauthz}   (Envoy: envoy.service.auth.v3.Authorization/Check)
-  admin HTTP      http://{admin}   (/v1 IAM policy API, /metrics, /healthz, /readyz)
+  admin HTTP      http://{admin}   (/v1 REST and google.iam.v1 gRPC, /metrics, /healthz, /readyz)
   project         dev-project; admin@example.com holds roles/owner
 
 Try it (another shell, same directory):
@@ -262,4 +528,320 @@ pub async fn check(args: &CheckArgs) -> Result<CheckOutcome, String> {
         None => {}
     }
     Ok(CheckOutcome { allowed, report })
+}
+
+/// What a management command prints: the result on stdout, an optional note on stderr.
+#[derive(Debug)]
+pub struct Printed {
+    /// The result, rendered in the requested format.
+    pub stdout: String,
+    /// A human note (e.g. `Updated IAM policy for deployment [orders].`).
+    pub note: Option<String>,
+}
+
+fn segment<'a>(flag: &str, value: Option<&'a str>) -> Result<&'a str, ClientError> {
+    match value {
+        Some(v) if crate::config::is_segment(v) => Ok(v),
+        Some(v) => Err(ClientError::usage(format!(
+            "{flag} {v:?} is not a valid name (letters, digits, '-', '_', '.')"
+        ))),
+        None => Err(ClientError::usage(format!("{flag} is required"))),
+    }
+}
+
+fn enc(s: &str) -> String {
+    percent_encoding::utf8_percent_encode(s, percent_encoding::NON_ALPHANUMERIC).to_string()
+}
+
+async fn policy_command(
+    client: &AdminClient,
+    format: Format,
+    kind: &str,
+    path: impl Fn(&str) -> Result<String, ClientError>,
+    command: PolicyCommand,
+) -> Result<Printed, ClientError> {
+    let printed = |v: &Value, note: Option<String>| Printed {
+        stdout: format.render(v),
+        note,
+    };
+    match command {
+        PolicyCommand::AddIamPolicyBinding(b) | PolicyCommand::RemoveIamPolicyBinding(b)
+            if b.member.is_empty() || b.role.is_empty() =>
+        {
+            let _ = b;
+            Err(ClientError::usage("--member and --role must not be empty"))
+        }
+        PolicyCommand::AddIamPolicyBinding(b) => {
+            let policy = client
+                .change_binding(&path(&b.name)?, &b.role, &b.member, true)
+                .await?;
+            Ok(printed(
+                &policy,
+                Some(format!("Updated IAM policy for {kind} [{}].", b.name)),
+            ))
+        }
+        PolicyCommand::RemoveIamPolicyBinding(b) => {
+            let policy = client
+                .change_binding(&path(&b.name)?, &b.role, &b.member, false)
+                .await?;
+            Ok(printed(
+                &policy,
+                Some(format!("Updated IAM policy for {kind} [{}].", b.name)),
+            ))
+        }
+        PolicyCommand::GetIamPolicy { name } => {
+            Ok(printed(&client.get_policy(&path(&name)?).await?, None))
+        }
+        PolicyCommand::SetIamPolicy { name, file } => {
+            let text = std::fs::read_to_string(&file)
+                .map_err(|e| ClientError::usage(format!("cannot read {}: {e}", file.display())))?;
+            let policy: Value = serde_json::from_str(&text).map_err(|e| {
+                ClientError::usage(format!("{} is not a JSON policy: {e}", file.display()))
+            })?;
+            if !policy.is_object() {
+                return Err(ClientError::usage(format!(
+                    "{} must hold a JSON object (a policy)",
+                    file.display()
+                )));
+            }
+            let stored = client.set_policy(&path(&name)?, &policy).await?;
+            Ok(printed(
+                &stored,
+                Some(format!("Updated IAM policy for {kind} [{name}].")),
+            ))
+        }
+        PolicyCommand::TestIamPermissions { name, permissions } => {
+            let body = json!({ "permissions": permissions });
+            let v = client
+                .call(
+                    Method::POST,
+                    &format!("{}:testIamPermissions", path(&name)?),
+                    Some(&body),
+                )
+                .await?;
+            Ok(printed(&v, None))
+        }
+    }
+}
+
+fn role_body(fields: &RoleFieldArgs) -> (Value, Vec<&'static str>) {
+    let mut role = serde_json::Map::new();
+    let mut mask = Vec::new();
+    if let Some(t) = &fields.title {
+        role.insert("title".into(), json!(t));
+        mask.push("title");
+    }
+    if let Some(d) = &fields.description {
+        role.insert("description".into(), json!(d));
+        mask.push("description");
+    }
+    if let Some(p) = &fields.permissions {
+        role.insert("includedPermissions".into(), json!(p));
+        mask.push("includedPermissions");
+    }
+    if let Some(s) = &fields.stage {
+        role.insert("stage".into(), json!(s.to_ascii_uppercase()));
+        mask.push("stage");
+    }
+    (Value::Object(role), mask)
+}
+
+/// Runs a management command against the admin API.
+pub async fn manage(command: Command) -> Result<Printed, ClientError> {
+    match command {
+        Command::Projects(a) => {
+            let client = AdminClient::new(&a.connection.admin_url, a.connection.token)?;
+            let path = |p: &str| Ok(format!("/v1/projects/{}", segment("PROJECT", Some(p))?));
+            policy_command(&client, a.connection.format, "project", path, a.command).await
+        }
+        Command::Environments(a) => {
+            let client = AdminClient::new(&a.connection.admin_url, a.connection.token)?;
+            let org = a.organization.clone();
+            let path = |e: &str| {
+                Ok(format!(
+                    "/v1/organizations/{}/environments/{}",
+                    segment("--organization", org.as_deref())?,
+                    segment("ENVIRONMENT", Some(e))?
+                ))
+            };
+            policy_command(&client, a.connection.format, "environment", path, a.command).await
+        }
+        Command::Deployments(a) => {
+            let client = AdminClient::new(&a.connection.admin_url, a.connection.token)?;
+            let format = a.connection.format;
+            let env_path = || -> Result<String, ClientError> {
+                Ok(format!(
+                    "/v1/organizations/{}/environments/{}",
+                    segment("--organization", a.organization.as_deref())?,
+                    segment("--environment", a.environment.as_deref())?
+                ))
+            };
+            let path = |api: &str| {
+                Ok(format!(
+                    "{}/deployments/{}",
+                    env_path()?,
+                    segment("API", Some(api))?
+                ))
+            };
+            let revision_path = |api: &str, revision: &str| {
+                Ok::<_, ClientError>(format!(
+                    "{}/apis/{}/revisions/{}/deployments",
+                    env_path()?,
+                    segment("API", Some(api))?,
+                    enc(revision)
+                ))
+            };
+            let show = |v: Value, note: Option<String>| Printed {
+                stdout: format.render(&v),
+                note,
+            };
+            match a.command {
+                DeploymentsCommand::Policy(p) => {
+                    policy_command(&client, format, "deployment", path, p).await
+                }
+                DeploymentsCommand::List => Ok(show(
+                    client
+                        .call(Method::GET, &format!("{}/deployments", env_path()?), None)
+                        .await?,
+                    None,
+                )),
+                DeploymentsCommand::Describe { api } => Ok(show(
+                    client.call(Method::GET, &path(&api)?, None).await?,
+                    None,
+                )),
+                DeploymentsCommand::Deploy {
+                    api,
+                    revision,
+                    continue_on_error,
+                } => {
+                    let mut target = revision_path(&api, &revision)?;
+                    if let Some(c) = continue_on_error {
+                        target.push_str(&format!("?continueOnError={c}"));
+                    }
+                    let v = client.call(Method::POST, &target, None).await?;
+                    Ok(show(
+                        v,
+                        Some(format!("Deployed [{api}] revision {revision}.")),
+                    ))
+                }
+                DeploymentsCommand::Undeploy { api, revision } => {
+                    let v = client
+                        .call(Method::DELETE, &revision_path(&api, &revision)?, None)
+                        .await?;
+                    Ok(show(
+                        v,
+                        Some(format!(
+                            "Undeployed [{api}] revision {revision}; its IAM policy was deleted."
+                        )),
+                    ))
+                }
+                DeploymentsCommand::Update {
+                    api,
+                    continue_on_error,
+                } => {
+                    let body = json!({ "continueOnError": continue_on_error });
+                    let v = client
+                        .call(Method::PATCH, &path(&api)?, Some(&body))
+                        .await?;
+                    Ok(show(v, Some(format!("Updated deployment [{api}]."))))
+                }
+            }
+        }
+        Command::Roles(a) => {
+            let client = AdminClient::new(&a.connection.admin_url, a.connection.token)?;
+            let format = a.connection.format;
+            let base = format!(
+                "/v1/projects/{}/roles",
+                segment("--project", a.project.as_deref())?
+            );
+            let show = |v: Value, note: Option<String>| Printed {
+                stdout: format.render(&v),
+                note,
+            };
+            match a.command {
+                RolesCommand::Create { role_id, fields } => {
+                    let (role, _) = role_body(&fields);
+                    let body = json!({ "roleId": role_id, "role": role });
+                    let v = client.call(Method::POST, &base, Some(&body)).await?;
+                    Ok(show(v, Some(format!("Created role [{role_id}]."))))
+                }
+                RolesCommand::Describe { role_id } => Ok(show(
+                    client
+                        .call(Method::GET, &format!("{base}/{}", enc(&role_id)), None)
+                        .await?,
+                    None,
+                )),
+                RolesCommand::List => Ok(show(client.call(Method::GET, &base, None).await?, None)),
+                RolesCommand::Update { role_id, fields } => {
+                    let (role, mask) = role_body(&fields);
+                    if mask.is_empty() {
+                        return Err(ClientError::usage(
+                            "nothing to update: give --title, --description, --permissions or --stage",
+                        ));
+                    }
+                    let target = format!("{base}/{}?updateMask={}", enc(&role_id), mask.join(","));
+                    let v = client.call(Method::PATCH, &target, Some(&role)).await?;
+                    Ok(show(v, Some(format!("Updated role [{role_id}]."))))
+                }
+                RolesCommand::Delete { role_id } => {
+                    let v = client
+                        .call(Method::DELETE, &format!("{base}/{}", enc(&role_id)), None)
+                        .await?;
+                    Ok(show(v, Some(format!("Deleted role [{role_id}]."))))
+                }
+            }
+        }
+        Command::Groups(a) => {
+            let client = AdminClient::new(&a.connection.admin_url, a.connection.token)?;
+            let format = a.connection.format;
+            let show = |v: Value, note: Option<String>| Printed {
+                stdout: format.render(&v),
+                note,
+            };
+            match a.command {
+                GroupsCommand::AddMember { group, member }
+                | GroupsCommand::RemoveMember { group, member }
+                    if group.is_empty() || member.is_empty() =>
+                {
+                    Err(ClientError::usage("GROUP and --member must not be empty"))
+                }
+                GroupsCommand::AddMember { group, member } => {
+                    let body = json!({ "member": member });
+                    let v = client
+                        .call(
+                            Method::POST,
+                            &format!("/v1/groups/{}:addMember", enc(&group)),
+                            Some(&body),
+                        )
+                        .await?;
+                    Ok(show(v, Some(format!("Added {member} to group [{group}]."))))
+                }
+                GroupsCommand::RemoveMember { group, member } => {
+                    let body = json!({ "member": member });
+                    let v = client
+                        .call(
+                            Method::POST,
+                            &format!("/v1/groups/{}:removeMember", enc(&group)),
+                            Some(&body),
+                        )
+                        .await?;
+                    Ok(show(
+                        v,
+                        Some(format!("Removed {member} from group [{group}].")),
+                    ))
+                }
+                GroupsCommand::List => Ok(show(
+                    client.call(Method::GET, "/v1/groups", None).await?,
+                    None,
+                )),
+                GroupsCommand::Describe { group } => Ok(show(
+                    client
+                        .call(Method::GET, &format!("/v1/groups/{}", enc(&group)), None)
+                        .await?,
+                    None,
+                )),
+            }
+        }
+        _ => Err(ClientError::usage("not a management command")),
+    }
 }

@@ -205,6 +205,24 @@ pub struct IamConfig {
     /// Members that always hold `roles/owner` on the project.
     #[serde(default)]
     pub bootstrap_admins: Vec<String>,
+    /// Only deployed APIs accept policies and may be allowed (default: a deployment also comes
+    /// into being when a policy is set on it or a route names it).
+    #[serde(default)]
+    pub strict_deployments: bool,
+    /// Group memberships applied at start (`[[iam.groups]]`).
+    #[serde(default)]
+    pub groups: Vec<GroupConfig>,
+}
+
+/// `[[iam.groups]]`: a group whose membership is set from configuration at start.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GroupConfig {
+    /// The group's email (`group:` prefix optional).
+    pub email: String,
+    /// Its members: `user:EMAIL` or `serviceAccount:EMAIL`.
+    #[serde(default)]
+    pub members: Vec<String>,
 }
 
 impl IamConfig {
@@ -441,6 +459,41 @@ impl Config {
         for (i, m) in self.iam.bootstrap_admins.iter().enumerate() {
             Member::parse(m)
                 .map_err(|e| invalid(format!("iam.bootstrap_admins[{i}]"), e.to_string()))?;
+        }
+        let mut seen_groups = HashSet::new();
+        for (i, g) in self.iam.groups.iter().enumerate() {
+            let field = format!("iam.groups[{i}]");
+            let email = g.email.strip_prefix("group:").unwrap_or(&g.email);
+            match Member::parse(&format!("group:{email}")) {
+                Ok(Member::Group(e)) => {
+                    if !seen_groups.insert(e) {
+                        return Err(invalid(
+                            format!("{field}.email"),
+                            format!("group {email:?} is configured twice"),
+                        ));
+                    }
+                }
+                _ => {
+                    return Err(invalid(
+                        format!("{field}.email"),
+                        format!("{:?} is not a group email like ops@example.com", g.email),
+                    ));
+                }
+            }
+            for (j, m) in g.members.iter().enumerate() {
+                match Member::parse(m) {
+                    Ok(Member::User(_) | Member::ServiceAccount(_)) => {}
+                    Ok(_) => {
+                        return Err(invalid(
+                            format!("{field}.members[{j}]"),
+                            format!(
+                                "{m:?}: a group holds user:EMAIL and serviceAccount:EMAIL members only"
+                            ),
+                        ));
+                    }
+                    Err(e) => return Err(invalid(format!("{field}.members[{j}]"), e.to_string())),
+                }
+            }
         }
         self.token.validate()?;
         self.authz.validate()?;
@@ -701,5 +754,31 @@ deployment = "orders"
         let c = Config::parse(text).unwrap();
         assert_eq!(c.routes.len(), 1);
         assert_eq!(c.token.jwt[0].issuer, "https://accounts.google.com");
+    }
+
+    #[test]
+    fn groups_and_strict_deployments_parse_with_defaults() {
+        let c = Config::parse(MINIMAL).unwrap();
+        assert!(!c.iam.strict_deployments);
+        assert!(c.iam.groups.is_empty());
+        let text = "[iam]\nproject = \"demo\"\nstrict_deployments = true\n\
+                    [[iam.groups]]\nemail = \"ops@example.com\"\nmembers = [\"user:a@example.com\"]\n";
+        let c = Config::parse(text).unwrap();
+        assert!(c.iam.strict_deployments);
+        assert_eq!(c.iam.groups[0].members, ["user:a@example.com"]);
+    }
+
+    #[test]
+    fn bad_group_member_names_the_field() {
+        let text = "[iam]\nproject = \"demo\"\n[[iam.groups]]\nemail = \"ops@example.com\"\n\
+                    members = [\"user:a@example.com\", \"domain:example.com\"]\n";
+        let err = Config::parse(text).unwrap_err();
+        assert!(
+            err.to_string().starts_with("iam.groups[0].members[1]"),
+            "{err}"
+        );
+        let text = "[iam]\nproject = \"demo\"\n[[iam.groups]]\nemail = \"ops\"\n";
+        let err = Config::parse(text).unwrap_err();
+        assert!(err.to_string().starts_with("iam.groups[0].email"), "{err}");
     }
 }

@@ -1,6 +1,7 @@
 //! The `verifyiam` binary: parses arguments, sets up logging, binds, and hands over to the
 //! library. Exit codes: 0 success (for `check`: allowed), 1 `check` denied, 2 usage or
-//! configuration error, 3 runtime failure.
+//! configuration error, 3 runtime failure; the management commands add 4 to 7
+//! (see [`verifyiam::client::exit`]).
 
 #![forbid(unsafe_code)]
 
@@ -60,6 +61,21 @@ fn main() -> ExitCode {
             }
         }),
         Command::Serve(args) => serve(args),
+        management => runtime().block_on(async {
+            match verifyiam::cli::manage(management).await {
+                Ok(printed) => {
+                    print!("{}", printed.stdout);
+                    if let Some(note) = printed.note {
+                        eprintln!("{note}");
+                    }
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("ERROR: {}", e.message);
+                    ExitCode::from(e.code)
+                }
+            }
+        }),
     }
 }
 

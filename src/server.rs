@@ -75,6 +75,8 @@ impl App {
             &config.iam.project,
             &config.iam.bootstrap_admins,
         )?);
+        // Management data: `[[iam.groups]]` seeds group memberships at start.
+        admin::service::seed_groups(&store, &config.iam.groups)?;
         let http = http_for(config.token.fetch_timeout)?;
         let dev = match &config.token.dev {
             Some(d) => Some(Arc::new(DevIssuer::load_or_create(&d.issuer, &d.key_file)?)),
@@ -87,22 +89,26 @@ impl App {
         let authenticator = Arc::new(Authenticator::new(&config.token, http, fixed));
         let organization = config.iam.organization().to_owned();
         let router = Arc::new(Router::new(&organization, &config.routes));
-        let authorizer = Arc::new(match config.authz.mode {
-            AuthzMode::Local => Authorizer::local(
-                store.clone(),
-                &config.iam.project,
-                &organization,
-                &config.authz,
-            ),
-            AuthzMode::Google => Authorizer::remote(
-                Arc::new(GoogleSource::new(
-                    http_for(config.authz.timeout)?,
-                    &config.authz.apigee_url,
-                )),
-                &config.authz,
-                config.server.check_deadline,
-            ),
-        });
+        let authorizer = Arc::new(
+            match config.authz.mode {
+                AuthzMode::Local => Authorizer::local(
+                    store.clone(),
+                    &config.iam.project,
+                    &organization,
+                    &config.authz,
+                ),
+                AuthzMode::Google => Authorizer::remote(
+                    store.clone(),
+                    Arc::new(GoogleSource::new(
+                        http_for(config.authz.timeout)?,
+                        &config.authz.apigee_url,
+                    )),
+                    &config.authz,
+                    config.server.check_deadline,
+                ),
+            }
+            .with_strict_deployments(config.iam.strict_deployments),
+        );
         let checker = Arc::new(Checker::new(
             router,
             authenticator.clone(),
@@ -129,6 +135,24 @@ fn http_for(timeout: Duration) -> Result<reqwest::Client, ServerError> {
         .user_agent(concat!("verifyiam/", env!("CARGO_PKG_VERSION")))
         .build()
         .map_err(|e| ServerError::Http(e.to_string()))
+}
+
+/// The full names of the deployments `[[routes]]` name.
+fn route_deployments(config: &Config) -> Vec<String> {
+    let organization = config.iam.organization();
+    config
+        .routes
+        .iter()
+        .map(|r| {
+            crate::route::Target::new(
+                r.organization.as_deref().unwrap_or(organization),
+                &r.environment,
+                &r.deployment,
+            )
+            .name
+            .to_string()
+        })
+        .collect()
 }
 
 /// Builds the service from `config` and serves until `shutdown` resolves.
@@ -196,10 +220,12 @@ pub async fn serve(
         organization: app.config.iam.organization().to_owned(),
         dev_jwks: app.dev.as_ref().map(|d| d.jwk_set()),
         metrics,
+        strict_deployments: app.config.iam.strict_deployments,
+        route_deployments: route_deployments(&app.config),
     });
     let admin = {
         let stop = stop.clone();
-        axum::serve(listeners.admin, admin::router(state))
+        axum::serve(listeners.admin, admin::service(state))
             .with_graceful_shutdown(async move { stop.cancelled().await })
     };
 

@@ -433,6 +433,14 @@ fn principal() -> Arc<Principal> {
     })
 }
 
+/// An empty store: deployment facts only (the policy source is remote).
+fn store() -> (tempfile::TempDir, Arc<verifyiam::store::PolicyStore>) {
+    let dir = tempfile::tempdir().unwrap();
+    let store =
+        Arc::new(verifyiam::store::PolicyStore::open(dir.path(), "demo-project", &[]).unwrap());
+    (dir, store)
+}
+
 fn fake(delay: Duration) -> Arc<Fake> {
     Arc::new(Fake {
         allow: AtomicBool::new(true),
@@ -462,7 +470,13 @@ fn verdict(d: &Decision) -> Result<bool, Reason> {
 #[tokio::test(start_paused = true)]
 async fn stale_if_error_serves_then_expires() {
     let source = fake(Duration::ZERO);
-    let authz = Authorizer::remote(source.clone(), &authz_config(), Duration::from_millis(150));
+    let (_dir, store) = store();
+    let authz = Authorizer::remote(
+        store,
+        source.clone(),
+        &authz_config(),
+        Duration::from_millis(150),
+    );
     let target = Target::new("demo-project", "prod", "orders");
     assert_eq!(
         verdict(&authz.decide(principal(), "t", target.clone()).await),
@@ -505,7 +519,13 @@ async fn stale_if_error_serves_then_expires() {
 #[tokio::test(start_paused = true)]
 async fn hot_decisions_are_refreshed_ahead_of_expiry() {
     let source = fake(Duration::ZERO);
-    let authz = Authorizer::remote(source.clone(), &authz_config(), Duration::from_millis(150));
+    let (_dir, store) = store();
+    let authz = Authorizer::remote(
+        store,
+        source.clone(),
+        &authz_config(),
+        Duration::from_millis(150),
+    );
     let target = Target::new("demo-project", "prod", "orders");
     authz.decide(principal(), "t", target.clone()).await;
     // Inside the refresh-ahead window: answered from cache, refreshed in the background.
@@ -530,7 +550,9 @@ async fn hot_decisions_are_refreshed_ahead_of_expiry() {
 #[tokio::test(start_paused = true)]
 async fn concurrent_remote_questions_are_asked_once() {
     let source = fake(Duration::from_millis(50));
+    let (_dir, store) = store();
     let authz = Arc::new(Authorizer::remote(
+        store,
         source.clone(),
         &authz_config(),
         Duration::from_millis(150),

@@ -1,5 +1,5 @@
 //! Admin API errors in Google's JSON shape (`{"error":{"code","message","status"}}`), mapped to
-//! HTTP status in this one place.
+//! HTTP status (REST) and to gRPC status codes (google.iam.v1 over gRPC) in this one place.
 
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -29,6 +29,12 @@ pub enum ApiError {
     /// 409 `ABORTED`.
     #[error("{0}")]
     Aborted(String),
+    /// 409 `ALREADY_EXISTS`.
+    #[error("{0}")]
+    AlreadyExists(String),
+    /// 400 `FAILED_PRECONDITION`: the request is valid but the system's state refuses it.
+    #[error("{0}")]
+    FailedPrecondition(String),
     /// 503 `UNAVAILABLE`.
     #[error("{0}")]
     Unavailable(String),
@@ -45,9 +51,30 @@ impl ApiError {
             ApiError::PermissionDenied(_) => (StatusCode::FORBIDDEN, "PERMISSION_DENIED"),
             ApiError::NotFound(_) => (StatusCode::NOT_FOUND, "NOT_FOUND"),
             ApiError::Aborted(_) => (StatusCode::CONFLICT, "ABORTED"),
+            ApiError::AlreadyExists(_) => (StatusCode::CONFLICT, "ALREADY_EXISTS"),
+            ApiError::FailedPrecondition(_) => (StatusCode::BAD_REQUEST, "FAILED_PRECONDITION"),
             ApiError::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "UNAVAILABLE"),
             ApiError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "INTERNAL"),
         }
+    }
+}
+
+impl From<ApiError> for tonic::Status {
+    /// The gRPC form: the same code names as the JSON `status`, the same message.
+    fn from(e: ApiError) -> tonic::Status {
+        use tonic::Code;
+        let code = match &e {
+            ApiError::InvalidArgument(_) => Code::InvalidArgument,
+            ApiError::Unauthenticated { .. } => Code::Unauthenticated,
+            ApiError::PermissionDenied(_) => Code::PermissionDenied,
+            ApiError::NotFound(_) => Code::NotFound,
+            ApiError::Aborted(_) => Code::Aborted,
+            ApiError::AlreadyExists(_) => Code::AlreadyExists,
+            ApiError::FailedPrecondition(_) => Code::FailedPrecondition,
+            ApiError::Unavailable(_) => Code::Unavailable,
+            ApiError::Internal(_) => Code::Internal,
+        };
+        tonic::Status::new(code, e.to_string())
     }
 }
 

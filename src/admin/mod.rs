@@ -1,9 +1,13 @@
-//! The admin listener: the Google-shaped IAM policy REST API ([`rest`]), `/healthz`, `/readyz`,
-//! `/metrics` and, in development, the dev issuer's JWK set. Callers authenticate with the same
-//! token validation as Checks, and are authorized by the same IAM rules.
+//! The admin listener: the Google-shaped management REST API ([`rest`]) and the
+//! `google.iam.v1.IAMPolicy` gRPC service ([`grpc`]) on one port, routed by content type, both
+//! over the same operations ([`service`]); `/healthz`, `/readyz`, `/metrics` and, in
+//! development, the dev issuer's JWK set. Callers authenticate with the same token validation as
+//! Checks, and are authorized by the same IAM rules.
 
 pub mod error;
+pub mod grpc;
 pub mod rest;
+pub mod service;
 
 use std::sync::Arc;
 
@@ -32,6 +36,10 @@ pub struct AdminState {
     pub dev_jwks: Option<serde_json::Value>,
     /// Prometheus rendering.
     pub metrics: metrics_exporter_prometheus::PrometheusHandle,
+    /// `iam.strict_deployments`: only deployed APIs accept policies.
+    pub strict_deployments: bool,
+    /// Full names of the deployments `[[routes]]` name (they exist unless undeployed).
+    pub route_deployments: Vec<String>,
 }
 
 impl AdminState {
@@ -73,7 +81,33 @@ impl AdminState {
     }
 }
 
-/// The admin router.
+/// The whole admin listener: gRPC requests (`content-type: application/grpc…`) go to the
+/// `google.iam.v1.IAMPolicy` service, everything else to the REST [`router`].
+pub fn service(state: Arc<AdminState>) -> Router {
+    let grpc = tonic::service::Routes::new(grpc::server(state.clone())).prepare();
+    router(state).layer(axum::middleware::from_fn_with_state(grpc, by_content_type))
+}
+
+async fn by_content_type(
+    State(grpc): State<tonic::service::Routes>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    let is_grpc = request
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/grpc"));
+    if !is_grpc {
+        return next.run(request).await;
+    }
+    match tower::ServiceExt::oneshot(grpc, request).await {
+        Ok(response) => response.map(axum::body::Body::new),
+        Err(never) => match never {},
+    }
+}
+
+/// The admin REST router.
 pub fn router(state: Arc<AdminState>) -> Router {
     Router::new()
         .route("/healthz", get(|| async { "ok\n" }))

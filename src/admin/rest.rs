@@ -1,35 +1,50 @@
-//! The IAM policy REST API in Google's shapes: `:getIamPolicy` (GET or POST), `:setIamPolicy`
-//! and `:testIamPermissions` on `projects/{p}`, `organizations/{o}/environments/{e}` and
-//! `organizations/{o}/environments/{e}/deployments/{api}`.
+//! The admin REST API in Google's shapes: the IAM policy methods (`:getIamPolicy` GET or POST,
+//! `:setIamPolicy`, `:testIamPermissions`) on `projects/{p}`, `organizations/{o}/environments/{e}`
+//! and `…/deployments/{api}`; Apigee's deployments (list, describe, deploy, undeploy, update);
+//! the IAM API's custom roles; and groups. Each handler decodes HTTP, calls one operation of
+//! [`super::service`], and encodes the answer.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use axum::Json;
 use axum::Router;
 use axum::body::Bytes;
-use axum::extract::{Path, State};
+use axum::extract::{Path, RawQuery, State};
 use axum::http::{HeaderMap, Method};
 use axum::response::{IntoResponse, Response};
-use axum::routing::any;
+use axum::routing::{any, get};
 use serde::{Deserialize, Serialize};
 
+use super::service::{RoleFields, check_bool};
 use super::{AdminState, ApiError};
-use crate::iam::eval::{Resource, held, test_permissions};
-use crate::iam::policy::{Policy, normalize};
-use crate::iam::roles::PermissionSet;
+use crate::iam::eval::Resource;
+use crate::iam::policy::Policy;
 
 /// The REST routes (custom methods ride on the last path segment: `name:verb`).
 pub fn routes() -> Router<Arc<AdminState>> {
     Router::new()
         .route("/v1/projects/{name}", any(project))
+        .route("/v1/projects/{project}/roles", any(roles))
+        .route("/v1/projects/{project}/roles/{id}", any(role))
         .route(
             "/v1/organizations/{org}/environments/{name}",
             any(environment),
         )
         .route(
+            "/v1/organizations/{org}/environments/{env}/deployments",
+            get(list_deployments),
+        )
+        .route(
             "/v1/organizations/{org}/environments/{env}/deployments/{name}",
             any(deployment),
         )
+        .route(
+            "/v1/organizations/{org}/environments/{env}/apis/{api}/revisions/{rev}/deployments",
+            any(revision_deployment),
+        )
+        .route("/v1/groups", get(list_groups))
+        .route("/v1/groups/{name}", any(group))
 }
 
 #[derive(Deserialize)]
@@ -39,6 +54,20 @@ struct SetIamPolicyRequest {
     policy: Option<Policy>,
     #[serde(default)]
     update_mask: Option<String>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct GetIamPolicyRequest {
+    #[serde(default)]
+    options: Option<GetPolicyOptions>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct GetPolicyOptions {
+    #[serde(default)]
+    requested_policy_version: i32,
 }
 
 #[derive(Deserialize)]
@@ -52,6 +81,26 @@ struct TestIamPermissionsRequest {
 struct TestIamPermissionsResponse {
     #[serde(skip_serializing_if = "Vec::is_empty")]
     permissions: Vec<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct CreateRoleRequest {
+    role_id: String,
+    #[serde(default)]
+    role: RoleFields,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct UpdateDeploymentRequest {
+    continue_on_error: bool,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct MemberRequest {
+    member: String,
 }
 
 enum Verb {
@@ -72,7 +121,43 @@ fn split_verb(segment: &str) -> Result<(&str, Verb), ApiError> {
     Ok((id, verb))
 }
 
-type Request = (State<Arc<AdminState>>, Method, HeaderMap, Bytes);
+fn parse_json<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
+    serde_json::from_slice(body)
+        .map_err(|e| ApiError::InvalidArgument(format!("Invalid JSON payload received. {e}")))
+}
+
+/// The query parameters, refusing any not in `allowed`.
+fn query(raw: Option<String>, allowed: &[&str]) -> Result<HashMap<String, String>, ApiError> {
+    let mut out = HashMap::new();
+    for (k, v) in url::form_urlencoded::parse(raw.unwrap_or_default().as_bytes()) {
+        if !allowed.contains(&k.as_ref()) {
+            return Err(ApiError::InvalidArgument(format!(
+                "Invalid query parameter {k:?}: accepted here: {}",
+                if allowed.is_empty() {
+                    "none".to_owned()
+                } else {
+                    allowed.join(", ")
+                }
+            )));
+        }
+        out.insert(k.into_owned(), v.into_owned());
+    }
+    Ok(out)
+}
+
+fn unsupported(method: &Method) -> ApiError {
+    ApiError::NotFound(format!("Method {method} is not supported here"))
+}
+
+fn mask(text: Option<&String>) -> Vec<String> {
+    text.map(|m| {
+        m.split(',')
+            .map(|f| f.trim().to_owned())
+            .filter(|f| !f.is_empty())
+            .collect()
+    })
+    .unwrap_or_default()
+}
 
 async fn project(
     State(state): State<Arc<AdminState>>,
@@ -85,7 +170,7 @@ async fn project(
     let resource = Resource::Project {
         project: project.to_owned(),
     };
-    dispatch((State(state), method, headers, body), resource, verb).await
+    policy_method(&state, method, &headers, body, resource, verb).await
 }
 
 async fn environment(
@@ -100,7 +185,7 @@ async fn environment(
         organization,
         environment: environment.to_owned(),
     };
-    dispatch((State(state), method, headers, body), resource, verb).await
+    policy_method(&state, method, &headers, body, resource, verb).await
 }
 
 async fn deployment(
@@ -110,138 +195,237 @@ async fn deployment(
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, ApiError> {
+    if !name.contains(':') {
+        // The deployment itself: describe (GET) or change its settings (PATCH).
+        let resource = Resource::Deployment {
+            organization,
+            environment,
+            deployment: name,
+        };
+        let caller = state.caller(&headers).await?;
+        return match method {
+            Method::GET => Ok(Json(state.describe_deployment(&caller, &resource)?).into_response()),
+            Method::PATCH => {
+                let request: UpdateDeploymentRequest = parse_json(&body)?;
+                let view = state
+                    .update_deployment(&caller, &resource, request.continue_on_error)
+                    .await?;
+                Ok(Json(view).into_response())
+            }
+            other => Err(unsupported(&other)),
+        };
+    }
     let (deployment, verb) = split_verb(&name)?;
     let resource = Resource::Deployment {
         organization,
         environment,
         deployment: deployment.to_owned(),
     };
-    dispatch((State(state), method, headers, body), resource, verb).await
+    policy_method(&state, method, &headers, body, resource, verb).await
 }
 
-/// The permissions that read and write a resource's policy.
-fn policy_permissions(
-    resource: &Resource,
-) -> (&'static str, PermissionSet, &'static str, PermissionSet) {
-    match resource {
-        Resource::Project { .. } => (
-            "resourcemanager.projects.getIamPolicy",
-            PermissionSet::PROJECTS_GET_IAM_POLICY,
-            "resourcemanager.projects.setIamPolicy",
-            PermissionSet::PROJECTS_SET_IAM_POLICY,
-        ),
-        Resource::Environment { .. } => (
-            "apigee.environments.getIamPolicy",
-            PermissionSet::ENVIRONMENTS_GET_IAM_POLICY,
-            "apigee.environments.setIamPolicy",
-            PermissionSet::ENVIRONMENTS_SET_IAM_POLICY,
-        ),
-        Resource::Deployment { .. } => (
-            "apigee.deployments.getIamPolicy",
-            PermissionSet::DEPLOYMENTS_GET_IAM_POLICY,
-            "apigee.deployments.setIamPolicy",
-            PermissionSet::DEPLOYMENTS_SET_IAM_POLICY,
-        ),
-    }
-}
-
-/// Whether a resource is one this instance manages (its project, its organization, valid names).
-fn is_ours(state: &AdminState, resource: &Resource) -> bool {
-    Resource::parse(&resource.name()).is_some()
-        && match resource {
-            Resource::Project { project } => *project == state.project,
-            Resource::Environment { organization, .. }
-            | Resource::Deployment { organization, .. } => *organization == state.organization,
-        }
-}
-
-fn parse_json<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
-    serde_json::from_slice(body)
-        .map_err(|e| ApiError::InvalidArgument(format!("Invalid JSON payload received. {e}")))
-}
-
-async fn dispatch(
-    (State(state), method, headers, body): Request,
+async fn policy_method(
+    state: &AdminState,
+    method: Method,
+    headers: &HeaderMap,
+    body: Bytes,
     resource: Resource,
     verb: Verb,
 ) -> Result<Response, ApiError> {
     match (&verb, &method) {
         (Verb::Get, &Method::GET | &Method::POST) | (Verb::Set | Verb::Test, &Method::POST) => {}
-        _ => {
-            return Err(ApiError::NotFound(format!(
-                "Method {method} is not supported here"
-            )));
-        }
+        _ => return Err(unsupported(&method)),
     }
-    let caller = state.caller(&headers).await?;
-    let name = resource.name();
-    let ours = is_ours(&state, &resource);
-    let snapshot = state.store.snapshot();
-    let holds = |perm: PermissionSet| {
-        ours && held(&**snapshot, &state.project, &resource, &caller.members).contains(perm)
-    };
-    let denied = |perm: &str| {
-        ApiError::PermissionDenied(format!(
-            "Permission '{perm}' denied on resource '{name}' (or it may not exist)."
-        ))
-    };
-    let (get_name, get_perm, set_name, set_perm) = policy_permissions(&resource);
+    let caller = state.caller(headers).await?;
     match verb {
         Verb::Get => {
-            if !holds(get_perm) {
-                return Err(denied(get_name));
-            }
-            Ok(Json(state.store.policy(&resource)).into_response())
+            let request: GetIamPolicyRequest = if body.iter().all(u8::is_ascii_whitespace) {
+                GetIamPolicyRequest::default()
+            } else {
+                parse_json(&body)?
+            };
+            let version = request.options.map_or(0, |o| o.requested_policy_version);
+            Ok(Json(state.get_iam_policy(&caller, &resource, version)?).into_response())
         }
         Verb::Set => {
-            if !holds(set_perm) {
-                return Err(denied(set_name));
-            }
-            drop(snapshot);
+            // Authorization comes before parsing, so a caller without permission learns nothing.
+            state.set_iam_policy_precheck(&caller, &resource)?;
             let request: SetIamPolicyRequest = parse_json(&body)?;
-            if let Some(mask) = &request.update_mask {
-                if mask
-                    .split(',')
-                    .any(|f| !matches!(f.trim(), "bindings" | "etag" | ""))
-                {
-                    return Err(ApiError::InvalidArgument(format!(
-                        "update_mask may name only bindings and etag, not {mask:?}"
-                    )));
-                }
-            }
-            // `{}` (no policy at all) clears every binding, as the seed document shows.
-            let policy = request.policy.unwrap_or_default();
-            let expected = policy.etag.clone();
-            let policy = normalize(policy, state.store.roles())
-                .map_err(|e| ApiError::InvalidArgument(e.to_string()))?;
-            let old = state.store.policy(&resource);
-            let stored = state.store.set_policy(&resource, policy, expected).await?;
-            tracing::info!(
-                target: "verifyiam::audit",
-                caller = &*caller.id,
-                resource = %name,
-                old_etag = %old.etag.as_ref().map(ToString::to_string).unwrap_or_default(),
-                new_etag = %stored.etag.as_ref().map(ToString::to_string).unwrap_or_default(),
-                bindings = stored.bindings.len(),
-                "setIamPolicy"
-            );
+            let stored = state
+                .set_iam_policy(
+                    &caller,
+                    &resource,
+                    request.policy,
+                    &mask(request.update_mask.as_ref()),
+                )
+                .await?;
             Ok(Json(stored).into_response())
         }
         Verb::Test => {
             let request: TestIamPermissionsRequest = parse_json(&body)?;
-            let permissions = if ours {
-                test_permissions(
-                    &**snapshot,
-                    &state.project,
-                    &resource,
-                    &caller.members,
-                    &request.permissions,
-                )
-                .map_err(|e| ApiError::InvalidArgument(e.to_string()))?
-            } else {
-                Vec::new()
-            };
+            let permissions =
+                state.test_iam_permissions(&caller, &resource, &request.permissions)?;
             Ok(Json(TestIamPermissionsResponse { permissions }).into_response())
         }
+    }
+}
+
+// ---- deployments ----------------------------------------------------------------------------
+
+#[derive(Serialize)]
+struct DeploymentList {
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    deployments: Vec<super::service::DeploymentView>,
+}
+
+async fn list_deployments(
+    State(state): State<Arc<AdminState>>,
+    Path((organization, environment)): Path<(String, String)>,
+    RawQuery(raw): RawQuery,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let caller = state.caller(&headers).await?;
+    query(raw, &[])?;
+    let deployments = state.list_deployments(&caller, &organization, &environment)?;
+    Ok(Json(DeploymentList { deployments }).into_response())
+}
+
+async fn revision_deployment(
+    State(state): State<Arc<AdminState>>,
+    Path((organization, environment, api, revision)): Path<(String, String, String, String)>,
+    RawQuery(raw): RawQuery,
+    method: Method,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let caller = state.caller(&headers).await?;
+    let resource = Resource::Deployment {
+        organization,
+        environment,
+        deployment: api,
+    };
+    match method {
+        Method::POST => {
+            let params = query(raw, &["continueOnError", "override"])?;
+            let continue_on_error = params
+                .get("continueOnError")
+                .map(|v| check_bool("continueOnError", v))
+                .transpose()?;
+            let view = state
+                .deploy(&caller, &resource, &revision, continue_on_error)
+                .await?;
+            Ok(Json(view).into_response())
+        }
+        Method::DELETE => {
+            query(raw, &[])?;
+            Ok(Json(state.undeploy(&caller, &resource, &revision).await?).into_response())
+        }
+        other => Err(unsupported(&other)),
+    }
+}
+
+// ---- custom roles ---------------------------------------------------------------------------
+
+#[derive(Serialize)]
+struct RoleList {
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    roles: Vec<crate::iam::custom::CustomRole>,
+}
+
+async fn roles(
+    State(state): State<Arc<AdminState>>,
+    Path(project): Path<String>,
+    method: Method,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let caller = state.caller(&headers).await?;
+    match method {
+        Method::GET => {
+            let roles = state.list_roles(&caller, &project)?;
+            Ok(Json(RoleList { roles }).into_response())
+        }
+        Method::POST => {
+            state.require_roles_precheck(&caller, &project)?;
+            let request: CreateRoleRequest = parse_json(&body)?;
+            let role = state
+                .create_role(&caller, &project, &request.role_id, request.role)
+                .await?;
+            Ok(Json(role).into_response())
+        }
+        other => Err(unsupported(&other)),
+    }
+}
+
+async fn role(
+    State(state): State<Arc<AdminState>>,
+    Path((project, id)): Path<(String, String)>,
+    RawQuery(raw): RawQuery,
+    method: Method,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let caller = state.caller(&headers).await?;
+    match method {
+        Method::GET => Ok(Json(state.describe_role(&caller, &project, &id)?).into_response()),
+        Method::PATCH => {
+            let params = query(raw, &["updateMask"])?;
+            let fields: RoleFields = parse_json(&body)?;
+            let role = state
+                .update_role(
+                    &caller,
+                    &project,
+                    &id,
+                    fields,
+                    &mask(params.get("updateMask")),
+                )
+                .await?;
+            Ok(Json(role).into_response())
+        }
+        Method::DELETE => {
+            query(raw, &["etag"])?;
+            Ok(Json(state.delete_role(&caller, &project, &id).await?).into_response())
+        }
+        other => Err(unsupported(&other)),
+    }
+}
+
+// ---- groups ---------------------------------------------------------------------------------
+
+#[derive(Serialize)]
+struct GroupList {
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    groups: Vec<super::service::GroupView>,
+}
+
+async fn list_groups(
+    State(state): State<Arc<AdminState>>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let caller = state.caller(&headers).await?;
+    let groups = state.list_groups(&caller)?;
+    Ok(Json(GroupList { groups }).into_response())
+}
+
+async fn group(
+    State(state): State<Arc<AdminState>>,
+    Path(name): Path<String>,
+    method: Method,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let caller = state.caller(&headers).await?;
+    match (method, name.rsplit_once(':')) {
+        (Method::GET, None) => Ok(Json(state.describe_group(&caller, &name)?).into_response()),
+        (Method::POST, Some((email, verb @ ("addMember" | "removeMember")))) => {
+            let request: MemberRequest = parse_json(&body)?;
+            let group = state
+                .change_group(&caller, email, &request.member, verb == "addMember")
+                .await?;
+            Ok(Json(group).into_response())
+        }
+        (method, Some((_, verb))) if method == Method::POST => Err(ApiError::NotFound(format!(
+            "Method not found: {verb} (use addMember or removeMember)"
+        ))),
+        (method, _) => Err(unsupported(&method)),
     }
 }

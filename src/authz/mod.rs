@@ -41,6 +41,9 @@ pub enum Reason {
     NoRoute,
     /// A dependency could not answer in time (503).
     Unavailable,
+    /// The deployment was undeployed, or (strict mode) was never deployed (403, same message as
+    /// [`Reason::PermissionDenied`]: existence is not leaked).
+    NotDeployed,
 }
 
 impl Reason {
@@ -53,6 +56,7 @@ impl Reason {
             Reason::PermissionDenied => "permission_denied",
             Reason::NoRoute => "no_route",
             Reason::Unavailable => "unavailable",
+            Reason::NotDeployed => "not_deployed",
         }
     }
 }
@@ -140,7 +144,6 @@ type Flight = Shared<BoxFuture<'static, Result<bool, SourceError>>>;
 
 enum Source {
     Local {
-        store: Arc<PolicyStore>,
         /// `projects/{project}`, built once.
         project_name: Box<str>,
         organization: Box<str>,
@@ -155,6 +158,10 @@ enum Source {
 
 /// Evaluates invoke permission, through the decision cache.
 pub struct Authorizer {
+    /// Deployment facts (deployed, undeployed, continue on error), whatever the policy source.
+    store: Arc<PolicyStore>,
+    /// `iam.strict_deployments`: only explicitly deployed APIs may be allowed.
+    strict_deployments: bool,
     source: Source,
     cache: moka::sync::Cache<Key, Cached>,
     ttl: Duration,
@@ -175,8 +182,8 @@ impl Authorizer {
         config: &AuthzConfig,
     ) -> Authorizer {
         Self::with(
+            store,
             Source::Local {
-                store,
                 project_name: format!("projects/{project}").into(),
                 organization: organization.into(),
             },
@@ -185,13 +192,16 @@ impl Authorizer {
         )
     }
 
-    /// Decisions from a remote source; `deadline` is the Check deadline.
+    /// Decisions from a remote source; `deadline` is the Check deadline. The store still holds
+    /// the deployment facts.
     pub fn remote(
+        store: Arc<PolicyStore>,
         source: Arc<dyn RemoteSource>,
         config: &AuthzConfig,
         deadline: Duration,
     ) -> Authorizer {
         Self::with(
+            store,
             Source::Remote {
                 source,
                 flights: Default::default(),
@@ -202,7 +212,12 @@ impl Authorizer {
         )
     }
 
-    fn with(source: Source, config: &AuthzConfig, stale_wait: Duration) -> Authorizer {
+    fn with(
+        store: Arc<PolicyStore>,
+        source: Source,
+        config: &AuthzConfig,
+        stale_wait: Duration,
+    ) -> Authorizer {
         let evicted = |_: Arc<Key>, _: Cached, cause: moka::notification::RemovalCause| {
             let cause = match cause {
                 moka::notification::RemovalCause::Expired => "expired",
@@ -212,6 +227,8 @@ impl Authorizer {
             metrics::counter!("verifyiam_cache_evictions_total", "cache" => "decision", "cause" => cause).increment(1);
         };
         Authorizer {
+            store,
+            strict_deployments: false,
             source,
             cache: moka::sync::Cache::builder()
                 .max_capacity(config.decision_cache_capacity)
@@ -227,6 +244,27 @@ impl Authorizer {
         }
     }
 
+    /// Only explicitly deployed APIs may be allowed (`iam.strict_deployments`).
+    #[must_use]
+    pub fn with_strict_deployments(mut self, strict: bool) -> Authorizer {
+        self.strict_deployments = strict;
+        self
+    }
+
+    /// Whether the deployment may be allowed at all: deployed, or (unless strict) never undeployed.
+    /// Read from the current snapshot on every Check, outside the decision cache, so an undeploy
+    /// applies to the next Check.
+    pub fn is_deployed(&self, target: &Target) -> bool {
+        self.store
+            .snapshot()
+            .is_deployed(&target.name, self.strict_deployments)
+    }
+
+    /// Whether a denied Check on `target` goes on to the backend (continue on error).
+    pub fn continues_on_error(&self, target: &Target) -> bool {
+        self.store.snapshot().continues_on_error(&target.name)
+    }
+
     /// Entries in the decision cache (after applying its pending bookkeeping).
     pub fn cache_size(&self) -> u64 {
         self.cache.run_pending_tasks();
@@ -235,6 +273,14 @@ impl Authorizer {
 
     /// Authorizes an authenticated caller (`token` is its own bearer token, for remote sources).
     pub async fn decide(&self, principal: Arc<Principal>, token: &str, target: Target) -> Decision {
+        if !self.is_deployed(&target) {
+            return Decision::Deny(Denial {
+                reason: Reason::NotDeployed,
+                message: permission_denied_message(&target.name).into(),
+                principal: Some(principal),
+                target: Some(target),
+            });
+        }
         match self.allowed(&principal, token, &target).await {
             Ok(true) => Decision::Allow { principal, target },
             Ok(false) => Decision::Deny(Denial {
@@ -275,7 +321,6 @@ impl Authorizer {
     ) -> Result<bool, SourceError> {
         match &self.source {
             Source::Local {
-                store,
                 project_name,
                 organization,
             } => {
@@ -283,7 +328,7 @@ impl Authorizer {
                 if *target.organization != **organization {
                     return Ok(false);
                 }
-                let snapshot = store.snapshot();
+                let snapshot = self.store.snapshot();
                 let key = Key {
                     principal: principal.key.clone(),
                     deployment: target.name.clone(),

@@ -113,6 +113,19 @@ impl Checker {
         self.authorizer.decide(principal, token, target).await
     }
 
+    /// Whether a decision is a denial that goes on to the backend: the deployment is marked
+    /// continue-on-error. An unavailable dependency (503) does not continue: an outage stays
+    /// visible and retryable, and Envoy's failure policy is the place to decide about outages.
+    pub fn continues(&self, decision: &Decision) -> bool {
+        match decision {
+            Decision::Deny(d) if d.reason != Reason::Unavailable => d
+                .target
+                .as_ref()
+                .is_some_and(|t| self.authorizer.continues_on_error(t)),
+            _ => false,
+        }
+    }
+
     /// The scope tokens must carry.
     pub fn scope(&self) -> &str {
         &self.scope
@@ -131,15 +144,18 @@ pub struct CheckService {
 struct CheckMetrics {
     allowed: metrics::Counter,
     denied: [metrics::Counter; REASONS.len()],
+    /// Denials answered OK because the deployment continues on error.
+    continued: [metrics::Counter; REASONS.len()],
     duration: metrics::Histogram,
 }
 
-const REASONS: [Reason; 6] = [
+const REASONS: [Reason; 7] = [
     Reason::InvalidRequest,
     Reason::InvalidToken,
     Reason::InsufficientScope,
     Reason::PermissionDenied,
     Reason::NoRoute,
+    Reason::NotDeployed,
     Reason::Unavailable,
 ];
 
@@ -151,13 +167,20 @@ impl CheckMetrics {
             denied: REASONS.map(|r| {
                 metrics::counter!("verifyiam_checks_total", "decision" => "deny", "reason" => r.label())
             }),
+            continued: REASONS.map(|r| {
+                metrics::counter!("verifyiam_checks_total", "decision" => "continue", "reason" => r.label())
+            }),
             duration: metrics::histogram!("verifyiam_check_duration_seconds"),
         }
     }
 
-    fn denied(&self, reason: Reason) -> &metrics::Counter {
+    fn denied(&self, reason: Reason, continued: bool) -> &metrics::Counter {
         let i = REASONS.iter().position(|r| *r == reason).unwrap_or(0);
-        &self.denied[i]
+        if continued {
+            &self.continued[i]
+        } else {
+            &self.denied[i]
+        }
     }
 }
 
@@ -183,6 +206,8 @@ impl CheckService {
         // every request; `RUST_LOG=verifyiam=debug` shows each Check with its request id.
         let span = tracing::debug_span!("check", request_id = req.request_id);
         let decision = self.checker.decide(&req).instrument(span.clone()).await;
+        // Continue on error: a denial that Envoy forwards, marked.
+        let continues = self.checker.continues(&decision);
         let reason = match &decision {
             Decision::Allow { principal, target } => {
                 self.metrics.allowed.increment(1);
@@ -196,20 +221,22 @@ impl CheckService {
                 None
             }
             Decision::Deny(d) => {
-                self.metrics.denied(d.reason).increment(1);
-                span.in_scope(
-                    || tracing::debug!(reason = d.reason.label(), message = %d.message, "denied"),
-                );
+                self.metrics.denied(d.reason, continues).increment(1);
+                span.in_scope(|| {
+                    tracing::debug!(reason = d.reason.label(), continues, message = %d.message, "denied")
+                });
                 Some(d.reason)
             }
         };
         self.metrics
             .duration
             .record(started.elapsed().as_secs_f64());
-        (
-            reason,
-            response::check_response(&decision, self.checker.scope()),
-        )
+        let response = match &decision {
+            Decision::Deny(d) if continues => response::continued(d),
+            _ => response::check_response(&decision, self.checker.scope()),
+        };
+        // A continued denial is an OK answer: never turned into an error for Envoy.
+        (reason.filter(|_| !continues), response)
     }
 }
 

@@ -15,6 +15,10 @@ use crate::authz::{Decision, Denial, Reason};
 
 /// The header that tells the backend who called.
 pub const PRINCIPAL_HEADER: &str = "x-verifyiam-principal";
+/// On a denied request that continues to the backend (continue on error): `denied`.
+pub const RESULT_HEADER: &str = "x-verifyiam-result";
+/// On a denied request that continues to the backend: the denial's reason label.
+pub const REASON_HEADER: &str = "x-verifyiam-reason";
 const REALM: &str = "verifyiam";
 
 /// gRPC codes used in `CheckResponse.status`.
@@ -85,6 +89,8 @@ pub fn check_response(decision: &Decision, scope: &str) -> CheckResponse {
             }),
             http_response: Some(HttpResponse::OkResponse(OkHttpResponse {
                 headers: vec![header(PRINCIPAL_HEADER, &*principal.id)],
+                // The client's own copies of the continue-on-error marks never reach the backend.
+                headers_to_remove: vec![RESULT_HEADER.to_owned(), REASON_HEADER.to_owned()],
                 ..Default::default()
             })),
             dynamic_metadata: Some(metadata(
@@ -95,6 +101,35 @@ pub fn check_response(decision: &Decision, scope: &str) -> CheckResponse {
             )),
         },
         Decision::Deny(denial) => denied(denial, scope),
+    }
+}
+
+/// The `CheckResponse` for a denial on a deployment marked continue-on-error: OK, so Envoy
+/// forwards the request, with `x-verifyiam-result: denied` and `x-verifyiam-reason` set (overwrite)
+/// for the backend.
+///
+/// Envoy applies `headers_to_remove` after `headers`, so only the header this answer does not
+/// set is removed: the client's `x-verifyiam-principal` (no principal is vouched for here).
+pub fn continued(d: &Denial) -> CheckResponse {
+    CheckResponse {
+        status: Some(rpc::Status {
+            code: code::OK,
+            ..Default::default()
+        }),
+        http_response: Some(HttpResponse::OkResponse(OkHttpResponse {
+            headers: vec![
+                header(RESULT_HEADER, "denied"),
+                header(REASON_HEADER, d.reason.label()),
+            ],
+            headers_to_remove: vec![PRINCIPAL_HEADER.to_owned()],
+            ..Default::default()
+        })),
+        dynamic_metadata: Some(metadata(
+            "continue",
+            d.reason.label(),
+            d.principal.as_ref().map(|p| &*p.id),
+            d.target.as_ref().map(|t| &*t.name),
+        )),
     }
 }
 
@@ -127,7 +162,7 @@ fn denied(d: &Denial, scope: &str) -> CheckResponse {
                 quoted(scope)
             )),
         ),
-        Reason::PermissionDenied | Reason::NoRoute => (
+        Reason::PermissionDenied | Reason::NoRoute | Reason::NotDeployed => (
             code::PERMISSION_DENIED,
             HttpStatusCode::Forbidden,
             "PERMISSION_DENIED",

@@ -195,6 +195,14 @@ impl CompiledPolicy {
             .fold(PermissionSet::EMPTY, |acc, perms| acc.union(*perms))
     }
 
+    /// The permissions granted to one member (a canonical string).
+    pub fn granted_to(&self, member: &str) -> PermissionSet {
+        self.grants
+            .get(member)
+            .copied()
+            .unwrap_or(PermissionSet::EMPTY)
+    }
+
     /// Whether the policy grants nothing to anyone.
     pub fn is_empty(&self) -> bool {
         self.grants.values().all(|perms| perms.is_empty())
@@ -209,6 +217,15 @@ impl CompiledPolicy {
 pub trait PolicyLookup {
     /// The compiled policy of `resource_name`, or `None` if it has none.
     fn policy(&self, resource_name: &str) -> Option<&CompiledPolicy>;
+
+    /// The `group:G` members that a principal's own member (`user:…` or `serviceAccount:…`)
+    /// belongs to, from the group data verifyiam keeps. None by default.
+    ///
+    /// Consulted at evaluation time, so a membership change applies to the next decision even for
+    /// principals whose member list is cached.
+    fn groups_of(&self, _member: &str) -> &[Box<str>] {
+        &[]
+    }
 }
 
 impl<S: BuildHasher> PolicyLookup for HashMap<String, CompiledPolicy, S> {
@@ -236,9 +253,18 @@ fn granted_on<L: PolicyLookup + ?Sized>(
     resource_name: &str,
     members: &[Box<str>],
 ) -> PermissionSet {
-    lookup
-        .policy(resource_name)
-        .map_or(PermissionSet::EMPTY, |policy| policy.granted(members))
+    let Some(policy) = lookup.policy(resource_name) else {
+        return PermissionSet::EMPTY;
+    };
+    // The principal's own members, then the groups the store says they belong to: no allocation.
+    members.iter().fold(PermissionSet::EMPTY, |acc, member| {
+        lookup
+            .groups_of(member)
+            .iter()
+            .fold(acc.union(policy.granted_to(member)), |acc, group| {
+                acc.union(policy.granted_to(group))
+            })
+    })
 }
 
 /// The permissions `members` hold on `resource`, whose organization maps to project `project`.
@@ -739,5 +765,40 @@ mod tests {
             applicable(&resource(PROD))
         );
         assert!(!invokes(&store, ORDERS, &alice()));
+    }
+
+    /// A store with group data, as the snapshot keeps it: member → its groups.
+    struct WithGroups(Store, HashMap<Box<str>, Box<[Box<str>]>>);
+
+    impl PolicyLookup for WithGroups {
+        fn policy(&self, resource_name: &str) -> Option<&CompiledPolicy> {
+            self.0.get(resource_name)
+        }
+        fn groups_of(&self, member: &str) -> &[Box<str>] {
+            self.1.get(member).map_or(&[], |g| g)
+        }
+    }
+
+    #[test]
+    fn group_membership_kept_by_verifyiam_grants_through_group_bindings() {
+        let policies = store(&[(
+            ORDERS,
+            policy(&[(DEPLOYMENT_INVOKER, &["group:ops@example.com"])]),
+        )]);
+        let groups: HashMap<Box<str>, Box<[Box<str>]>> = [(
+            "user:alice@example.com".into(),
+            vec!["group:ops@example.com".into()].into_boxed_slice(),
+        )]
+        .into();
+        let lookup = WithGroups(policies, groups);
+        assert!(may_invoke(&lookup, PROJECT_NAME, ORDERS, &alice()));
+        assert!(
+            held(&lookup, PROJECT, &resource(ORDERS), &alice()).contains(PermissionSet::INVOKE)
+        );
+        assert!(!may_invoke(&lookup, PROJECT_NAME, ORDERS, &bob()));
+        assert!(!may_invoke(&lookup, PROJECT_NAME, PAYMENTS, &alice()));
+        // Without the membership, alice's own members do not match the group binding.
+        let without = WithGroups(lookup.0, HashMap::new());
+        assert!(!may_invoke(&without, PROJECT_NAME, ORDERS, &alice()));
     }
 }

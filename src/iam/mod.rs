@@ -1,19 +1,24 @@
 //! Identity and access management: who a principal is as policy members ([`member`]), which
-//! permissions roles carry ([`roles`]), the policy document and its rules ([`policy`]), and the
-//! evaluation of policies against a principal on a resource ([`eval`]).
+//! permissions roles carry ([`roles`], [`custom`]), the policy document and its rules
+//! ([`policy`]), and the evaluation of policies against a principal on a resource ([`eval`]).
 //!
 //! Everything here is pure: no I/O, no clocks, no global state, so it is tested in isolation and
 //! used unchanged by the Check hot path and the policy admin API.
 
+pub mod custom;
 pub mod eval;
 pub mod member;
 pub mod policy;
 pub mod roles;
 
+pub use custom::{Catalog, CustomRole, RoleError, RoleStage};
 pub use eval::{
     CompiledPolicy, EvalError, PolicyLookup, Resource, applicable, held, may_invoke,
     test_permissions,
 };
 pub use member::{Member, MemberError, principal_members};
-pub use policy::{Binding, Etag, Expr, MAX_GROUPS, MAX_PRINCIPALS, Policy, PolicyError, normalize};
+pub use policy::{
+    Binding, Etag, Expr, MAX_GROUPS, MAX_PRINCIPALS, Policy, PolicyError, binding_changes,
+    normalize,
+};
 pub use roles::{PREDEFINED, PermissionSet, PredefinedRoles, RoleCatalog};

@@ -271,6 +271,34 @@ fn check_binding(
     Ok(members)
 }
 
+/// A `(role, member)` pair of a binding.
+pub type RoleMember = (String, String);
+
+/// The `(role, member)` pairs granted by `new` and not by `old` (added), and by `old` and not by
+/// `new` (removed), each in policy order: what an audit event records about a policy write.
+pub fn binding_changes(old: &Policy, new: &Policy) -> (Vec<RoleMember>, Vec<RoleMember>) {
+    let pairs = |p: &Policy| -> Vec<RoleMember> {
+        p.bindings
+            .iter()
+            .flat_map(|b| b.members.iter().map(|m| (b.role.clone(), m.clone())))
+            .collect()
+    };
+    let (before, after) = (pairs(old), pairs(new));
+    let before_set: HashSet<&RoleMember> = before.iter().collect();
+    let after_set: HashSet<&RoleMember> = after.iter().collect();
+    let added = after
+        .iter()
+        .filter(|p| !before_set.contains(p))
+        .cloned()
+        .collect();
+    let removed = before
+        .iter()
+        .filter(|p| !after_set.contains(p))
+        .cloned()
+        .collect();
+    (added, removed)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -627,5 +655,46 @@ mod tests {
         assert!(err.to_string().contains("extra"), "{err}");
         // snake_case is not the JSON spelling.
         assert!(serde_json::from_str::<Policy>(r#"{"audit_configs":[]}"#).is_err());
+    }
+
+    #[test]
+    fn binding_changes_name_added_and_removed_pairs() {
+        let old = Policy {
+            bindings: vec![Binding {
+                role: "roles/apigee.deploymentInvoker".into(),
+                members: vec!["user:a@example.com".into(), "user:b@example.com".into()],
+                condition: None,
+            }],
+            ..Policy::default()
+        };
+        let new = Policy {
+            bindings: vec![
+                Binding {
+                    role: "roles/apigee.deploymentInvoker".into(),
+                    members: vec!["user:b@example.com".into(), "user:c@example.com".into()],
+                    condition: None,
+                },
+                Binding {
+                    role: "roles/viewer".into(),
+                    members: vec!["user:a@example.com".into()],
+                    condition: None,
+                },
+            ],
+            ..Policy::default()
+        };
+        let pair = |r: &str, m: &str| (r.to_owned(), m.to_owned());
+        let (added, removed) = binding_changes(&old, &new);
+        assert_eq!(
+            added,
+            [
+                pair("roles/apigee.deploymentInvoker", "user:c@example.com"),
+                pair("roles/viewer", "user:a@example.com")
+            ]
+        );
+        assert_eq!(
+            removed,
+            [pair("roles/apigee.deploymentInvoker", "user:a@example.com")]
+        );
+        assert_eq!(binding_changes(&new, &new), (vec![], vec![]));
     }
 }

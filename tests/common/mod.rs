@@ -261,6 +261,8 @@ pub struct Options {
     pub server_extra: String,
     /// `server.check_deadline`; "2s" when empty.
     pub deadline: String,
+    /// Lines added to the `[iam]` table (e.g. `strict_deployments = true`).
+    pub iam_extra: String,
     pub store: Option<Arc<tempfile::TempDir>>,
     pub upstream: Option<Upstream>,
 }
@@ -292,6 +294,7 @@ check_deadline = "{deadline}"
 project = "{PROJECT}"
 store = "{store}"
 bootstrap_admins = ["user:{ADMIN}"]
+{iam_extra}
 [[token.jwt]]
 issuer = "{ISSUER}"
 jwks_uri = "{jwks}"
@@ -306,6 +309,7 @@ jwks_uri = "{jwks}"
             } else {
                 options.deadline.as_str()
             },
+            iam_extra = options.iam_extra,
         );
         let config = Config::parse(&text).unwrap_or_else(|e| panic!("test config: {e}\n{text}"));
         let extauthz = TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -415,6 +419,62 @@ jwks_uri = "{jwks}"
             status,
             serde_json::from_str(&text).unwrap_or(Value::String(text)),
         )
+    }
+
+    /// Any admin REST call as `token`; the status and the JSON answer.
+    pub async fn call(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        token: Option<&str>,
+        body: Option<&str>,
+    ) -> (u16, Value) {
+        let mut rb = reqwest::Client::new().request(method, self.admin_url(path));
+        if let Some(t) = token {
+            rb = rb.header("authorization", format!("Bearer {t}"));
+        }
+        if let Some(b) = body {
+            rb = rb
+                .header("content-type", "application/json")
+                .body(b.to_owned());
+        }
+        let r = rb.send().await.unwrap();
+        let status = r.status().as_u16();
+        let text = r.text().await.unwrap();
+        (
+            status,
+            serde_json::from_str(&text).unwrap_or(Value::String(text)),
+        )
+    }
+
+    /// Checks `env/api` with extra request headers (as Envoy sends them, lowercased).
+    pub async fn check_with(
+        &self,
+        authorization: Option<&str>,
+        env: &str,
+        api: &str,
+        extra: &[(&str, &str)],
+    ) -> Outcome {
+        let mut req = check_request(authorization, "api.example.com", "/");
+        let attrs = req.attributes.as_mut().unwrap();
+        attrs
+            .context_extensions
+            .insert("environment".into(), env.into());
+        attrs
+            .context_extensions
+            .insert("deployment".into(), api.into());
+        let headers = &mut attrs
+            .request
+            .as_mut()
+            .unwrap()
+            .http
+            .as_mut()
+            .unwrap()
+            .headers;
+        for (k, v) in extra {
+            headers.insert((*k).to_owned(), (*v).to_owned());
+        }
+        self.send(req).await
     }
 
     /// Grants `member` `role` on a deployment (as the bootstrap admin), asserting success.
