@@ -258,7 +258,7 @@ pub struct TokenConfig {
     /// An expired key set keeps serving this long past expiry while its refresh fails.
     #[serde(default = "default_keys_max_stale", with = "humantime_serde")]
     pub keys_max_stale: Duration,
-    /// Verified tokens kept at once (each entry is a few hundred bytes).
+    /// Verified tokens kept at once (see the README for the memory each takes).
     #[serde(default = "default_token_capacity")]
     pub cache_capacity: u64,
     /// A token found invalid is answered from memory this long, without asking upstream again.
@@ -320,7 +320,7 @@ fn default_keys_max_stale() -> Duration {
     Duration::from_secs(3600)
 }
 fn default_token_capacity() -> u64 {
-    200_000
+    100_000
 }
 fn default_negative_ttl() -> Duration {
     Duration::from_secs(10)

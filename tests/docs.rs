@@ -46,14 +46,25 @@ fn root() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR"))
 }
 
+fn configmap(path: &str) -> Config {
+    let text = std::fs::read_to_string(root().join(path)).unwrap();
+    let toml = yaml_block(&text, "verifyiam.toml").expect("configmap has verifyiam.toml");
+    Config::parse(&toml).unwrap_or_else(|e| panic!("{path}: {e}"))
+}
+
 #[test]
 fn kubernetes_configmap_config_is_valid() {
-    let text = std::fs::read_to_string(root().join("deploy/kubernetes/configmap.yaml")).unwrap();
-    let toml = yaml_block(&text, "verifyiam.toml").expect("configmap has verifyiam.toml");
-    let config =
-        Config::parse(&toml).unwrap_or_else(|e| panic!("deploy/kubernetes/configmap.yaml: {e}"));
+    let config = configmap("deploy/kubernetes/configmap.yaml");
     assert_eq!(config.server.extauthz_addr.port(), 9001);
     assert_eq!(config.server.admin_addr.port(), 9002);
+    assert_eq!(config.authz.mode, verifyiam::config::AuthzMode::Local);
+}
+
+#[test]
+fn replicated_overlay_config_is_valid_and_uses_google_mode() {
+    let config = configmap("deploy/kubernetes-overlays/replicated/configmap.yaml");
+    assert_eq!(config.authz.mode, verifyiam::config::AuthzMode::Google);
+    assert_eq!(config.server.extauthz_addr.port(), 9001);
 }
 
 #[test]

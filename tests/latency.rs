@@ -422,8 +422,7 @@ impl RemoteSource for Fake {
 fn principal() -> Arc<Principal> {
     Arc::new(Principal {
         id: "alice@example.com".into(),
-        key: "issuer\nalice@example.com".into(),
-        issuer: "issuer".into(),
+        key: verifyiam::authn::principal_key("issuer", "alice@example.com", &[]),
         members: vec![
             "user:alice@example.com".into(),
             "allAuthenticatedUsers".into(),

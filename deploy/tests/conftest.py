@@ -9,6 +9,9 @@ import yaml
 DEPLOY = pathlib.Path(__file__).resolve().parent.parent
 ENVOY_DIR = DEPLOY / "envoy"
 KUBERNETES_DIR = DEPLOY / "kubernetes"
+# Kustomize overlays of the base. Not below KUBERNETES_DIR: kustomize refuses an
+# overlay inside the directory of the base it refers to ("cycle detected").
+OVERLAYS_DIR = DEPLOY / "kubernetes-overlays"
 ISTIO_DIR = DEPLOY / "istio"
 DOCKER_DIR = DEPLOY / "docker"
 

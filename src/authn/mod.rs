@@ -60,11 +60,10 @@ pub struct Verified {
 pub struct Principal {
     /// What `x-verifyiam-principal` carries: the email, else the subject.
     pub id: Box<str>,
-    /// Identifies the principal in decision-cache keys: issuer, id and members together, so two
-    /// issuers' principals that share an id never share a decision.
-    pub key: Arc<str>,
-    /// The token's issuer.
-    pub issuer: Box<str>,
+    /// Identifies the principal in decision-cache keys: a SHA-256 of issuer, id and members
+    /// together, so two issuers' principals that share an id never share a decision. Inline, so
+    /// a cached principal carries no second copy of its members.
+    pub key: PrincipalKey,
     /// The IAM members the caller matches (`user:…`, `domain:…`, `allAuthenticatedUsers`, …).
     pub members: Vec<Box<str>>,
     /// `exp`, seconds since the epoch.
@@ -82,16 +81,29 @@ impl Principal {
             .map(str::to_ascii_lowercase)
             .or(v.subject)
             .unwrap_or_default();
-        let key = format!("{}\n{id}\n{}", v.issuer, members.join(" "));
+        let key = principal_key(&v.issuer, &id, &members);
         Principal {
             id: id.into(),
-            key: key.into(),
-            issuer: v.issuer.into(),
+            key,
             members,
             expires_at: v.expires_at,
             has_scope: v.has_scope,
         }
     }
+}
+
+/// A principal's identity for decision caching.
+pub type PrincipalKey = [u8; 32];
+
+/// The [`PrincipalKey`] of an issuer's principal `id` with `members`.
+pub fn principal_key(issuer: &str, id: &str, members: &[Box<str>]) -> PrincipalKey {
+    let mut h = Sha256::new();
+    for part in [issuer, id].into_iter().chain(members.iter().map(|m| &**m)) {
+        // Length-prefixed, so no two different lists hash the same bytes.
+        h.update((part.len() as u64).to_le_bytes());
+        h.update(part.as_bytes());
+    }
+    h.finalize().into()
 }
 
 /// The SHA-256 of a token: the only form in which a token is kept or used as a key.

@@ -16,7 +16,7 @@ use futures_util::FutureExt as _;
 use futures_util::future::{BoxFuture, Shared};
 use tokio::time::Instant;
 
-use crate::authn::Principal;
+use crate::authn::{Principal, PrincipalKey};
 use crate::config::AuthzConfig;
 use crate::iam::eval::may_invoke;
 use crate::route::Target;
@@ -129,7 +129,7 @@ pub trait RemoteSource: Send + Sync + 'static {
 /// The decision-cache key: who, where, and the policy epoch it was computed at.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 struct Key {
-    principal: Arc<str>,
+    principal: PrincipalKey,
     deployment: Arc<str>,
     epoch: u64,
 }
@@ -330,7 +330,7 @@ impl Authorizer {
                 }
                 let snapshot = self.store.snapshot();
                 let key = Key {
-                    principal: principal.key.clone(),
+                    principal: principal.key,
                     deployment: target.name.clone(),
                     epoch: snapshot.epoch,
                 };
@@ -363,7 +363,7 @@ impl Authorizer {
         target: &Target,
     ) -> Result<bool, SourceError> {
         let key = Key {
-            principal: principal.key.clone(),
+            principal: principal.key,
             deployment: target.name.clone(),
             epoch: 0,
         };

@@ -1,0 +1,300 @@
+"""Kustomize overlays of the Kubernetes base (deploy/kubernetes-overlays/).
+
+Every overlay file is checked: complete resources strictly against the Kubernetes
+schemas; strategic-merge patches parsed, checked to target an object of the base by
+kind and name, and applied to the base (a small strategic-merge implementation for
+the constructs the overlays use), the result validated strictly too. When kubectl
+or kustomize is on PATH, the overlay is also built for real and the build compared
+with that result.
+"""
+
+import copy
+import shutil
+import subprocess
+import tomllib
+
+import pytest
+
+from conftest import KUBERNETES_DIR, OVERLAYS_DIR, load_yaml_documents, parse_duration_seconds
+from test_kubernetes import KUBERNETES_VERSION, kubernetes_validate
+
+REPLICATED = OVERLAYS_DIR / "replicated"
+OVERLAYS = sorted(p.parent for p in OVERLAYS_DIR.glob("*/kustomization.yaml"))
+OVERLAY_FILES = sorted(p for d in OVERLAYS for p in d.glob("*.yaml") if p.name != "kustomization.yaml")
+
+# Strategic-merge keys of the lists the overlays may patch; any other list is replaced.
+MERGE_KEYS = {"containers": "name", "initContainers": "name", "volumes": "name",
+              "volumeMounts": "mountPath", "env": "name"}
+
+
+def kustomization(overlay):
+    (k,) = load_yaml_documents(overlay / "kustomization.yaml")
+    assert k["kind"] == "Kustomization"
+    return k
+
+
+def key_of(doc):
+    return doc["kind"], doc["metadata"]["name"]
+
+
+def base_objects():
+    out = {}
+    for name in kustomization(KUBERNETES_DIR)["resources"]:
+        for doc in load_yaml_documents(KUBERNETES_DIR / name):
+            out[key_of(doc)] = doc
+    return out
+
+
+def has_directive(node):
+    """A `$patch` directive or a null (delete this field) anywhere: a patch, not a resource."""
+    if node is None:
+        return True
+    if isinstance(node, dict):
+        return "$patch" in node or any(has_directive(v) for v in node.values())
+    if isinstance(node, list):
+        return any(has_directive(v) for v in node)
+    return False
+
+
+DELETE = object()
+
+
+def merge(base, patch, field=None):
+    if isinstance(patch, dict):
+        directive = patch.get("$patch")
+        if directive == "delete":
+            return DELETE
+        body = {k: v for k, v in patch.items() if k != "$patch"}
+        if directive == "replace" or not isinstance(base, dict):
+            return copy.deepcopy(body)
+        assert directive is None, directive
+        out = copy.deepcopy(base)
+        for k, v in body.items():
+            if v is None:
+                out.pop(k, None)
+            elif k in out:
+                out[k] = merge(out[k], v, k)
+            else:
+                out[k] = copy.deepcopy(v)
+        return out
+    if isinstance(patch, list):
+        if {"$patch": "replace"} in patch:
+            return [copy.deepcopy(v) for v in patch if v != {"$patch": "replace"}]
+        key = MERGE_KEYS.get(field)
+        if key is None or not isinstance(base, list):
+            return copy.deepcopy(patch)
+        out = copy.deepcopy(base)
+        for item in patch:
+            index = next((i for i, b in enumerate(out) if b[key] == item[key]), None)
+            if index is None:
+                out.append(copy.deepcopy(item))
+            else:
+                merged = merge(out[index], item, field)
+                if merged is DELETE:
+                    del out[index]
+                else:
+                    out[index] = merged
+        return out
+    return patch
+
+
+def effective(overlay):
+    """The overlay's objects: the base's, patched, plus its own resources."""
+    k = kustomization(overlay)
+    objects = base_objects()
+    for entry in k.get("patches", []):
+        for patch in load_yaml_documents(overlay / entry["path"]):
+            target = key_of(patch)
+            merged = merge(objects[target], patch)
+            if merged is DELETE:
+                del objects[target]
+            else:
+                objects[target] = merged
+    for name in k["resources"]:
+        path = overlay / name
+        if path.is_file():
+            for doc in load_yaml_documents(path):
+                assert key_of(doc) not in objects, f"{name} redefines {key_of(doc)}"
+                objects[key_of(doc)] = doc
+    return objects
+
+
+def kustomize_build(overlay):
+    if shutil.which("kustomize"):
+        cmd = ["kustomize", "build", str(overlay)]
+    elif shutil.which("kubectl"):
+        cmd = ["kubectl", "kustomize", str(overlay)]
+    else:
+        pytest.skip("neither kustomize nor kubectl on PATH: the overlay is not built for real")
+    result = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    assert result.returncode == 0, result.stderr
+    return result.stdout
+
+
+def write_all(tmp_path, objects):
+    import yaml
+
+    path = tmp_path / "effective.yaml"
+    path.write_text(yaml.safe_dump_all(list(objects.values()), sort_keys=False))
+    return path
+
+
+# --- every overlay ---------------------------------------------------------------
+
+
+def test_overlays_exist():
+    assert REPLICATED in OVERLAYS
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS, ids=lambda p: p.name)
+def test_kustomization_refers_to_the_base_and_lists_every_file(overlay):
+    k = kustomization(overlay)
+    assert "../../kubernetes" in k["resources"]
+    listed = {r for r in k["resources"] if (overlay / r).is_file()}
+    listed |= {p["path"] for p in k.get("patches", [])}
+    assert listed == {p.name for p in overlay.glob("*.yaml") if p.name != "kustomization.yaml"}
+    # Everything else (namespace, labels, image) comes from the base.
+    assert "namespace" not in k
+
+
+@pytest.mark.parametrize("path", OVERLAY_FILES, ids=lambda p: f"{p.parent.name}/{p.name}")
+def test_overlay_file_is_valid(path):
+    docs = load_yaml_documents(path)
+    assert docs, path
+    if any(has_directive(d) for d in docs):
+        # A partial patch: it must name an object of the base (checked below, and
+        # its result is validated in test_effective_resources_are_valid_strict).
+        for doc in docs:
+            assert doc["apiVersion"] and doc["kind"] and doc["metadata"]["name"]
+    else:
+        # Resources, and patches written as complete objects (no directive).
+        result = kubernetes_validate(path)
+        assert result.returncode == 0, (
+            "not a complete resource (a partial patch must carry a $patch directive or a "
+            "null deletion, or be made complete):\n" + result.stdout + result.stderr)
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS, ids=lambda p: p.name)
+def test_patches_target_base_objects(overlay):
+    base = base_objects()
+    for entry in kustomization(overlay).get("patches", []):
+        assert set(entry) == {"path"}, "patches name their target by their own kind and name"
+        for patch in load_yaml_documents(overlay / entry["path"]):
+            assert key_of(patch) in base, f"{entry['path']}: no {key_of(patch)} in the base"
+            assert patch["apiVersion"] == base[key_of(patch)]["apiVersion"], entry["path"]
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS, ids=lambda p: p.name)
+def test_effective_resources_are_valid_strict(overlay, tmp_path):
+    result = kubernetes_validate(write_all(tmp_path, effective(overlay)))
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS, ids=lambda p: p.name)
+def test_kustomize_build_matches_and_is_valid_strict(overlay, tmp_path):
+    import yaml
+
+    built = kustomize_build(overlay)
+    path = tmp_path / "built.yaml"
+    path.write_text(built)
+    result = kubernetes_validate(path)
+    assert result.returncode == 0, result.stdout + result.stderr
+    got = {key_of(d): d for d in yaml.safe_load_all(built) if d}
+    want = effective(overlay)
+    assert set(got) == set(want)
+
+    def normal(node, field=None):
+        # Lists merged by key are sets to Kubernetes; kustomize may reorder them.
+        if isinstance(node, dict):
+            return {k: normal(v, k) for k, v in node.items()}
+        if isinstance(node, list):
+            items = [normal(v) for v in node]
+            return sorted(items, key=lambda v: v[MERGE_KEYS[field]]) if field in MERGE_KEYS else items
+        return node
+
+    def body(doc):
+        # kustomize also sets the namespace, the part-of label and the image tag.
+        doc = copy.deepcopy({k: v for k, v in doc.items() if k in ("spec", "data")})
+        for c in doc.get("spec", {}).get("template", {}).get("spec", {}).get("containers", []):
+            c.pop("image", None)
+        return normal(doc)
+
+    for key in want:
+        assert body(got[key]) == body(want[key]), key
+
+
+# --- the replicated overlay --------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def replicated():
+    return effective(REPLICATED)
+
+
+@pytest.fixture(scope="module")
+def replicated_config(replicated):
+    """The overlay's verifyiam.toml, from its own ConfigMap file (block form `verifyiam.toml: |`)."""
+    (doc,) = load_yaml_documents(REPLICATED / "configmap.yaml")
+    assert "  verifyiam.toml: |\n" in (REPLICATED / "configmap.yaml").read_text()
+    assert replicated["ConfigMap", "verifyiam-config"]["data"] == doc["data"]
+    return tomllib.loads(doc["data"]["verifyiam.toml"])
+
+
+def test_replicated_config_uses_a_remote_source(replicated_config):
+    authz = replicated_config["authz"]
+    assert authz["mode"] == "google"
+    assert authz["apigee_url"] == "https://apigee.googleapis.com"
+    assert parse_duration_seconds(authz["refresh_ahead"]) < parse_duration_seconds(authz["cache_ttl"])
+    # The stores are empty: strict mode would deny everything.
+    assert replicated_config["iam"].get("strict_deployments", False) is False
+    # Nothing is written through a replica's admin API.
+    assert replicated_config["iam"].get("bootstrap_admins", []) == []
+
+
+def test_replicated_config_matches_the_base_elsewhere(replicated_config, verifyiam_config):
+    for table in ("server", "token", "routes"):
+        assert replicated_config[table] == verifyiam_config[table], table
+    assert replicated_config["iam"]["project"] == verifyiam_config["iam"]["project"]
+    assert replicated_config["iam"]["store"] == verifyiam_config["iam"]["store"]
+
+
+def test_replicated_pods_do_not_mount_the_pvc(replicated, replicated_config):
+    assert not any(kind == "PersistentVolumeClaim" for kind, _ in replicated)
+    pod = replicated["Deployment", "verifyiam"]["spec"]["template"]["spec"]
+    assert not [v for v in pod["volumes"] if "persistentVolumeClaim" in v]
+    (container,) = pod["containers"]
+    mount = next(m for m in container["volumeMounts"] if m["mountPath"] == replicated_config["iam"]["store"])
+    (volume,) = [v for v in pod["volumes"] if v["name"] == mount["name"]]
+    assert set(volume) == {"name", "emptyDir"}
+    assert not mount.get("readOnly")
+
+
+def test_replicated_scaling(replicated):
+    deployment = replicated["Deployment", "verifyiam"]["spec"]
+    hpa = replicated["HorizontalPodAutoscaler", "verifyiam"]["spec"]
+    pdb = replicated["PodDisruptionBudget", "verifyiam"]["spec"]
+    assert deployment["replicas"] >= 2
+    assert deployment["strategy"]["type"] == "RollingUpdate"
+    assert deployment["strategy"]["rollingUpdate"]["maxUnavailable"] == 0
+    assert hpa["minReplicas"] == deployment["replicas"]
+    assert hpa["maxReplicas"] == 10
+    assert hpa["scaleTargetRef"]["name"] == "verifyiam"
+    assert pdb == {"minAvailable": 1, "selector": pdb["selector"]}
+
+
+def test_replicated_headless_service_selects_the_pods(replicated):
+    service = replicated["Service", "verifyiam-pods"]["spec"]
+    labels = replicated["Deployment", "verifyiam"]["spec"]["template"]["metadata"]["labels"]
+    assert service["clusterIP"] == "None"
+    assert service["selector"].items() <= labels.items()
+    assert [p["port"] for p in service["ports"]] == [9001]
+
+
+def test_merge_emulation_deletes_and_replaces():
+    base = {"spec": {"a": 1, "volumes": [{"name": "s", "persistentVolumeClaim": {"claimName": "c"}},
+                                         {"name": "t", "emptyDir": {}}]}}
+    patch = {"spec": {"a": None, "b": 2, "volumes": [{"name": "s", "persistentVolumeClaim": None, "emptyDir": {}}]}}
+    assert merge(base, patch) == {"spec": {"b": 2, "volumes": [{"name": "s", "emptyDir": {}},
+                                                              {"name": "t", "emptyDir": {}}]}}
+    assert merge(base, {"$patch": "delete"}) is DELETE
+    assert KUBERNETES_VERSION
