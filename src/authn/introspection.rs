@@ -4,7 +4,6 @@
 
 use serde::Deserialize;
 
-use super::keys::describe;
 use super::{AuthnError, Verified, unix_now};
 use crate::config::IntrospectionConfig;
 
@@ -47,7 +46,6 @@ impl Introspection {
         required_scope: &str,
         leeway: u64,
     ) -> Result<Verified, AuthnError> {
-        let call = crate::telemetry::UpstreamCall::start("introspection");
         let mut request = self
             .http
             .post(&self.config.url)
@@ -56,30 +54,19 @@ impl Introspection {
         if let (Some(id), Some(secret)) = (&self.config.client_id, &self.config.client_secret) {
             request = request.basic_auth(id, Some(secret));
         }
-        let response = request.send().await.map_err(|e| {
-            call.fail_with(&e);
-            AuthnError::Unavailable(format!("introspection: {}", describe(e)))
-        })?;
-        let status = response.status();
-        if !status.is_success() {
-            call.fail("status");
+        let reply = crate::upstream::send("introspection", request, MAX_BODY)
+            .await
+            .map_err(|e| AuthnError::Unavailable(format!("introspection: {e}")))?;
+        if !reply.status.is_success() {
             // The endpoint refusing *us* (401/403) or failing is not the caller's fault.
+            reply.fail("status");
             return Err(AuthnError::Unavailable(format!(
-                "introspection: HTTP {status}"
+                "introspection: HTTP {}",
+                reply.status
             )));
         }
-        let body = response.bytes().await.map_err(|e| {
-            call.fail_with(&e);
-            AuthnError::Unavailable(format!("introspection: {}", describe(e)))
-        })?;
-        if body.len() > MAX_BODY {
-            call.fail("body");
-            return Err(AuthnError::Unavailable(
-                "introspection: answer too large".into(),
-            ));
-        }
-        let answer: Answer = serde_json::from_slice(&body).map_err(|_| {
-            call.fail("body");
+        let answer: Answer = serde_json::from_slice(&reply.body).map_err(|_| {
+            reply.fail("body");
             AuthnError::Unavailable("introspection: answer is not RFC 7662 JSON".into())
         })?;
         if !answer.active {

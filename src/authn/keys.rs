@@ -251,55 +251,29 @@ fn stale_or(
 
 impl Inner {
     async fn fetch(&self, url: &str) -> Result<KeySet, String> {
-        let call = crate::telemetry::UpstreamCall::start("jwks");
-        let mut response = self
+        let request = self
             .http
             .get(url)
-            .header(http::header::ACCEPT, "application/json")
-            .send()
-            .await
-            .map_err(|e| {
-                call.fail_with(&e);
-                format!("request failed: {}", describe(e))
-            })?;
-        let status = response.status();
-        if !status.is_success() {
-            call.fail("status");
-            return Err(format!("HTTP {status}"));
+            .header(http::header::ACCEPT, "application/json");
+        let reply = crate::upstream::send("jwks", request, MAX_BODY).await?;
+        if !reply.status.is_success() {
+            reply.fail("status");
+            return Err(format!("HTTP {}", reply.status));
         }
-        let max_age = response
-            .headers()
+        let max_age = reply
+            .headers
             .get(http::header::CACHE_CONTROL)
             .and_then(|v| v.to_str().ok())
             .and_then(max_age)
             .unwrap_or(self.default_max_age)
             .clamp(MIN_MAX_AGE, MAX_MAX_AGE);
-        let mut body = Vec::new();
-        while let Some(chunk) = response.chunk().await.map_err(|e| {
-            call.fail_with(&e);
-            format!("reading the body failed: {}", describe(e))
-        })? {
-            if body.len() + chunk.len() > MAX_BODY {
-                call.fail("body");
-                return Err("the key set is larger than 1 MiB".to_owned());
-            }
-            body.extend_from_slice(&chunk);
-        }
-        let mut set = parse_key_set(&body).inspect_err(|_| call.fail("body"))?;
+        let body = &reply.body;
+        let mut set = parse_key_set(body).inspect_err(|_| reply.fail("body"))?;
         let now = Instant::now();
         set.fresh_until = now + max_age;
         // Refresh in the background during the last tenth of the set's life.
         set.refresh_ahead = max_age / 10;
         Ok(set)
-    }
-}
-
-/// A short reason for an HTTP failure; the URL is logged separately.
-pub(crate) fn describe(e: reqwest::Error) -> String {
-    if e.is_timeout() {
-        "timed out".to_owned()
-    } else {
-        e.without_url().to_string()
     }
 }
 

@@ -5,7 +5,6 @@
 
 use serde::Deserialize;
 
-use super::keys::describe;
 use super::{AuthnError, Verified, unix_now};
 
 /// Largest tokeninfo answer read.
@@ -57,28 +56,18 @@ impl Tokeninfo {
         required_scope: &str,
         leeway: u64,
     ) -> Result<Verified, AuthnError> {
-        metrics::counter!("verifyiam_tokeninfo_requests_total").increment(1);
-        let response = self
+        let request = self
             .http
             .post(&self.url)
             .bearer_auth(token)
-            .header(http::header::ACCEPT, "application/json")
-            .send()
+            .header(http::header::ACCEPT, "application/json");
+        let reply = crate::upstream::send("tokeninfo", request, MAX_BODY)
             .await
-            .map_err(|e| AuthnError::Unavailable(format!("tokeninfo: {}", describe(e))))?;
-        let status = response.status();
-        let body = response
-            .bytes()
-            .await
-            .map_err(|e| AuthnError::Unavailable(format!("tokeninfo: {}", describe(e))))?;
-        if body.len() > MAX_BODY {
-            return Err(AuthnError::Unavailable(
-                "tokeninfo: answer too large".into(),
-            ));
-        }
-        let answer: Option<Answer> = serde_json::from_slice(&body).ok();
-        if status.is_client_error() {
-            // 400 invalid_token (or any 4xx): the token is bad, not the service.
+            .map_err(|e| AuthnError::Unavailable(format!("tokeninfo: {e}")))?;
+        let status = reply.status;
+        let answer: Option<Answer> = serde_json::from_slice(&reply.body).ok();
+        if matches!(status.as_u16(), 400 | 401) {
+            // 400 invalid_token: the token is bad, not the service.
             return Err(AuthnError::InvalidToken(
                 match answer.and_then(|a| a.error).as_deref() {
                     Some("invalid_token") | None => "the token is not valid (tokeninfo)",
@@ -88,7 +77,12 @@ impl Tokeninfo {
             ));
         }
         if !status.is_success() {
+            // Rate limits (429) and server errors say nothing about the token.
+            reply.fail("status");
             return Err(AuthnError::Unavailable(format!("tokeninfo: HTTP {status}")));
+        }
+        if answer.is_none() {
+            reply.fail("body");
         }
         let answer = answer
             .ok_or_else(|| AuthnError::Unavailable("tokeninfo: answer is not JSON".into()))?;

@@ -8,7 +8,6 @@ use futures_util::future::BoxFuture;
 use serde::Deserialize;
 
 use super::{INVOKE, RemoteSource, SourceError};
-use crate::authn::keys::describe;
 use crate::route::Target;
 
 /// Largest answer read.
@@ -36,45 +35,30 @@ impl GoogleSource {
     }
 
     async fn ask(&self, token: &str, target: &Target) -> Result<bool, SourceError> {
-        let call = crate::telemetry::UpstreamCall::start("iam");
         let url = format!("{}/v1/{}:testIamPermissions", self.base, target.name);
-        let response = self
+        let request = self
             .http
             .post(&url)
             .bearer_auth(token)
-            .json(&serde_json::json!({ "permissions": [INVOKE] }))
-            .send()
+            .json(&serde_json::json!({ "permissions": [INVOKE] }));
+        let reply = crate::upstream::send("iam", request, MAX_BODY)
             .await
-            .map_err(|e| {
-                call.fail_with(&e);
-                SourceError::Unavailable(format!("remote IAM: {}", describe(e)))
-            })?;
-        let status = response.status().as_u16();
-        match status {
+            .map_err(|e| SourceError::Unavailable(format!("remote IAM: {e}")))?;
+        match reply.status.as_u16() {
             200 => {}
             // The caller's token is not accepted there: not a verdict on the deployment.
             401 => return Err(SourceError::Unauthenticated),
             // "Permission denied (or it may not exist)": a verdict, the caller may not invoke.
             403 | 404 => return Ok(false),
-            _ => {
-                call.fail("status");
+            status => {
+                reply.fail("status");
                 return Err(SourceError::Unavailable(format!(
                     "remote IAM: HTTP {status}"
                 )));
             }
         }
-        let body = response.bytes().await.map_err(|e| {
-            call.fail_with(&e);
-            SourceError::Unavailable(format!("remote IAM: {}", describe(e)))
-        })?;
-        if body.len() > MAX_BODY {
-            call.fail("body");
-            return Err(SourceError::Unavailable(
-                "remote IAM: answer too large".to_owned(),
-            ));
-        }
-        let answer: Answer = serde_json::from_slice(&body).map_err(|_| {
-            call.fail("body");
+        let answer: Answer = serde_json::from_slice(&reply.body).map_err(|_| {
+            reply.fail("body");
             SourceError::Unavailable(
                 "remote IAM: answer is not a testIamPermissions response".to_owned(),
             )
