@@ -128,7 +128,7 @@ fn default_authz_timeout() -> Duration {
     Duration::from_secs(2)
 }
 fn default_decision_capacity() -> u64 {
-    100_000
+    50_000
 }
 fn default_decision_ttl() -> Duration {
     Duration::from_secs(300)
@@ -320,7 +320,7 @@ fn default_keys_max_stale() -> Duration {
     Duration::from_secs(3600)
 }
 fn default_token_capacity() -> u64 {
-    100_000
+    50_000
 }
 fn default_negative_ttl() -> Duration {
     Duration::from_secs(10)
