@@ -335,13 +335,19 @@ fn emit(line: &Value, json_out: Option<&std::path::Path>) {
 struct Probe {
     pid: String,
     cpu_start: f64,
+    rss_start_kib: Option<u64>,
 }
 
 impl Probe {
     fn start(pid: Option<u32>) -> Option<Probe> {
         let pid = pid?.to_string();
         let cpu_start = engine::cpu_seconds(&pid)?;
-        Some(Probe { pid, cpu_start })
+        let rss_start_kib = engine::status_kib(&pid, "VmRSS");
+        Some(Probe {
+            pid,
+            cpu_start,
+            rss_start_kib,
+        })
     }
 }
 
@@ -396,7 +402,8 @@ async fn run(args: RunArgs) -> i32 {
     let (mut lag_max, mut lag_weighted) = (Duration::ZERO, 0f64);
     let mut mint_time = Duration::ZERO;
     let mut probe: Option<Probe> = None;
-    let client_cpu_start = engine::cpu_seconds("self").unwrap_or(0.0);
+    // CPU of the generator and of the whole machine while sending (minting excluded).
+    let (mut client_cpu, mut machine_cpu) = (0f64, Some(0f64));
     let mut measured_wall = Duration::ZERO;
     let rss_samples = std::sync::Arc::new(std::sync::Mutex::new(Vec::<(f64, u64)>::new()));
     let mut sampler: Option<tokio::task::JoinHandle<()>> = None;
@@ -446,6 +453,8 @@ async fn run(args: RunArgs) -> i32 {
             break;
         }
         let wall = Instant::now();
+        let client_cpu_start = engine::cpu_seconds("self").unwrap_or(0.0);
+        let machine_start = engine::machine_busy_seconds();
         let result: RunResult = match args.mode {
             Mode::Closed => {
                 let cfg = ClosedLoop {
@@ -467,6 +476,11 @@ async fn run(args: RunArgs) -> i32 {
             }
         };
         measured_wall += wall.elapsed();
+        client_cpu += engine::cpu_seconds("self").unwrap_or(0.0) - client_cpu_start;
+        machine_cpu = match (machine_cpu, machine_start, engine::machine_busy_seconds()) {
+            (Some(m), Some(a), Some(b)) => Some(m + b - a),
+            _ => None,
+        };
         elapsed += result.elapsed;
         lag_max = lag_max.max(result.dispatch_lag_max);
         lag_weighted += result.dispatch_lag_mean.as_secs_f64() * result.tally.sent as f64;
@@ -479,7 +493,7 @@ async fn run(args: RunArgs) -> i32 {
     if let Some(s) = sampler {
         s.abort();
     }
-    let client_cpu = engine::cpu_seconds("self").unwrap_or(0.0) - client_cpu_start;
+
     let result = RunResult {
         tally,
         elapsed,
@@ -539,9 +553,12 @@ async fn run(args: RunArgs) -> i32 {
         "dispatch_lag_max_us": if args.mode == Mode::Open { Some(round1(lag_max.as_secs_f64() * 1e6)) } else { None },
         "mint_s": round1(mint_time.as_secs_f64() * 100.0) / 100.0,
         "server_cpu_pct": server_cpu_pct,
+        "server_rss_start_kib": probe.as_ref().and_then(|p| p.rss_start_kib),
         "server_rss_kib": rss_kib,
         "server_hwm_kib": hwm_kib,
         "client_cpu_pct": round1(100.0 * client_cpu / measured_wall.as_secs_f64().max(1e-9)),
+        // Every process on the machine (100% = one core).
+        "machine_cpu_pct": machine_cpu.map(|m| round1(100.0 * m / measured_wall.as_secs_f64().max(1e-9))),
         "rss_samples_kib": if samples.is_empty() { None } else { Some(samples.iter().map(|s| s.1).collect::<Vec<_>>()) },
         "rss_growth_pct": rss_growth_pct,
     });
