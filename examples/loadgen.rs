@@ -36,7 +36,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Drive a Check server and report latency and throughput.
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// Serve the RS256 issuer's JWK set (key made at --key if missing) until killed.
     ServeJwks {
         /// PKCS#8 PEM file of the RSA key.
@@ -51,6 +51,13 @@ enum Command {
         /// Exit after this long whatever happens.
         #[arg(long, default_value = "3h", value_parser = humantime::parse_duration)]
         exit_after: Duration,
+    },
+    /// Print a development-issuer token for EMAIL (the key is made in --data-dir if missing).
+    Mint {
+        #[arg(long)]
+        data_dir: PathBuf,
+        #[arg(long)]
+        email: String,
     },
     /// Print N free TCP ports on 127.0.0.1, one a line.
     FreePorts { n: usize },
@@ -102,6 +109,9 @@ struct RunArgs {
     /// Sent before the window, not measured (ignored with --once).
     #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
     warmup: Duration,
+    /// Open loop: at most this many Checks in flight; one due beyond it is an error, not sent.
+    #[arg(long, default_value_t = 4096)]
+    max_in_flight: usize,
     /// A Check unanswered this long counts as an error.
     #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
     timeout: Duration,
@@ -141,6 +151,18 @@ fn main() {
     let cli = Cli::parse();
     let code = match cli.command {
         Command::FreePorts { n } => free_ports(n),
+        Command::Mint { data_dir, email } => {
+            match Minter::new(&data_dir, None).and_then(|m| m.dev_token(&email)) {
+                Ok(token) => {
+                    println!("{token}");
+                    0
+                }
+                Err(e) => {
+                    eprintln!("loadgen mint: {e}");
+                    2
+                }
+            }
+        }
         Command::ServeJwks {
             key,
             addr,
@@ -153,7 +175,7 @@ fn main() {
             scenario,
             json_out,
         } => rs256_verify_rate(&key, duration, &scenario, json_out.as_deref()),
-        Command::Run(args) => runtime(args.threads).block_on(run(args)),
+        Command::Run(args) => runtime(args.threads).block_on(run(*args)),
     };
     std::process::exit(code);
 }
@@ -263,14 +285,14 @@ fn rs256_verify_rate(
             return 2;
         }
     };
-    let jwk: jsonwebtoken::jwk::Jwk = match serde_json::from_value(issuer.jwk_set["keys"][0].clone())
-    {
-        Ok(j) => j,
-        Err(e) => {
-            eprintln!("rs256-verify-rate: {e}");
-            return 2;
-        }
-    };
+    let jwk: jsonwebtoken::jwk::Jwk =
+        match serde_json::from_value(issuer.jwk_set["keys"][0].clone()) {
+            Ok(j) => j,
+            Err(e) => {
+                eprintln!("rs256-verify-rate: {e}");
+                return 2;
+            }
+        };
     let decoding = match DecodingKey::from_jwk(&jwk) {
         Ok(d) => d,
         Err(e) => {
@@ -471,6 +493,7 @@ async fn run(args: RunArgs) -> i32 {
                     duration: if args.once { left } else { args.duration },
                     warmup,
                     timeout: args.timeout,
+                    max_in_flight: args.max_in_flight,
                 };
                 engine::open_loop(&clients, &workload, &cfg).await
             }

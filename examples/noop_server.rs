@@ -30,7 +30,9 @@ async fn main() {
             std::process::exit(2);
         }
     };
-    let local = listener.local_addr().expect("a bound listener has an address");
+    let local = listener
+        .local_addr()
+        .expect("a bound listener has an address");
     println!("noop_server listening on {local}");
     let shutdown = async {
         let _ = tokio::signal::ctrl_c().await;

@@ -44,9 +44,7 @@ async fn verifyiam(data: &tempfile::TempDir) -> Server {
     let extra = format!(
         "[token.dev]\nissuer = \"{}\"\nkey_file = \"{}\"\n",
         verifyiam::authn::dev::DEV_ISSUER,
-        data.path()
-            .join(verifyiam::authn::dev::KEY_FILE)
-            .display()
+        data.path().join(verifyiam::authn::dev::KEY_FILE).display()
     );
     let s = Server::start_with(Options {
         extra,
@@ -79,6 +77,7 @@ async fn loadgen_accounts_for_every_check_against_verifyiam() {
         duration: Duration::from_secs(1),
         warmup: Duration::from_millis(100),
         timeout: Duration::from_secs(10),
+        max_in_flight: 1000,
     };
     let r = engine::open_loop(&clients, &workload(&minter, Mix::Hot, false), &open).await;
     assert_accounted(&r);
@@ -143,6 +142,7 @@ async fn loadgen_drives_the_noop_baseline() {
         duration: Duration::from_secs(1),
         warmup: Duration::ZERO,
         timeout: Duration::from_secs(10),
+        max_in_flight: 1000,
     };
     let r = engine::open_loop(&clients, &workload(&minter, Mix::Hot, false), &open).await;
     assert_accounted(&r);
@@ -154,10 +154,11 @@ async fn loadgen_drives_the_noop_baseline() {
     assert_eq!(frame[0], 0);
     let len = u32::from_be_bytes(frame[1..5].try_into().unwrap()) as usize;
     assert_eq!(len, frame.len() - 5);
-    let decoded = <envoy_types::pb::envoy::service::auth::v3::CheckRequest as prost::Message>::decode(
-        &frame[5..],
-    )
-    .unwrap();
+    let decoded =
+        <envoy_types::pb::envoy::service::auth::v3::CheckRequest as prost::Message>::decode(
+            &frame[5..],
+        )
+        .unwrap();
     assert_eq!(decoded, req);
 
     tx.send(()).unwrap();

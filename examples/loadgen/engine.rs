@@ -142,9 +142,8 @@ impl RsaIssuer {
             Ok(t) => t,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 use aws_lc_rs::encoding::AsDer as _;
-                let pair =
-                    aws_lc_rs::rsa::KeyPair::generate(aws_lc_rs::rsa::KeySize::Rsa2048)
-                        .map_err(|_| "RSA key generation failed".to_owned())?;
+                let pair = aws_lc_rs::rsa::KeyPair::generate(aws_lc_rs::rsa::KeySize::Rsa2048)
+                    .map_err(|_| "RSA key generation failed".to_owned())?;
                 let der = pair
                     .as_der()
                     .map_err(|_| "RSA key encoding failed".to_owned())?;
@@ -290,7 +289,10 @@ impl Minter {
                 .collect();
             let mut out = Vec::with_capacity(indices.len());
             for h in handles {
-                for r in h.join().map_err(|_| "a minting thread panicked".to_owned())? {
+                for r in h
+                    .join()
+                    .map_err(|_| "a minting thread panicked".to_owned())?
+                {
                     out.push(r?);
                 }
             }
@@ -607,6 +609,10 @@ pub struct OpenLoop {
     /// Sent at the same rate but not measured, before the window.
     pub warmup: Duration,
     pub timeout: Duration,
+    /// Checks in flight at most; a Check due while this many are unanswered is not sent and
+    /// counts as an error (the server is not keeping up; unbounded queues would only measure
+    /// the generator's memory).
+    pub max_in_flight: usize,
 }
 
 /// Fixed rate: Check `i` is due at `start + i / rate` and is sent then whatever is still in
@@ -633,6 +639,7 @@ pub async fn open_loop(clients: &[Client], workload: &Workload, cfg: &OpenLoop) 
         let in_flight = in_flight.clone();
         let last_answer = last_answer.clone();
         let timeout = cfg.timeout;
+        let max_in_flight = cfg.max_in_flight.max(1);
         let stop = stop.clone();
         let (lag_total_ns, lag_max_ns) = (lag_total_ns.clone(), lag_max_ns.clone());
         tokio::task::spawn_blocking(move || {
@@ -660,6 +667,18 @@ pub async fn open_loop(clients: &[Client], workload: &Workload, cfg: &OpenLoop) 
                     dispatched_in_window += 1;
                     lag_total_ns.fetch_add(lag, Ordering::Relaxed);
                     lag_max_ns.fetch_max(lag, Ordering::Relaxed);
+                }
+                if in_flight.load(Ordering::SeqCst) >= max_in_flight {
+                    if measured {
+                        let mut t = tally.lock().expect("not poisoned");
+                        t.sent += 1;
+                        t.errors += 1;
+                        t.first_error.get_or_insert_with(|| {
+                            format!("not sent: {max_in_flight} Checks already in flight")
+                        });
+                    }
+                    i += 1;
+                    continue;
                 }
                 let mut client = clients[i % clients.len()].clone();
                 let req = stamped(&workload.requests[i % workload.requests.len()], i as u64);
@@ -748,4 +767,3 @@ pub fn status_kib(pid: &str, field: &str) -> Option<u64> {
         .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
         .and_then(|v| v.split_whitespace().next()?.parse().ok())
 }
-

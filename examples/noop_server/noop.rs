@@ -39,9 +39,7 @@ pub async fn serve(
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), tonic::transport::Error> {
     let (health, health_service) = tonic_health::server::health_reporter();
-    health
-        .set_serving::<AuthorizationServer<NoopCheck>>()
-        .await;
+    health.set_serving::<AuthorizationServer<NoopCheck>>().await;
     tonic::transport::Server::builder()
         .add_service(health_service)
         .add_service(AuthorizationServer::new(NoopCheck))
