@@ -233,8 +233,16 @@ async fn tokeninfo_that_fails_or_lies_never_allows() {
     let n = now();
     let cases = [
         (status(500, "oops"), 503, "HTTP 500"),
-        (status(429, "slow down"), 503, "rate limited: says nothing about the token"),
-        (status(200, &"x".repeat(200 * 1024)), 503, "an answer far larger than any real one"),
+        (
+            status(429, "slow down"),
+            503,
+            "rate limited: says nothing about the token",
+        ),
+        (
+            status(200, &"x".repeat(200 * 1024)),
+            503,
+            "an answer far larger than any real one",
+        ),
         (status(200, "{not json"), 503, "garbage JSON"),
         (
             Reply::json(json!({"sub": "1", "scope": SCOPE})),

@@ -1,0 +1,288 @@
+#!/usr/bin/env bash
+# The benchmark, in one command: builds in release, starts verifyiam (generated config, its own
+# store, a local RS256 JWK-set server, the development issuer) and the no-op baseline on 127.0.0.1,
+# runs the scenarios alternating the two servers, and writes BENCHMARKS.md and bench/latency.svg.
+#
+#   bash bench/run.sh              # full run (about 10 minutes on 2 cores)
+#   bash bench/run.sh --quick      # short windows, fewer tokens (about 3 minutes)
+#   bash bench/run.sh --soak 10m   # also the soak at 5,000 Checks/s (RSS every 10 s); --soak 60s for a short one
+#
+# Other flags: --out FILE (default BENCHMARKS.md), --chart FILE (default bench/latency.svg),
+# --no-h2load (skip the h2load cross-check). Every process it starts is stopped on exit.
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+ROOT=$PWD
+
+QUICK=0
+SOAK=""
+OUT=BENCHMARKS.md
+CHART=bench/latency.svg
+H2LOAD=1
+while [ $# -gt 0 ]; do
+    case "$1" in
+        --quick) QUICK=1 ;;
+        --soak) SOAK=${2:?--soak needs a duration such as 10m or 60s}; shift ;;
+        --out) OUT=${2:?}; shift ;;
+        --chart) CHART=${2:?}; shift ;;
+        --no-h2load) H2LOAD=0 ;;
+        -h|--help) sed -n '2,12p' "$0"; exit 0 ;;
+        *) echo "bench/run.sh: unknown flag $1 (see --help)" >&2; exit 2 ;;
+    esac
+    shift
+done
+
+if [ "$QUICK" = 1 ]; then
+    DURATION=2s; WARMUP=1s; ROUNDS=1
+    COLD_K=4000; INVALID_K=4000; DEPLOY_N=50; RSS_TOKENS=100000; H2LOAD_N=40000
+else
+    DURATION=10s; WARMUP=2s; ROUNDS=3
+    COLD_K=30000; INVALID_K=20000; DEPLOY_N=100; RSS_TOKENS=1000000; H2LOAD_N=300000
+fi
+RATES="1000 2000 5000 10000 20000"
+CONNECTIONS=2      # closed loop: HTTP/2 connections ...
+STREAMS=32         # ... times concurrent streams on each
+OPEN_CONNECTIONS=2
+
+log() { printf '\n== %s\n' "$*" >&2; }
+
+log "building (release)"
+# Two builds on purpose: the examples pull in dev-dependencies whose features (tokio's test-util
+# among them) would otherwise be unified into the measured verifyiam binary.
+cargo build --release --bin verifyiam
+cargo build --release --examples
+BIN=$ROOT/target/release
+VI=$BIN/verifyiam
+LG=$BIN/examples/loadgen
+NOOP=$BIN/examples/noop_server
+
+if [ "$H2LOAD" = 1 ] && ! command -v h2load >/dev/null 2>&1; then
+    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+        log "installing h2load (nghttp2-client)"
+        timeout 300 apt-get update -qq >/dev/null 2>&1 || true
+        timeout 300 env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nghttp2-client >/dev/null 2>&1 || true
+    fi
+    command -v h2load >/dev/null 2>&1 ||
+        echo "bench/run.sh: h2load is not installed and could not be (needs root and apt-get): the h2load cross-check is skipped" >&2
+fi
+
+WORK=$(mktemp -d "${TMPDIR:-/tmp}/verifyiam-bench.XXXXXX")
+PIDS=()
+cleanup() {
+    local pid
+    for pid in "${PIDS[@]}"; do
+        kill "$pid" 2>/dev/null || true
+    done
+    for pid in "${PIDS[@]}"; do
+        wait "$pid" 2>/dev/null || true
+    done
+    rm -rf "$WORK"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+RESULTS=$WORK/results.jsonl
+META=$WORK/meta.env
+DATA=$WORK/data
+mkdir -p "$DATA"
+: >"$RESULTS"
+
+PORTS=$("$LG" free-ports 3 | tr '\n' ' ')
+read -r P_EXT P_ADM P_NOOP <<<"$PORTS"
+
+# The RS256 issuer's JWK set, served locally; verifyiam trusts it as a [[token.jwt]] issuer.
+"$LG" serve-jwks --key "$WORK/rsa.pem" --port-file "$WORK/jwks.port" --exit-after 4h \
+    >"$WORK/jwks.log" 2>&1 &
+PIDS+=($!)
+for _ in $(seq 1 200); do [ -s "$WORK/jwks.port" ] && break; sleep 0.1; done
+[ -s "$WORK/jwks.port" ] || { echo "bench/run.sh: the JWK-set server did not start" >&2; cat "$WORK/jwks.log" >&2; exit 3; }
+P_JWKS=$(cat "$WORK/jwks.port")
+
+ADMIN_EMAIL=admin@bench-admin.example
+PROJECT=bench-project
+# Makes the development issuer's key in $DATA; verifyiam trusts it through [token.dev].
+ADMIN_TOKEN=$("$LG" mint --data-dir "$DATA" --email "$ADMIN_EMAIL")
+
+cat >"$WORK/verifyiam.toml" <<EOF
+[server]
+extauthz_addr = "127.0.0.1:$P_EXT"
+admin_addr = "127.0.0.1:$P_ADM"
+
+[iam]
+project = "$PROJECT"
+store = "$WORK/store"
+bootstrap_admins = ["user:$ADMIN_EMAIL"]
+
+[token.dev]
+issuer = "verifyiam-dev"
+key_file = "$DATA/dev-issuer-key.pem"
+
+[[token.jwt]]
+issuer = "https://rs256.loadgen.example"
+jwks_uri = "http://127.0.0.1:$P_JWKS/jwks"
+EOF
+
+log "starting verifyiam on 127.0.0.1:$P_EXT (admin $P_ADM) and the no-op server on 127.0.0.1:$P_NOOP"
+start_verifyiam() {
+    RUST_LOG=warn "$VI" serve --config "$WORK/verifyiam.toml" >>"$WORK/verifyiam.log" 2>&1 &
+    VI_PID=$!
+    PIDS+=("$VI_PID")
+    for _ in $(seq 1 300); do
+        curl -fsS "http://127.0.0.1:$P_ADM/readyz" >/dev/null 2>&1 && return 0
+        kill -0 "$VI_PID" 2>/dev/null || break
+        sleep 0.1
+    done
+    echo "bench/run.sh: verifyiam did not become ready" >&2
+    cat "$WORK/verifyiam.log" >&2
+    exit 3
+}
+# Stops verifyiam (SIGTERM, then waits for it, bounded) and starts it again on the same store.
+restart_verifyiam() {
+    local keep=() p
+    kill "$VI_PID" 2>/dev/null || true
+    for _ in $(seq 1 100); do kill -0 "$VI_PID" 2>/dev/null || break; sleep 0.1; done
+    kill -9 "$VI_PID" 2>/dev/null || true
+    wait "$VI_PID" 2>/dev/null || true
+    for p in "${PIDS[@]}"; do [ "$p" = "$VI_PID" ] || keep+=("$p"); done
+    PIDS=("${keep[@]}")
+    start_verifyiam
+}
+start_verifyiam
+"$NOOP" --addr "127.0.0.1:$P_NOOP" >"$WORK/noop.log" 2>&1 &
+NOOP_PID=$!
+PIDS+=("$NOOP_PID")
+
+# Grants, through the admin REST API: the load generator's hot, cold and RS256 principals
+# (domain:loadgen.example) on the project; the deployment mix's principal on each deployment.
+admin_post() {
+    curl -fsS -o /dev/null --max-time 10 "http://127.0.0.1:$P_ADM$1" \
+        -H "Authorization: Bearer $ADMIN_TOKEN" -H 'Content-Type: application/json' --data "$2"
+}
+log "granting roles/apigee.deploymentInvoker (project: domain:loadgen.example; $DEPLOY_N deployment policies)"
+admin_post "/v1/projects/$PROJECT:setIamPolicy" \
+    '{"policy":{"bindings":[{"role":"roles/apigee.deploymentInvoker","members":["domain:loadgen.example"]}]}}'
+for i in $(seq 0 $((DEPLOY_N - 1))); do
+    admin_post "/v1/organizations/$PROJECT/environments/prod/deployments/api-$i:setIamPolicy" \
+        '{"policy":{"bindings":[{"role":"roles/apigee.deploymentInvoker","members":["user:mixer@deployments-mix.example"]}]}}'
+done
+
+RSS_IDLE=$(awk '/^VmRSS/ {print $2}' "/proc/$VI_PID/status")
+{
+    echo "date=$(date -u '+%Y-%m-%d %H:%M')"
+    echo "commit=$(git rev-parse --short HEAD 2>/dev/null || echo unknown)$(git diff --quiet HEAD -- src Cargo.toml Cargo.lock examples 2>/dev/null || echo ' (with local changes)')"
+    echo "cpu=$(awk -F': ' '/^model name/ {print $2; exit}' /proc/cpuinfo)"
+    echo "cores=$(nproc)"
+    echo "memory=$(awk '/^MemTotal/ {printf "%.1f GiB", $2/1048576}' /proc/meminfo)"
+    echo "kernel=$(uname -sr)"
+    echo "rustc=$(rustc --version 2>/dev/null || echo unknown)"
+    echo "load_before=$(cut -d' ' -f1-3 /proc/loadavg)"
+    echo "h2load=$(if command -v h2load >/dev/null 2>&1; then h2load --version 2>/dev/null | head -1; else echo 'not available: cross-check skipped'; fi)"
+    echo "quick=$QUICK"
+    echo "connections=$CONNECTIONS"
+    echo "streams=$STREAMS"
+    echo "open_connections=$OPEN_CONNECTIONS"
+    echo "duration=$DURATION"
+    echo "warmup=$WARMUP"
+    echo "rounds=$ROUNDS"
+    echo "rss_idle_kib=$RSS_IDLE"
+} >"$META"
+
+# lg SERVER SECONDS_BOUND ARGS...: one load-generator run against SERVER, bounded in time.
+lg() {
+    local server=$1 bound=$2 addr pid
+    shift 2
+    case "$server" in
+        verifyiam) addr=127.0.0.1:$P_EXT; pid=$VI_PID ;;
+        noop) addr=127.0.0.1:$P_NOOP; pid=$NOOP_PID ;;
+    esac
+    timeout "$bound" "$LG" run --addr "$addr" --server "$server" --server-pid "$pid" \
+        --data-dir "$DATA" --rsa-key "$WORK/rsa.pem" --json-out "$RESULTS" "$@" >/dev/null
+}
+secs() { case "$1" in *m) echo $(( ${1%m} * 60 )) ;; *s) echo "${1%s}" ;; *) echo "$1" ;; esac; }
+BOUND=$(( $(secs "$DURATION") + $(secs "$WARMUP") + 120 ))
+
+log "(a) closed loop, maximum throughput, hot token: $ROUNDS round(s), alternating"
+for round in $(seq 1 "$ROUNDS"); do
+    for server in verifyiam noop; do
+        lg "$server" "$BOUND" --scenario max-throughput --mode closed --mix hot \
+            --connections "$CONNECTIONS" --streams "$STREAMS" --duration "$DURATION" --warmup "$WARMUP"
+    done
+done
+
+cpu_ticks() { sed 's/.*) //' "/proc/$1/stat" | awk '{print $12 + $13}'; }
+if [ "$H2LOAD" = 1 ] && command -v h2load >/dev/null 2>&1; then
+    log "(a) h2load cross-check: $H2LOAD_N Checks, $CONNECTIONS connections x $STREAMS streams"
+    "$LG" run --data-dir "$DATA" --mix hot --write-grpc-frame "$WORK/frame.bin"
+    for server in verifyiam noop; do
+        case "$server" in
+            verifyiam) port=$P_EXT; pid=$VI_PID ;;
+            noop) port=$P_NOOP; pid=$NOOP_PID ;;
+        esac
+        before=$(cpu_ticks "$pid")
+        out=$(timeout 300 h2load -n "$H2LOAD_N" -c "$CONNECTIONS" -m "$STREAMS" --data="$WORK/frame.bin" \
+            -H 'content-type: application/grpc' -H 'te: trailers' \
+            "http://127.0.0.1:$port/envoy.service.auth.v3.Authorization/Check" 2>&1) || true
+        after=$(cpu_ticks "$pid")
+        rps=$(printf '%s\n' "$out" | sed -n 's/^finished in \([0-9.]*\)s, \([0-9.]*\) req\/s.*/\2/p')
+        wall=$(printf '%s\n' "$out" | sed -n 's/^finished in \([0-9.]*\)s.*/\1/p')
+        ok=$(printf '%s\n' "$out" | sed -n 's/^status codes: \([0-9]*\) 2xx.*/\1/p')
+        done_n=$(printf '%s\n' "$out" | sed -n 's/^requests: .* \([0-9]*\) done, .*/\1/p')
+        if [ -n "$rps" ] && [ -n "$wall" ]; then
+            cpu=$(awk -v a="$before" -v b="$after" -v w="$wall" 'BEGIN {printf "%.1f", (b - a) / w}')
+            printf '{"scenario":"h2load","server":"%s","mode":"closed","mix":"hot","connections":%s,"streams":%s,"achieved_rps":%s,"requests":%s,"allowed":%s,"denied":0,"errors":%s,"server_cpu_pct":%s}\n' \
+                "$server" "$CONNECTIONS" "$STREAMS" "$rps" "${done_n:-0}" "${ok:-0}" "$(( ${done_n:-0} - ${ok:-0} ))" "$cpu" >>"$RESULTS"
+            echo "h2load [$server]: $rps req/s ($ok of $done_n answered 2xx), server CPU $cpu%" >&2
+        else
+            echo "bench/run.sh: h2load against $server gave no result:" >&2
+            printf '%s\n' "$out" | tail -5 >&2
+        fi
+    done
+fi
+
+log "(b) open loop, hot token, at $RATES Checks/s, alternating"
+for rate in $RATES; do
+    for server in verifyiam noop; do
+        lg "$server" "$BOUND" --scenario open-loop --mode open --rate "$rate" --mix hot \
+            --connections "$OPEN_CONNECTIONS" --duration "$DURATION" --warmup "$WARMUP"
+    done
+done
+
+log "(c) cold path: every Check a new RS256 token ($COLD_K tokens)"
+"$LG" rs256-verify-rate --key "$WORK/rsa.pem" --duration 3s --json-out "$RESULTS" >/dev/null
+lg verifyiam 900 --scenario cold-rs256 --mode closed --mix "rs256:$COLD_K" --once \
+    --chunk "$COLD_K" --connections "$CONNECTIONS" --streams "$STREAMS" --duration 120s
+
+log "(d) invalid tokens: one repeated, then $INVALID_K distinct ones each once"
+lg verifyiam "$BOUND" --scenario invalid-repeated --mode closed --mix invalid:1 \
+    --connections "$CONNECTIONS" --streams "$STREAMS" --duration "$DURATION" --warmup "$WARMUP"
+lg verifyiam 600 --scenario invalid-distinct --mode closed --mix "invalid:$INVALID_K" --once \
+    --chunk "$INVALID_K" --connections "$CONNECTIONS" --streams "$STREAMS" --duration 120s
+
+log "(e) deployment mix over $DEPLOY_N deployments"
+lg verifyiam "$BOUND" --scenario deployments --mode closed --mix "deployments:$DEPLOY_N" \
+    --connections "$CONNECTIONS" --streams "$STREAMS" --duration "$DURATION" --warmup "$WARMUP"
+
+# The open loop past saturation leaves both servers' heaps grown (allocator high-water mark);
+# memory is measured from a fresh verifyiam on the same store.
+log "restarting verifyiam for the memory scenarios"
+restart_verifyiam
+
+if [ -n "$SOAK" ]; then
+    log "(g) soak: $SOAK at 5,000 Checks/s, RSS every 10 s"
+    lg verifyiam $(( $(secs "$SOAK") + 180 )) --scenario soak --mode open --rate 5000 --mix hot \
+        --connections "$OPEN_CONNECTIONS" --duration "$SOAK" --warmup 5s --rss-every 10s
+fi
+
+log "(f) RSS after $RSS_TOKENS distinct valid ES256 tokens (minted in chunks of 50,000)"
+lg verifyiam 3600 --scenario rss-distinct-tokens --mode closed --mix "cold:$RSS_TOKENS" --once \
+    --chunk 50000 --connections "$CONNECTIONS" --streams "$STREAMS" --duration 1800s
+
+echo "load_after=$(cut -d' ' -f1-3 /proc/loadavg)" >>"$META"
+
+log "writing $OUT and $CHART"
+cp "$RESULTS" bench/results.jsonl
+cp "$META" bench/meta.env
+"$BIN/examples/bench_chart" --results bench/results.jsonl --out "$CHART" \
+    --subtitle "$(grep '^cpu=' "$META" | cut -d= -f2-), $(nproc) cores shared by server and load generator; $(grep '^date=' "$META" | cut -d= -f2-) UTC"
+"$BIN/examples/bench_report" --results bench/results.jsonl --meta bench/meta.env \
+    --chart "$CHART" --out "$OUT"
+echo "bench/run.sh: done; see $OUT" >&2

@@ -1,0 +1,549 @@
+//! Writes BENCHMARKS.md from the load generator's JSON lines and the run's metadata: the table
+//! (scenario, offered and achieved rate, p50/p99/p99.9, CPU, RSS, ratio to the no-op baseline)
+//! and issue 5's targets, each judged from the numbers. Nothing in the report is typed by hand.
+//!
+//! ```sh
+//! cargo run --release --example bench_report -- --results bench/results.jsonl \
+//!     --meta bench/meta.env --chart bench/latency.svg --out BENCHMARKS.md
+//! ```
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::path::PathBuf;
+
+use clap::Parser;
+use serde_json::Value;
+
+#[derive(Parser)]
+struct Args {
+    #[arg(long)]
+    results: PathBuf,
+    /// `key=value` lines about the run (machine, date, commit, settings).
+    #[arg(long)]
+    meta: PathBuf,
+    /// The chart, as linked from the report.
+    #[arg(long, default_value = "bench/latency.svg")]
+    chart: String,
+    /// The results file, as linked from the report.
+    #[arg(long, default_value = "bench/results.jsonl")]
+    results_link: String,
+    #[arg(long)]
+    out: PathBuf,
+}
+
+fn median(mut v: Vec<f64>) -> Option<f64> {
+    v.sort_by(|a, b| a.total_cmp(b));
+    let n = v.len();
+    match n {
+        0 => None,
+        _ if n % 2 == 1 => Some(v[n / 2]),
+        _ => Some((v[n / 2 - 1] + v[n / 2]) / 2.0),
+    }
+}
+
+/// Runs of one scenario on one server at one offered rate (rounds of the same point).
+#[derive(Default)]
+struct Group {
+    scenario: String,
+    server: String,
+    mode: String,
+    mix: String,
+    offered: Option<f64>,
+    runs: Vec<Value>,
+}
+
+impl Group {
+    fn med(&self, key: &str) -> Option<f64> {
+        median(self.runs.iter().filter_map(|r| r[key].as_f64()).collect())
+    }
+    fn range(&self, key: &str) -> Option<(f64, f64)> {
+        let v: Vec<f64> = self.runs.iter().filter_map(|r| r[key].as_f64()).collect();
+        if v.len() < 2 {
+            return None;
+        }
+        Some(
+            v.iter()
+                .fold((f64::MAX, f64::MIN), |(a, b), &x| (a.min(x), b.max(x))),
+        )
+    }
+    fn sum(&self, key: &str) -> u64 {
+        self.runs.iter().filter_map(|r| r[key].as_u64()).sum()
+    }
+    fn max(&self, key: &str) -> Option<f64> {
+        self.runs
+            .iter()
+            .filter_map(|r| r[key].as_f64())
+            .reduce(f64::max)
+    }
+}
+
+fn describe(scenario: &str) -> &str {
+    match scenario {
+        "max-throughput" => "(a) closed loop, maximum throughput, one hot token",
+        "h2load" => "(a) h2load cross-check of maximum throughput, one hot token",
+        "open-loop" => "(b) open loop, one hot token (warm)",
+        "rs256-verify-1core" => "(c) reference: RS256 verifications/s, one thread, in-process",
+        "cold-rs256" => "(c) cold path: every Check a new RS256 token",
+        "invalid-repeated" => "(d) one invalid token, repeated",
+        "invalid-distinct" => "(d) distinct invalid tokens, each once",
+        "deployments" => "(e) deployment mix (one policy per deployment)",
+        "rss-distinct-tokens" => "(f) distinct valid ES256 tokens, each once",
+        "soak" => "(g) soak, open loop, one hot token",
+        other => other,
+    }
+}
+
+fn num(x: Option<f64>, digits: usize) -> String {
+    match x {
+        Some(v) => format!("{v:.digits$}"),
+        None => "—".to_owned(),
+    }
+}
+
+fn thousands(x: Option<f64>) -> String {
+    let Some(v) = x else { return "—".into() };
+    let s = format!("{:.0}", v.round());
+    let (sign, digits) = s.strip_prefix('-').map_or(("", s.as_str()), |d| ("-", d));
+    let mut out = String::new();
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i) % 3 == 0 {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    format!("{sign}{out}")
+}
+
+fn mib(kib: Option<f64>) -> String {
+    num(kib.map(|k| k / 1024.0), 1)
+}
+
+/// A target and whether the numbers meet it.
+struct Verdict {
+    target: &'static str,
+    measured: String,
+    met: Option<bool>,
+}
+
+fn main() {
+    let args = Args::parse();
+    let read = |p: &PathBuf| {
+        std::fs::read_to_string(p).unwrap_or_else(|e| {
+            eprintln!("bench_report: {}: {e}", p.display());
+            std::process::exit(2)
+        })
+    };
+    let lines: Vec<Value> = read(&args.results)
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect();
+    let meta: BTreeMap<String, String> = read(&args.meta)
+        .lines()
+        .filter_map(|l| l.split_once('='))
+        .map(|(k, v)| (k.trim().to_owned(), v.trim().to_owned()))
+        .collect();
+    let m = |k: &str| meta.get(k).cloned().unwrap_or_else(|| "—".to_owned());
+
+    // Groups in order of first appearance.
+    let mut groups: Vec<Group> = Vec::new();
+    for l in &lines {
+        let key = (
+            l["scenario"].as_str().unwrap_or("").to_owned(),
+            l["server"].as_str().unwrap_or("").to_owned(),
+            l["mode"].as_str().unwrap_or("").to_owned(),
+            l["mix"].as_str().unwrap_or("").to_owned(),
+            l["offered_rps"].as_f64(),
+        );
+        match groups.iter_mut().find(|g| {
+            (&g.scenario, &g.server, &g.mode, &g.mix, g.offered)
+                == (&key.0, &key.1, &key.2, &key.3, key.4)
+        }) {
+            Some(g) => g.runs.push(l.clone()),
+            None => groups.push(Group {
+                scenario: key.0,
+                server: key.1,
+                mode: key.2,
+                mix: key.3,
+                offered: key.4,
+                runs: vec![l.clone()],
+            }),
+        }
+    }
+    let find = |scenario: &str, server: &str, offered: Option<f64>| {
+        groups
+            .iter()
+            .find(|g| g.scenario == scenario && g.server == server && g.offered == offered)
+    };
+    let noop_max = find("max-throughput", "noop", None).and_then(|g| g.med("achieved_rps"));
+
+    let mut md = String::new();
+    let quick = m("quick") == "1";
+    let _ = writeln!(md, "# Benchmarks\n");
+    let _ = writeln!(
+        md,
+        "Written by `bash bench/run.sh{}` from [`{}`]({}); regenerate rather than edit. \
+         verifyiam and a no-op Check server built from this repository (`examples/noop_server.rs`, \
+         same tonic + envoy-types stack) are measured in the same run, alternating, by the load \
+         generator `examples/loadgen.rs` over real gRPC on 127.0.0.1. The load generator and the \
+         servers share the machine's cores.\n",
+        if quick { " --quick" } else { "" },
+        args.results_link,
+        args.results_link
+    );
+    if quick {
+        let _ = writeln!(
+            md,
+            "> **Quick run**: short windows and fewer tokens; the targets' verdicts below are \
+             indicative only. Run `bash bench/run.sh` for the full measurement.\n"
+        );
+    }
+    let _ = writeln!(md, "| | |\n|---|---|");
+    for (label, key) in [
+        ("date (UTC)", "date"),
+        ("commit", "commit"),
+        ("machine", "cpu"),
+        ("cores", "cores"),
+        ("memory", "memory"),
+        ("kernel", "kernel"),
+        ("rustc", "rustc"),
+        ("load average before the run", "load_before"),
+        ("load average after the run", "load_after"),
+        ("h2load", "h2load"),
+    ] {
+        let _ = writeln!(md, "| {label} | {} |", m(key));
+    }
+    let _ = writeln!(
+        md,
+        "| settings | closed loop {} connections × {} streams, {} per run after {} warm-up, {} \
+         rounds; open loop {} connections, {} per rate after {} warm-up |\n",
+        m("connections"),
+        m("streams"),
+        m("duration"),
+        m("warmup"),
+        m("rounds"),
+        m("open_connections"),
+        m("duration"),
+        m("warmup")
+    );
+
+    let _ = writeln!(md, "## Results\n");
+    let _ = writeln!(
+        md,
+        "Latencies in µs (HDR histogram); open-loop latency runs from each Check's *intended* \
+         send time. Values are medians over the rounds when a point ran more than once \
+         (range in the achieved column). *CPU* is the server's user+system time over the run \
+         (100% = one core), *µs CPU/Check* the server's CPU per answered Check, *others* the \
+         machine's busy time that was neither the server nor the load generator (background \
+         load). *vs no-op*: closed-loop rows, throughput ÷ the no-op server's; open-loop rows, \
+         p99 ÷ the no-op server's p99 at the same offered rate.\n"
+    );
+    let _ = writeln!(
+        md,
+        "| scenario | server | offered/s | achieved/s | p50 | p99 | p99.9 | max | CPU | µs CPU/Check | RSS MiB | others | vs no-op | Checks | allowed | denied | errors |"
+    );
+    let _ = writeln!(
+        md,
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+    );
+    for g in &groups {
+        let achieved = g.med("achieved_rps");
+        let achieved_s = match g.range("achieved_rps") {
+            Some((lo, hi)) => format!(
+                "{} ({}–{})",
+                thousands(achieved),
+                thousands(Some(lo)),
+                thousands(Some(hi))
+            ),
+            None => thousands(achieved),
+        };
+        let cpu = g.med("server_cpu_pct");
+        let per_check = match (cpu, achieved) {
+            (Some(c), Some(a)) if a > 0.0 => Some(c / 100.0 * 1e6 / a),
+            _ => None,
+        };
+        let others = median(
+            g.runs
+                .iter()
+                .filter_map(|r| {
+                    Some(
+                        r["machine_cpu_pct"].as_f64()?
+                            - r["server_cpu_pct"].as_f64().unwrap_or(0.0)
+                            - r["client_cpu_pct"].as_f64().unwrap_or(0.0),
+                    )
+                })
+                .map(|x| x.max(0.0))
+                .collect(),
+        );
+        let ratio = if g.server == "verifyiam" {
+            match g.mode.as_str() {
+                "open" => {
+                    let base = find(&g.scenario, "noop", g.offered).and_then(|b| b.med("p99_us"));
+                    match (g.med("p99_us"), base) {
+                        (Some(v), Some(b)) if b > 0.0 => format!("p99 ×{:.2}", v / b),
+                        _ => "—".into(),
+                    }
+                }
+                "closed" => {
+                    let base = find(&g.scenario, "noop", None)
+                        .and_then(|b| b.med("achieved_rps"))
+                        .or(noop_max);
+                    match (achieved, base) {
+                        (Some(v), Some(b)) if b > 0.0 => format!("{:.0}%", 100.0 * v / b),
+                        _ => "—".into(),
+                    }
+                }
+                _ => "—".into(),
+            }
+        } else if g.server == "noop" {
+            "baseline".into()
+        } else {
+            "—".into()
+        };
+        let scenario = if g.mix.is_empty() {
+            describe(&g.scenario).to_owned()
+        } else {
+            format!("{} `{}`", describe(&g.scenario), g.mix)
+        };
+        let _ = writeln!(
+            md,
+            "| {scenario} | {} | {} | {achieved_s} | {} | {} | {} | {} | {} | {} | {} | {} | {ratio} | {} | {} | {} | {} |",
+            g.server,
+            thousands(g.offered),
+            num(g.med("p50_us"), 0),
+            num(g.med("p99_us"), 0),
+            num(g.med("p999_us"), 0),
+            num(g.max("max_us"), 0),
+            cpu.map(|c| format!("{c:.0}%")).unwrap_or("—".into()),
+            num(per_check, 1),
+            mib(g.med("server_rss_kib")),
+            others.map(|c| format!("{c:.0}%")).unwrap_or("—".into()),
+            thousands(Some(g.sum("requests") as f64)),
+            thousands(Some(g.sum("allowed") as f64)),
+            thousands(Some(g.sum("denied") as f64)),
+            thousands(Some(g.sum("errors") as f64)),
+        );
+    }
+    let _ = writeln!(md);
+    if let Some(g) = find("rss-distinct-tokens", "verifyiam", None) {
+        let _ = writeln!(
+            md,
+            "(f) server RSS before the distinct-token run: {} MiB; after {} tokens: {} MiB \
+             (peak {} MiB). Minting them took {} s (not in the window).\n",
+            mib(g.med("server_rss_start_kib")),
+            thousands(Some(g.sum("requests") as f64)),
+            mib(g.med("server_rss_kib")),
+            mib(g.max("server_hwm_kib")),
+            num(g.med("mint_s"), 1),
+        );
+    }
+    if let Some(g) = find("cold-rs256", "verifyiam", None) {
+        let _ = writeln!(
+            md,
+            "(c) the {} RS256 tokens were minted on every core before the clock started, in {} s.\n",
+            thousands(Some(g.sum("requests") as f64)),
+            num(g.med("mint_s"), 1)
+        );
+    }
+    if let Some(g) = find("soak", "verifyiam", Some(5000.0)) {
+        let samples: Vec<String> = g
+            .runs
+            .iter()
+            .filter_map(|r| r["rss_samples_kib"].as_array())
+            .flatten()
+            .filter_map(|v| v.as_f64())
+            .map(|k| format!("{:.1}", k / 1024.0))
+            .collect();
+        let _ = writeln!(
+            md,
+            "(g) soak RSS every 10 s, MiB: {}\n",
+            if samples.is_empty() {
+                "—".to_owned()
+            } else {
+                samples.join(", ")
+            }
+        );
+    }
+
+    let _ = writeln!(
+        md,
+        "![Check latency against offered rate]({})\n",
+        args.chart
+    );
+
+    // The targets of issue 5, judged from the numbers above.
+    let mut verdicts = Vec::new();
+    let vmax = find("max-throughput", "verifyiam", None).and_then(|g| g.med("achieved_rps"));
+    verdicts.push(match (vmax, noop_max) {
+        (Some(v), Some(b)) if b > 0.0 => {
+            let h2 = match (
+                find("h2load", "verifyiam", None).and_then(|g| g.med("achieved_rps")),
+                find("h2load", "noop", None).and_then(|g| g.med("achieved_rps")),
+            ) {
+                (Some(hv), Some(hb)) if hb > 0.0 => {
+                    format!(
+                        "; h2load: {} vs {} ({:.0}%)",
+                        thousands(Some(hv)),
+                        thousands(Some(hb)),
+                        100.0 * hv / hb
+                    )
+                }
+                _ => String::new(),
+            };
+            Verdict {
+                target: "Warm path: maximum throughput ≥ 90% of the no-op server",
+                measured: format!(
+                    "{} vs {} Checks/s: {:.1}%{h2}",
+                    thousands(Some(v)),
+                    thousands(Some(b)),
+                    100.0 * v / b
+                ),
+                met: Some(v >= 0.9 * b),
+            }
+        }
+        _ => Verdict {
+            target: "Warm path: maximum throughput ≥ 90% of the no-op server",
+            measured: "not measured".into(),
+            met: None,
+        },
+    });
+    let v5 = find("open-loop", "verifyiam", Some(5000.0));
+    let b5 = find("open-loop", "noop", Some(5000.0));
+    verdicts.push(
+        match (
+            v5.and_then(|g| g.med("p99_us")),
+            b5.and_then(|g| g.med("p99_us")),
+        ) {
+            (Some(v), Some(b)) => {
+                let errors = v5.map(|g| g.sum("errors")).unwrap_or(0);
+                Verdict {
+                    target: "Open loop at 5,000 Checks/s: p99 ≤ 1 ms and ≤ 1.5× the no-op's p99",
+                    measured: format!(
+                        "p99 {v:.0} µs vs no-op {b:.0} µs (×{:.2}){}",
+                        if b > 0.0 { v / b } else { f64::INFINITY },
+                        if errors > 0 {
+                            format!(", {errors} errors")
+                        } else {
+                            String::new()
+                        }
+                    ),
+                    met: Some(v <= 1000.0 && v <= 1.5 * b && errors == 0),
+                }
+            }
+            _ => Verdict {
+                target: "Open loop at 5,000 Checks/s: p99 ≤ 1 ms and ≤ 1.5× the no-op's p99",
+                measured: "not measured".into(),
+                met: None,
+            },
+        },
+    );
+    let cold = find("cold-rs256", "verifyiam", None).and_then(|g| g.med("achieved_rps"));
+    let verify = find("rs256-verify-1core", "-", None).and_then(|g| g.med("achieved_rps"));
+    verdicts.push(match (cold, verify) {
+        (Some(c), Some(r)) if r > 0.0 => Verdict {
+            target: "Cold path (every Check a new RS256 token): ≥ 80% of the single-core RS256 verify rate",
+            measured: format!(
+                "{} Checks/s vs {} verifications/s on one thread: {:.0}%",
+                thousands(Some(c)),
+                thousands(Some(r)),
+                100.0 * c / r
+            ),
+            met: Some(c >= 0.8 * r),
+        },
+        _ => Verdict {
+            target: "Cold path (every Check a new RS256 token): ≥ 80% of the single-core RS256 verify rate",
+            measured: "not measured".into(),
+            met: None,
+        },
+    });
+    let rss = find("rss-distinct-tokens", "verifyiam", None);
+    verdicts.push(match rss {
+        Some(g) => {
+            let n = g.sum("requests");
+            let kib = g.med("server_rss_kib").unwrap_or(f64::INFINITY);
+            let errors = g.sum("errors");
+            let full = n >= 1_000_000 && errors == 0;
+            Verdict {
+                target: "RSS ≤ 100 MiB after 1,000,000 distinct valid tokens",
+                measured: format!(
+                    "{} MiB after {} tokens{}{}",
+                    mib(Some(kib)),
+                    thousands(Some(n as f64)),
+                    if errors > 0 {
+                        format!(", {errors} errors")
+                    } else {
+                        String::new()
+                    },
+                    if full {
+                        ""
+                    } else {
+                        " (fewer than 1,000,000: not the target's measurement)"
+                    }
+                ),
+                met: if full {
+                    Some(kib <= 100.0 * 1024.0)
+                } else {
+                    None
+                },
+            }
+        }
+        None => Verdict {
+            target: "RSS ≤ 100 MiB after 1,000,000 distinct valid tokens",
+            measured: "not measured".into(),
+            met: None,
+        },
+    });
+    let soak = find("soak", "verifyiam", Some(5000.0));
+    verdicts.push(match soak {
+        Some(g) => {
+            let secs = g.med("duration_s").unwrap_or(0.0);
+            let errors = g.sum("errors");
+            let growth = g.med("rss_growth_pct");
+            let long_enough = secs >= 600.0;
+            Verdict {
+                target: "10-minute soak at 5,000 Checks/s: no error, RSS growth < 10%",
+                measured: format!(
+                    "{:.0} s, {} Checks, {errors} errors, RSS growth {}{}",
+                    secs,
+                    thousands(Some(g.sum("requests") as f64)),
+                    growth.map(|x| format!("{x:.1}%")).unwrap_or("—".into()),
+                    if long_enough {
+                        ""
+                    } else {
+                        " (shorter than 10 minutes: not the target's measurement)"
+                    }
+                ),
+                met: if long_enough {
+                    Some(errors == 0 && growth.is_some_and(|x| x < 10.0))
+                } else {
+                    None
+                },
+            }
+        }
+        None => Verdict {
+            target: "10-minute soak at 5,000 Checks/s: no error, RSS growth < 10%",
+            measured: "not measured in this run (`bash bench/run.sh --soak 10m`)".into(),
+            met: None,
+        },
+    });
+    let _ = writeln!(md, "## Targets (issue 5)\n");
+    let _ = writeln!(md, "| target | measured | met |\n|---|---|---|");
+    for v in &verdicts {
+        let met = match v.met {
+            Some(true) => "**yes**",
+            Some(false) => "**no**",
+            None => "not measured",
+        };
+        let _ = writeln!(md, "| {} | {} | {met} |", v.target, v.measured);
+    }
+    let _ = writeln!(
+        md,
+        "\nThe single-core RS256 rate is measured in the same run by `loadgen rs256-verify-rate` \
+         (jsonwebtoken with aws-lc-rs, the server's library and backend, on one thread, the \
+         same key).\n"
+    );
+    if let Err(e) = std::fs::write(&args.out, md) {
+        eprintln!("bench_report: {}: {e}", args.out.display());
+        std::process::exit(2);
+    }
+    eprintln!("bench_report: wrote {}", args.out.display());
+}
