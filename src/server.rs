@@ -6,9 +6,10 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
+use axum::serve::ListenerExt as _;
 use tokio::net::TcpListener;
-use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::sync::CancellationToken;
+use tonic::transport::server::TcpIncoming;
 
 use crate::admin::{self, AdminState};
 use crate::authn::Authenticator;
@@ -208,9 +209,12 @@ pub async fn serve(
         tonic::transport::Server::builder()
             .add_service(health_service)
             .add_service(check)
-            .serve_with_incoming_shutdown(TcpListenerStream::new(listeners.extauthz), async move {
-                stop.cancelled().await
-            })
+            .serve_with_incoming_shutdown(
+                // Nagle off: a Check answer is several small HTTP/2 frames, and with Nagle on
+                // against a delayed-ACK client the last of them waits ~40 ms.
+                TcpIncoming::from(listeners.extauthz).with_nodelay(Some(true)),
+                async move { stop.cancelled().await },
+            )
     };
 
     let state = Arc::new(AdminState {
@@ -225,7 +229,10 @@ pub async fn serve(
     });
     let admin = {
         let stop = stop.clone();
-        axum::serve(listeners.admin, admin::service(state))
+        let admin = listeners.admin.tap_io(|tcp| {
+            let _ = tcp.set_nodelay(true);
+        });
+        axum::serve(admin, admin::service(state))
             .with_graceful_shutdown(async move { stop.cancelled().await })
     };
 
