@@ -9,7 +9,7 @@ use envoy_types::ext_authz::v3::pb::{
 };
 use envoy_types::pb::google::rpc::Status as RpcStatus;
 use tokio::net::TcpListener;
-use tokio_stream::wrappers::TcpListenerStream;
+use tonic::transport::server::TcpIncoming;
 use tonic::{Request, Response, Status};
 
 /// Answers every Check OK, doing nothing else.
@@ -43,6 +43,10 @@ pub async fn serve(
     tonic::transport::Server::builder()
         .add_service(health_service)
         .add_service(AuthorizationServer::new(NoopCheck))
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
+        // Nagle off, as verifyiam does, so the comparison is like for like.
+        .serve_with_incoming_shutdown(
+            TcpIncoming::from(listener).with_nodelay(Some(true)),
+            shutdown,
+        )
         .await
 }
