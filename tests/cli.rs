@@ -26,11 +26,10 @@ fn addr_after<'a>(line: &'a str, label: &str) -> Option<&'a str> {
         .map(|a| a.trim_start_matches("http://"))
 }
 
-#[tokio::test]
-async fn dev_walkthrough_mint_grant_check_revoke() {
-    let dir = tempfile::tempdir().unwrap();
-    let data = dir.path().to_str().unwrap();
-    let mut server = Command::new(BIN)
+/// Starts `serve --dev` on free loopback ports; returns the process and the two addresses its
+/// banner names.
+async fn start_dev(data: &str) -> (tokio::process::Child, String, String) {
+    let mut child = Command::new(BIN)
         .args([
             "serve",
             "--dev",
@@ -46,7 +45,7 @@ async fn dev_walkthrough_mint_grant_check_revoke() {
         .kill_on_drop(true)
         .spawn()
         .unwrap();
-    let mut lines = BufReader::new(server.stdout.take().unwrap()).lines();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
     let (mut extauthz, mut admin) = (None, None);
     let read = async {
         while let Some(line) = lines.next_line().await.unwrap() {
@@ -64,7 +63,18 @@ async fn dev_walkthrough_mint_grant_check_revoke() {
     tokio::time::timeout(Duration::from_secs(30), read)
         .await
         .expect("banner printed");
-    let (extauthz, admin) = (extauthz.unwrap(), admin.unwrap());
+    (
+        child,
+        extauthz.expect("banner names ext_authz"),
+        admin.expect("banner names admin"),
+    )
+}
+
+#[tokio::test]
+async fn dev_walkthrough_mint_grant_check_revoke() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().to_str().unwrap();
+    let (mut server, extauthz, admin) = start_dev(data).await;
     assert!(
         extauthz.starts_with("127.0.0.1:") && admin.starts_with("127.0.0.1:"),
         "loopback only"
@@ -221,38 +231,7 @@ async fn token_mint_without_a_dev_key_explains_what_to_do() {
 async fn acknowledged_write_survives_kill_9() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().to_str().unwrap().to_owned();
-    let start = || async {
-        let mut child = Command::new(BIN)
-            .args([
-                "serve",
-                "--dev",
-                "--data-dir",
-                &data,
-                "--extauthz-addr",
-                "127.0.0.1:0",
-                "--admin-addr",
-                "127.0.0.1:0",
-            ])
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .kill_on_drop(true)
-            .spawn()
-            .unwrap();
-        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-        let mut admin = None;
-        while let Some(line) = tokio::time::timeout(Duration::from_secs(30), lines.next_line())
-            .await
-            .unwrap()
-            .unwrap()
-        {
-            if let Some(a) = addr_after(&line, "admin HTTP") {
-                admin = Some(a.to_owned());
-                break;
-            }
-        }
-        (child, admin.expect("banner names the admin address"))
-    };
-    let (mut child, admin) = start().await;
+    let (mut child, _, admin) = start_dev(&data).await;
     let (_, token, _) = run(&[
         "token",
         "mint",
@@ -279,7 +258,7 @@ async fn acknowledged_write_survives_kill_9() {
     child.start_kill().unwrap();
     child.wait().await.unwrap();
 
-    let (mut child, admin) = start().await;
+    let (mut child, _, admin) = start_dev(&data).await;
     let url = format!(
         "http://{admin}/v1/organizations/dev-project/environments/prod/deployments/orders:getIamPolicy"
     );

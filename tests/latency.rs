@@ -25,15 +25,6 @@ fn hanging(body: serde_json::Value) -> Reply {
     }
 }
 
-fn status(code: u16, body: &str) -> Reply {
-    Reply {
-        status: code,
-        headers: vec![],
-        body: body.to_owned(),
-        delay: Duration::ZERO,
-    }
-}
-
 #[tokio::test]
 async fn hanging_key_set_never_holds_a_check_past_the_deadline() {
     let up = Upstream::start().await;
@@ -77,7 +68,7 @@ async fn hanging_key_set_never_holds_a_check_past_the_deadline() {
 #[tokio::test]
 async fn dependency_failure_can_be_a_grpc_error_for_envoys_failure_policy() {
     let up = Upstream::start().await;
-    up.set("/jwks", status(503, "down"));
+    up.set("/jwks", Reply::status(503, "down"));
     let server_extra = "on_dependency_failure = \"error\"".to_owned();
     let s = Server::start_with(Options {
         server_extra,
@@ -197,7 +188,7 @@ async fn a_repeated_bad_opaque_token_reaches_tokeninfo_once() {
     up.publish(&[rsa()]);
     up.set(
         "/tokeninfo",
-        status(
+        Reply::status(
             400,
             r#"{"error":"invalid_token","error_description":"Invalid Value"}"#,
         ),
@@ -232,18 +223,18 @@ async fn tokeninfo_that_fails_or_lies_never_allows() {
     s.grant_project("allAuthenticatedUsers", INVOKER).await;
     let n = now();
     let cases = [
-        (status(500, "oops"), 503, "HTTP 500"),
+        (Reply::status(500, "oops"), 503, "HTTP 500"),
         (
-            status(429, "slow down"),
+            Reply::status(429, "slow down"),
             503,
             "rate limited: says nothing about the token",
         ),
         (
-            status(200, &"x".repeat(200 * 1024)),
+            Reply::status(200, &"x".repeat(200 * 1024)),
             503,
             "an answer far larger than any real one",
         ),
-        (status(200, "{not json"), 503, "garbage JSON"),
+        (Reply::status(200, "{not json"), 503, "garbage JSON"),
         (
             Reply::json(json!({"sub": "1", "scope": SCOPE})),
             503,

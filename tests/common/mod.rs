@@ -175,6 +175,16 @@ pub struct Reply {
 }
 
 impl Reply {
+    /// A plain answer with `status` and `body`.
+    pub fn status(status: u16, body: &str) -> Reply {
+        Reply {
+            status,
+            headers: vec![],
+            body: body.to_owned(),
+            delay: Duration::ZERO,
+        }
+    }
+
     pub fn json(body: Value) -> Reply {
         Reply {
             status: 200,
