@@ -80,37 +80,19 @@ fn invalid(e: impl std::fmt::Display) -> ApiError {
 }
 
 /// The permissions that read and write a resource's policy.
-fn policy_permissions(resource: &Resource) -> [(&'static str, PermissionSet); 2] {
+fn policy_permissions(resource: &Resource) -> [PermissionSet; 2] {
     match resource {
         Resource::Project { .. } => [
-            (
-                "resourcemanager.projects.getIamPolicy",
-                PermissionSet::PROJECTS_GET_IAM_POLICY,
-            ),
-            (
-                "resourcemanager.projects.setIamPolicy",
-                PermissionSet::PROJECTS_SET_IAM_POLICY,
-            ),
+            PermissionSet::PROJECTS_GET_IAM_POLICY,
+            PermissionSet::PROJECTS_SET_IAM_POLICY,
         ],
         Resource::Environment { .. } => [
-            (
-                "apigee.environments.getIamPolicy",
-                PermissionSet::ENVIRONMENTS_GET_IAM_POLICY,
-            ),
-            (
-                "apigee.environments.setIamPolicy",
-                PermissionSet::ENVIRONMENTS_SET_IAM_POLICY,
-            ),
+            PermissionSet::ENVIRONMENTS_GET_IAM_POLICY,
+            PermissionSet::ENVIRONMENTS_SET_IAM_POLICY,
         ],
         Resource::Deployment { .. } => [
-            (
-                "apigee.deployments.getIamPolicy",
-                PermissionSet::DEPLOYMENTS_GET_IAM_POLICY,
-            ),
-            (
-                "apigee.deployments.setIamPolicy",
-                PermissionSet::DEPLOYMENTS_SET_IAM_POLICY,
-            ),
+            PermissionSet::DEPLOYMENTS_GET_IAM_POLICY,
+            PermissionSet::DEPLOYMENTS_SET_IAM_POLICY,
         ],
     }
 }
@@ -247,12 +229,14 @@ impl AdminState {
         snapshot: &Snapshot,
         caller: &Principal,
         resource: &Resource,
-        (name, permission): (&str, PermissionSet),
+        permission: PermissionSet,
     ) -> Result<(), ApiError> {
         let ours = self.is_ours(resource);
         if ours && held(snapshot, &self.project, resource, &caller.members).contains(permission) {
             Ok(())
         } else {
+            // One permission at a time: its name is the set's only member.
+            let name = permission.iter().next().unwrap_or("(none)");
             Err(denied(name, &resource.name()))
         }
     }
@@ -439,12 +423,7 @@ impl AdminState {
             environment: environment.to_owned(),
         };
         let snapshot = self.store.snapshot();
-        self.require(
-            &snapshot,
-            caller,
-            &env,
-            ("apigee.deployments.list", PermissionSet::DEPLOYMENTS_LIST),
-        )?;
+        self.require(&snapshot, caller, &env, PermissionSet::DEPLOYMENTS_LIST)?;
         let prefix = format!("{}/deployments/", env.name());
         let mut names: Vec<&str> = snapshot
             .deployments()
@@ -470,12 +449,7 @@ impl AdminState {
         resource: &Resource,
     ) -> Result<DeploymentView, ApiError> {
         let snapshot = self.store.snapshot();
-        self.require(
-            &snapshot,
-            caller,
-            resource,
-            ("apigee.deployments.get", PermissionSet::DEPLOYMENTS_GET),
-        )?;
+        self.require(&snapshot, caller, resource, PermissionSet::DEPLOYMENTS_GET)?;
         if !self.exists(&snapshot, &resource.name()) {
             return Err(not_deployed(resource));
         }
@@ -497,10 +471,7 @@ impl AdminState {
                 &snapshot,
                 caller,
                 resource,
-                (
-                    "apigee.deployments.create",
-                    PermissionSet::DEPLOYMENTS_CREATE,
-                ),
+                PermissionSet::DEPLOYMENTS_CREATE,
             )?;
         }
         let revision = check_revision(revision)?;
@@ -552,10 +523,7 @@ impl AdminState {
             &snapshot,
             caller,
             resource,
-            (
-                "apigee.deployments.delete",
-                PermissionSet::DEPLOYMENTS_DELETE,
-            ),
+            PermissionSet::DEPLOYMENTS_DELETE,
         )?;
         let revision = check_revision(revision)?;
         let view = Self::view(&snapshot, resource);
@@ -630,10 +598,7 @@ impl AdminState {
             &snapshot,
             caller,
             resource,
-            (
-                "apigee.deployments.update",
-                PermissionSet::DEPLOYMENTS_UPDATE,
-            ),
+            PermissionSet::DEPLOYMENTS_UPDATE,
         )?;
         if !self.exists(&snapshot, &resource.name()) {
             return Err(not_deployed(resource));
@@ -688,7 +653,7 @@ impl AdminState {
         snapshot: &Snapshot,
         caller: &Principal,
         project: &str,
-        permission: (&str, PermissionSet),
+        permission: PermissionSet,
     ) -> Result<(), ApiError> {
         let resource = Resource::Project {
             project: project.to_owned(),
@@ -703,12 +668,7 @@ impl AdminState {
         project: &str,
     ) -> Result<(), ApiError> {
         let snapshot = self.store.snapshot();
-        self.require_on_project(
-            &snapshot,
-            caller,
-            project,
-            ("iam.roles.create", PermissionSet::ROLES_CREATE),
-        )
+        self.require_on_project(&snapshot, caller, project, PermissionSet::ROLES_CREATE)
     }
 
     /// Creates a custom role (`iam.roles.create`); unknown permissions are refused.
@@ -721,12 +681,7 @@ impl AdminState {
     ) -> Result<CustomRole, ApiError> {
         {
             let snapshot = self.store.snapshot();
-            self.require_on_project(
-                &snapshot,
-                caller,
-                project,
-                ("iam.roles.create", PermissionSet::ROLES_CREATE),
-            )?;
+            self.require_on_project(&snapshot, caller, project, PermissionSet::ROLES_CREATE)?;
         }
         let name = self.role_name(project, role_id)?;
         let permissions =
@@ -762,12 +717,7 @@ impl AdminState {
         role_id: &str,
     ) -> Result<CustomRole, ApiError> {
         let snapshot = self.store.snapshot();
-        self.require_on_project(
-            &snapshot,
-            caller,
-            project,
-            ("iam.roles.get", PermissionSet::ROLES_GET),
-        )?;
+        self.require_on_project(&snapshot, caller, project, PermissionSet::ROLES_GET)?;
         let name = self.role_name(project, role_id)?;
         snapshot
             .role(&name)
@@ -782,12 +732,7 @@ impl AdminState {
         project: &str,
     ) -> Result<Vec<CustomRole>, ApiError> {
         let snapshot = self.store.snapshot();
-        self.require_on_project(
-            &snapshot,
-            caller,
-            project,
-            ("iam.roles.list", PermissionSet::ROLES_LIST),
-        )?;
+        self.require_on_project(&snapshot, caller, project, PermissionSet::ROLES_LIST)?;
         Ok(snapshot.roles().map(|r| (**r).clone()).collect())
     }
 
@@ -804,12 +749,7 @@ impl AdminState {
     ) -> Result<CustomRole, ApiError> {
         {
             let snapshot = self.store.snapshot();
-            self.require_on_project(
-                &snapshot,
-                caller,
-                project,
-                ("iam.roles.update", PermissionSet::ROLES_UPDATE),
-            )?;
+            self.require_on_project(&snapshot, caller, project, PermissionSet::ROLES_UPDATE)?;
         }
         let name = self.role_name(project, role_id)?;
         if let Some(bad) = update_mask
@@ -872,12 +812,7 @@ impl AdminState {
     ) -> Result<CustomRole, ApiError> {
         {
             let snapshot = self.store.snapshot();
-            self.require_on_project(
-                &snapshot,
-                caller,
-                project,
-                ("iam.roles.delete", PermissionSet::ROLES_DELETE),
-            )?;
+            self.require_on_project(&snapshot, caller, project, PermissionSet::ROLES_DELETE)?;
         }
         let name = self.role_name(project, role_id)?;
         let old = self
@@ -911,15 +846,9 @@ impl AdminState {
         write: bool,
     ) -> Result<(), ApiError> {
         let permission = if write {
-            (
-                "resourcemanager.projects.setIamPolicy",
-                PermissionSet::PROJECTS_SET_IAM_POLICY,
-            )
+            PermissionSet::PROJECTS_SET_IAM_POLICY
         } else {
-            (
-                "resourcemanager.projects.getIamPolicy",
-                PermissionSet::PROJECTS_GET_IAM_POLICY,
-            )
+            PermissionSet::PROJECTS_GET_IAM_POLICY
         };
         self.require(snapshot, caller, &self.project_resource(), permission)
     }
