@@ -226,7 +226,7 @@ fn whole_check(c: &mut Criterion) {
         dir.path().join("k.pem").display()
     ))
     .unwrap();
-    let (service, dev) = rt.block_on(async {
+    let (service, authenticator, dev) = rt.block_on(async {
         let app = App::build(config).unwrap();
         let project = verifyiam::iam::eval::Resource::Project {
             project: "p".into(),
@@ -236,8 +236,18 @@ fn whole_check(c: &mut Criterion) {
         app.store.set_policy(&project, grant, None).await.unwrap();
         (
             CheckService::new(app.checker.clone(), OnDependencyFailure::Deny),
+            app.authenticator.clone(),
             app.dev.clone().unwrap(),
         )
+    });
+    // A token-cache hit: hashing the token and finding its principal, no signature work.
+    let cached = dev
+        .mint("cached@example.com", CLOUD_PLATFORM_SCOPE, 3600)
+        .unwrap();
+    rt.block_on(authenticator.authenticate(&cached)).unwrap();
+    c.bench_function("token_cache_hit", |b| {
+        b.to_async(&rt)
+            .iter(|| async { authenticator.authenticate(&cached).await.unwrap() })
     });
     let warm = check_request(
         &dev.mint("warm@example.com", CLOUD_PLATFORM_SCOPE, 3600)
