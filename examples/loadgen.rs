@@ -540,8 +540,14 @@ async fn run(args: RunArgs) -> i32 {
         None => (None, None, None),
     };
     let samples = rss_samples.lock().expect("not poisoned").clone();
-    let rss_growth_pct = match (samples.first(), samples.last()) {
-        (Some(a), Some(b)) if samples.len() > 1 && a.1 > 0 => {
+    // Growth from the first sample after the warm-up (the heap's working size under this load)
+    // to the last; the sample at the start shows the idle server, before any Check.
+    let steady = samples
+        .iter()
+        .position(|s| s.0 >= warmup.as_secs_f64())
+        .unwrap_or(0);
+    let rss_growth_pct = match (samples.get(steady), samples.last()) {
+        (Some(a), Some(b)) if samples.len() > steady + 1 && a.1 > 0 => {
             Some(round1(100.0 * (b.1 as f64 - a.1 as f64) / a.1 as f64))
         }
         _ => None,
