@@ -3,7 +3,7 @@
 # store, a local RS256 JWK-set server, the development issuer) and the no-op baseline on 127.0.0.1,
 # runs the scenarios alternating the two servers, and writes BENCHMARKS.md and bench/latency.svg.
 #
-#   bash bench/run.sh              # full run (about 10 minutes on 2 cores)
+#   bash bench/run.sh              # full run (about 15 minutes on 2 cores, a cold release build included)
 #   bash bench/run.sh --quick      # short windows, fewer tokens (about 3 minutes)
 #   bash bench/run.sh --soak 10m   # also the soak at 5,000 Checks/s (RSS every 10 s); --soak 60s for a short one
 #
