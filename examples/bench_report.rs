@@ -66,6 +66,11 @@ impl Group {
                 .fold((f64::MAX, f64::MIN), |(a, b), &x| (a.min(x), b.max(x))),
         )
     }
+    /// CPU per answered Check in µs, from a `*_cpu_pct` field (100% = one core) and the rate.
+    fn us_per_check(&self, cpu_key: &str) -> Option<f64> {
+        let rate = self.med("achieved_rps").filter(|r| *r > 0.0)?;
+        Some(self.med(cpu_key)? / 100.0 * 1e6 / rate)
+    }
     fn sum(&self, key: &str) -> u64 {
         self.runs.iter().filter_map(|r| r[key].as_u64()).sum()
     }
@@ -257,10 +262,7 @@ fn main() {
             None => thousands(achieved),
         };
         let cpu = g.med("server_cpu_pct");
-        let per_check = match (cpu, achieved) {
-            (Some(c), Some(a)) if a > 0.0 => Some(c / 100.0 * 1e6 / a),
-            _ => None,
-        };
+        let per_check = g.us_per_check("server_cpu_pct");
         let others = median(
             g.runs
                 .iter()
@@ -345,17 +347,14 @@ fn main() {
         );
         // The machine's own bound on the cold path: its cores spent on nothing but one RS256
         // verification, the no-op server's cost of a Check and the generator's cost of a cold one.
-        let per_check = |g: &Group, key: &str| {
-            Some(g.med(key)? * 1e4 / g.med("achieved_rps").filter(|r| *r > 0.0)?)
-        };
         let verify_us = find("rs256-verify-1core", "-", None)
             .and_then(|v| v.med("achieved_rps"))
             .filter(|r| *r > 0.0)
             .map(|r| 1e6 / r);
         let noop_us =
-            find("max-throughput", "noop", None).and_then(|n| per_check(n, "server_cpu_pct"));
-        let client_us = per_check(g, "client_cpu_pct");
-        let server_us = per_check(g, "server_cpu_pct");
+            find("max-throughput", "noop", None).and_then(|n| n.us_per_check("server_cpu_pct"));
+        let client_us = g.us_per_check("client_cpu_pct");
+        let server_us = g.us_per_check("server_cpu_pct");
         let cores: f64 = m("cores").parse().unwrap_or(1.0);
         if let (Some(v), Some(n), Some(c), Some(s)) = (verify_us, noop_us, client_us, server_us) {
             let ceiling = cores * 1e6 / (v + n + c);
