@@ -59,10 +59,7 @@ impl CustomRole {
         if self.stage == RoleStage::Disabled {
             return PermissionSet::EMPTY;
         }
-        self.included_permissions
-            .iter()
-            .filter_map(|p| PermissionSet::of(p))
-            .fold(PermissionSet::EMPTY, PermissionSet::union)
+        PermissionSet::of_names(&self.included_permissions)
     }
 }
 

@@ -134,10 +134,10 @@ impl PermissionSet {
     }
 
     /// The set of the given names; names verifyiam does not know are left out.
-    fn of_names(names: &[&str]) -> PermissionSet {
+    pub fn of_names<S: AsRef<str>>(names: &[S]) -> PermissionSet {
         names
             .iter()
-            .filter_map(|name| PermissionSet::of(name))
+            .filter_map(|name| PermissionSet::of(name.as_ref()))
             .fold(PermissionSet::EMPTY, PermissionSet::union)
     }
 }
@@ -155,7 +155,8 @@ pub const PREDEFINED: &[(&str, &str, &[&str])] = &[
     (
         "roles/apigee.admin",
         "Apigee Organization Admin",
-        // Managing deployments is not calling them: no invoke.
+        // Managing deployments is not calling them: no invoke. As on Google Cloud, no
+        // `iam.roles.*` either: whoever may redefine roles may widen any role bound to them.
         &[
             DEPLOYMENTS_GET,
             DEPLOYMENTS_LIST,
@@ -168,11 +169,6 @@ pub const PREDEFINED: &[(&str, &str, &[&str])] = &[
             ENVIRONMENTS_GET_IAM_POLICY,
             ENVIRONMENTS_SET_IAM_POLICY,
             PROJECTS_GET,
-            ROLES_GET,
-            ROLES_LIST,
-            ROLES_CREATE,
-            ROLES_UPDATE,
-            ROLES_DELETE,
         ],
     ),
     (
@@ -185,8 +181,21 @@ pub const PREDEFINED: &[(&str, &str, &[&str])] = &[
             ENVIRONMENTS_GET,
             ENVIRONMENTS_GET_IAM_POLICY,
             PROJECTS_GET,
+        ],
+    ),
+    // Custom roles are managed with this role (or as owner). Creating or widening a role further
+    // needs every added permission held at project level (see the admin service).
+    (
+        "roles/iam.roleAdmin",
+        "Role Administrator",
+        &[
             ROLES_GET,
             ROLES_LIST,
+            ROLES_CREATE,
+            ROLES_UPDATE,
+            ROLES_DELETE,
+            PROJECTS_GET,
+            PROJECTS_GET_IAM_POLICY,
         ],
     ),
     // As on Google Cloud, the owner holds every permission, invoke included.
@@ -312,7 +321,6 @@ mod tests {
         assert!(!admin.contains(PermissionSet::INVOKE));
         for permission in PERMISSIONS {
             let expected = (permission.starts_with("apigee.") && *permission != INVOKE)
-                || permission.starts_with("iam.roles.")
                 || *permission == PROJECTS_GET;
             assert_eq!(
                 admin.contains(PermissionSet::of(permission).unwrap_or_default()),
@@ -329,7 +337,22 @@ mod tests {
         assert!(reader.contains(PermissionSet::DEPLOYMENTS_GET_IAM_POLICY));
         assert!(!reader.contains(PermissionSet::DEPLOYMENTS_SET_IAM_POLICY));
         assert!(reader.iter().all(|p| !p.ends_with("setIamPolicy")));
-        assert_eq!(reader.iter().count(), 8);
+        assert_eq!(reader.iter().count(), 6);
+    }
+
+    #[test]
+    fn only_the_role_administrator_and_owner_manage_roles() {
+        for (name, _, _) in PREDEFINED {
+            let manages = role(name).contains(PermissionSet::ROLES_UPDATE);
+            assert_eq!(
+                manages,
+                matches!(*name, "roles/iam.roleAdmin" | "roles/owner"),
+                "{name}"
+            );
+        }
+        let role_admin = role("roles/iam.roleAdmin");
+        assert!(!role_admin.contains(PermissionSet::PROJECTS_SET_IAM_POLICY));
+        assert!(!role_admin.contains(PermissionSet::INVOKE));
     }
 
     #[test]
