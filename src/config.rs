@@ -276,6 +276,11 @@ pub struct TokenConfig {
     /// Opaque tokens checked by RFC 7662 introspection; absent means not accepted.
     #[serde(default)]
     pub introspection: Option<IntrospectionConfig>,
+    /// Opaque-token lookups (tokeninfo, introspection) in flight at once; more wait for a
+    /// slot (within their Check's deadline), so a flood of random tokens cannot open an
+    /// unbounded number of upstream calls.
+    #[serde(default = "default_max_concurrent_lookups")]
+    pub max_concurrent_lookups: usize,
     /// The local development issuer (`serve --dev` sets it).
     #[serde(default)]
     pub dev: Option<DevIssuerConfig>,
@@ -296,6 +301,7 @@ impl Default for TokenConfig {
             google_service_accounts: None,
             tokeninfo: None,
             introspection: None,
+            max_concurrent_lookups: default_max_concurrent_lookups(),
             dev: None,
         }
     }
@@ -322,6 +328,9 @@ fn default_keys_max_stale() -> Duration {
 fn default_token_capacity() -> u64 {
     50_000
 }
+fn default_max_concurrent_lookups() -> usize {
+    64
+}
 fn default_negative_ttl() -> Duration {
     Duration::from_secs(10)
 }
@@ -346,10 +355,39 @@ pub struct ServiceAccountsConfig {
     /// Key-set URL with `{email}` where the account's (URL-encoded) email goes.
     #[serde(default = "default_sa_template")]
     pub jwks_uri_template: String,
+    /// Accepted `aud` values of a self-signed token that carries one (a token without `aud`
+    /// is accepted on its scope). Default: the Apigee API's endpoint, with and without the
+    /// trailing slash.
+    #[serde(default = "default_sa_audiences")]
+    pub audiences: Vec<String>,
+    /// Key-set lookups per second (bursts of as many) for accounts not seen before; tokens
+    /// naming further new accounts are refused 401 and counted in
+    /// `verifyiam_service_account_lookups_limited_total`. Known accounts are never limited.
+    #[serde(default = "default_new_accounts_per_second")]
+    pub new_accounts_per_second: u32,
+}
+
+impl Default for ServiceAccountsConfig {
+    fn default() -> Self {
+        Self {
+            jwks_uri_template: default_sa_template(),
+            audiences: default_sa_audiences(),
+            new_accounts_per_second: default_new_accounts_per_second(),
+        }
+    }
 }
 
 fn default_sa_template() -> String {
     GOOGLE_SA_JWKS_TEMPLATE.to_owned()
+}
+fn default_sa_audiences() -> Vec<String> {
+    vec![
+        "https://apigee.googleapis.com/".to_owned(),
+        "https://apigee.googleapis.com".to_owned(),
+    ]
+}
+fn default_new_accounts_per_second() -> u32 {
+    10
 }
 
 /// `[token.tokeninfo]`
@@ -556,6 +594,12 @@ impl TokenConfig {
                     .replace("{email}", "a%40b.iam.gserviceaccount.com"),
             )?;
         }
+        if self.max_concurrent_lookups == 0 {
+            return Err(invalid(
+                "token.max_concurrent_lookups",
+                "must be at least 1",
+            ));
+        }
         if let Some(t) = &self.tokeninfo {
             check_url("token.tokeninfo.url", &t.url)?;
         }
@@ -609,6 +653,9 @@ impl RouteConfig {
                 format!("{field}.path_prefix"),
                 "must not contain '?' or '#'",
             ));
+        }
+        if let Err(e) = crate::route::path::normalize(&self.path_prefix) {
+            return Err(invalid(format!("{field}.path_prefix"), e.to_string()));
         }
         if let Some(host) = &self.host {
             let bare = host.strip_prefix("*.").unwrap_or(host);

@@ -1,5 +1,9 @@
 //! Which deployment a request targets: Envoy's per-route `context_extensions` first, then the
-//! `[[routes]]` host/path table. A request that maps to nothing is denied, never allowed.
+//! `[[routes]]` host/path table, matched on the normalised path ([`path`]) so that no spelling
+//! of a path reaches a less specific route. A request that maps to nothing is denied, never
+//! allowed; one whose path or host has no single reading is refused as malformed.
+
+pub mod path;
 
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
@@ -43,6 +47,12 @@ pub enum RouteError {
     /// Nothing in the route table matches.
     #[error("no deployment is mapped to this request")]
     Unmapped,
+    /// The path (or host) cannot be read one way only, so no route can be chosen safely.
+    #[error("{0}")]
+    Malformed(#[from] path::PathError),
+    /// The host (`:authority`) holds characters no host name has.
+    #[error("the host (:authority) is malformed")]
+    BadHost,
 }
 
 struct Entry {
@@ -107,7 +117,9 @@ impl Router {
                         None => HostPattern::Exact(h.to_ascii_lowercase()),
                     },
                 },
-                prefix: r.path_prefix.clone(),
+                // Validated at start (`Config::validate`): the prefix has a normal form.
+                prefix: path::normalize(&r.path_prefix)
+                    .unwrap_or_else(|_| r.path_prefix.to_ascii_lowercase()),
                 target: Target::new(
                     r.organization.as_deref().unwrap_or(organization),
                     &r.environment,
@@ -152,7 +164,12 @@ impl Router {
             }
             return Ok(self.intern(organization, environment, deployment));
         }
-        self.lookup(host, path).cloned().ok_or(RouteError::Unmapped)
+        if self.entries.is_empty() {
+            return Err(RouteError::Unmapped);
+        }
+        self.lookup(host, path)?
+            .cloned()
+            .ok_or(RouteError::Unmapped)
     }
 
     fn intern(&self, organization: &str, environment: &str, deployment: &str) -> Target {
@@ -182,14 +199,16 @@ impl Router {
         target
     }
 
-    /// The route-table entry for a host and path (the path's query and fragment are ignored).
-    pub fn lookup(&self, host: &str, path: &str) -> Option<&Target> {
-        let host = strip_port(host);
-        let path = path.split(['?', '#']).next().unwrap_or("");
-        self.entries
+    /// The route-table entry for a host and path: the most specific route for the path's
+    /// normal form (query and fragment ignored), or why the request has none safely.
+    pub fn lookup(&self, host: &str, raw_path: &str) -> Result<Option<&Target>, RouteError> {
+        let host = normal_host(host)?;
+        let path = path::normalize(raw_path)?;
+        Ok(self
+            .entries
             .iter()
-            .find(|e| e.host.matches(host) && prefix_matches(&e.prefix, path))
-            .map(|e| &e.target)
+            .find(|e| e.host.matches(host) && prefix_matches(&e.prefix, &path))
+            .map(|e| &e.target))
     }
 }
 
@@ -200,6 +219,20 @@ fn prefix_matches(prefix: &str, path: &str) -> bool {
         None => false,
         Some(rest) => prefix.ends_with('/') || rest.is_empty() || rest.starts_with('/'),
     }
+}
+
+/// The host as routes see it: without its port and a trailing `.` (`api.example.com.` is
+/// `api.example.com`, and must not fall to a wider route). Characters no host name holds make
+/// the request malformed.
+fn normal_host(host: &str) -> Result<&str, RouteError> {
+    if host
+        .bytes()
+        .any(|b| b.is_ascii_control() || b >= 0x80 || b" /\\@?#%;,".contains(&b))
+    {
+        return Err(RouteError::BadHost);
+    }
+    let host = strip_port(host);
+    Ok(host.strip_suffix('.').unwrap_or(host))
 }
 
 fn strip_port(host: &str) -> &str {
@@ -335,5 +368,134 @@ mod tests {
             r.resolve(bad, "", "/"),
             Err(RouteError::BadExtensions(_))
         ));
+    }
+}
+
+#[cfg(test)]
+mod properties {
+    //! No spelling of a path ever maps to a less specific route than its normal form.
+
+    use proptest::prelude::*;
+
+    use super::*;
+
+    /// Nested routes, each more specific than the last, plus a sibling that shares a prefix.
+    fn router() -> Router {
+        let route = |prefix: &str, deployment: &str| RouteConfig {
+            host: None,
+            path_prefix: prefix.to_owned(),
+            organization: None,
+            environment: "prod".to_owned(),
+            deployment: deployment.to_owned(),
+        };
+        Router::new(
+            "demo",
+            &[
+                route("/", "root"),
+                route("/orders", "orders"),
+                route("/orders/admin", "orders-admin"),
+                route("/orders/admin/keys", "orders-admin-keys"),
+                route("/orders-internal", "orders-internal"),
+            ],
+        )
+    }
+
+    const SEGMENTS: &[&str] = &["orders", "admin", "keys", "orders-internal", "x", "1"];
+
+    /// One way to write a segment that a lenient backend reads as `segment`.
+    fn spell(segment: &'static str) -> impl Strategy<Value = String> {
+        (
+            proptest::collection::vec((any::<bool>(), 0..4u8), segment.len()),
+            0..4u8,
+        )
+            .prop_map(move |(chars, prefix)| {
+                let mut out = String::new();
+                // Noise before the segment that resolves to nothing.
+                match prefix {
+                    0 => {}
+                    1 => out.push_str("./"),
+                    2 => out.push_str("junk/../"),
+                    _ => out.push('/'),
+                }
+                for (c, (upper, encoding)) in segment.chars().zip(chars) {
+                    let c = if upper { c.to_ascii_uppercase() } else { c };
+                    match encoding {
+                        0 => out.push_str(&format!("%{:02X}", c as u32)),
+                        1 => out.push_str(&format!("%{:02x}", c as u32)),
+                        _ => out.push(c),
+                    }
+                }
+                out
+            })
+    }
+
+    /// A normal path and a spelling of it.
+    fn path_and_spelling() -> impl Strategy<Value = (String, String)> {
+        proptest::collection::vec(proptest::sample::select(SEGMENTS), 0..5)
+            .prop_flat_map(|segments| {
+                let spelled: Vec<_> = segments.iter().map(|s| spell(s)).collect();
+                (Just(segments), spelled, any::<bool>(), any::<bool>())
+            })
+            .prop_map(|(segments, spelled, slashes, trailing)| {
+                let normal = format!("/{}", segments.join("/"));
+                let sep = if slashes { "//" } else { "/" };
+                let mut spelling = format!("{sep}{}", spelled.join(sep));
+                if trailing {
+                    spelling.push('/');
+                }
+                (normal, spelling)
+            })
+    }
+
+    fn depth(r: &Router, target: &Target) -> usize {
+        r.entries
+            .iter()
+            .find(|e| &e.target == target)
+            .map_or(0, |e| e.prefix.len())
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(2000))]
+
+        #[test]
+        fn no_spelling_reaches_a_less_specific_route((normal, spelling) in path_and_spelling()) {
+            let r = router();
+            let by_normal = r.lookup("h", &normal).unwrap().cloned();
+            match r.lookup("h", &spelling) {
+                // Refused outright: never routed at all.
+                Err(_) => {}
+                Ok(by_spelling) => {
+                    let (a, b) = (by_normal.unwrap(), by_spelling.cloned().unwrap());
+                    prop_assert!(
+                        depth(&r, &b) >= depth(&r, &a),
+                        "{spelling:?} → {} but {normal:?} → {}", b.deployment, a.deployment
+                    );
+                    prop_assert_eq!(a, b);
+                }
+            }
+        }
+
+        #[test]
+        fn arbitrary_paths_never_panic_and_normal_forms_are_fixed_points(raw in "\\PC{0,40}") {
+            if let Ok(normal) = path::normalize(&raw) {
+                prop_assert_eq!(path::normalize(&normal), Ok(normal.clone()));
+                prop_assert!(normal.starts_with('/'));
+            }
+        }
+
+        #[test]
+        fn ambiguous_bytes_anywhere_are_refused(
+            (_, spelling) in path_and_spelling(),
+            at in any::<proptest::sample::Index>(),
+            bad in proptest::sample::select(&["%2f", "%2F", "%5c", "\\\\", ";", "%3b", "%25", "%0a", " ", "%zz"][..]),
+        ) {
+            let i = at.index(spelling.len() + 1);
+            // Insert where it cannot split a %xx escape.
+            if spelling[..i].ends_with('%') || spelling[..i.saturating_sub(1)].ends_with('%') {
+                return Ok(());
+            }
+            let bad_path = format!("{}{bad}{}", &spelling[..i], &spelling[i..]);
+            prop_assert!(path::normalize(&bad_path).is_err(), "{bad_path:?} was accepted");
+        }
     }
 }

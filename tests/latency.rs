@@ -261,7 +261,8 @@ async fn tokeninfo_that_fails_or_lies_never_allows() {
         assert!(!o.allowed(), "{why}: {o:#?}");
         assert_eq!(o.http, http, "{why}: {o:#?}");
     }
-    // Without `email` (no userinfo.email scope) the subject is the principal.
+    // Without `email` (no userinfo.email scope) the subject, qualified by its issuer, is the
+    // principal.
     up.set(
         "/tokeninfo",
         Reply::json(json!({"sub": "10987", "scope": SCOPE, "exp": (n + 600).to_string()})),
@@ -270,7 +271,10 @@ async fn tokeninfo_that_fails_or_lies_never_allows() {
         .check(Some("Bearer ya29.no-email"), "prod", "orders")
         .await;
     assert!(o.allowed(), "{o:#?}");
-    assert_eq!(o.header("x-verifyiam-principal"), Some("10987"));
+    assert_eq!(
+        o.header("x-verifyiam-principal"),
+        Some("https://accounts.google.com#10987")
+    );
 }
 
 #[tokio::test]

@@ -196,10 +196,21 @@ def test_health_route_comes_before_catch_all(bootstrap_path):
 
 
 def test_paths_are_normalised_before_routing(bootstrap_path):
-    # The route picks the deployment, so routing must see the canonical path.
+    # The route picks the deployment, so routing must see the canonical path, and a path
+    # with an encoded '/' or '\\' (read one way by Envoy, another by some backends) is refused.
     for _, hcm in http_connection_managers(load_bootstrap(bootstrap_path)):
         assert hcm.normalize_path.value is True
         assert hcm.merge_slashes is True
+        assert hcm.path_with_escaped_slashes_action == hcm.REJECT_REQUEST
+
+
+def test_api_routes_match_whole_path_segments(bootstrap_path):
+    # "prefix: /orders" would also match /orders-internal; only "/" may be a plain prefix.
+    for _, hcm in http_connection_managers(load_bootstrap(bootstrap_path)):
+        for vhost in hcm.route_config.virtual_hosts:
+            for route in vhost.routes:
+                if route.match.prefix:
+                    assert route.match.prefix == "/", f"route {route.name!r} uses prefix"
 
 
 # --- the parse is really strict -------------------------------------------------

@@ -90,7 +90,11 @@ def test_mesh_config_shape(mesh_config):
     assert mesh_config["apiVersion"] == "install.istio.io/v1alpha1"
     assert mesh_config["kind"] == "IstioOperator"
     assert set(mesh_config["spec"]) == {"meshConfig"}
-    assert set(mesh_config["spec"]["meshConfig"]) == {"extensionProviders"}
+    assert set(mesh_config["spec"]["meshConfig"]) == {"extensionProviders", "pathNormalization"}
+    # verifyiam routes on the normalised path; the mesh must route on the same one.
+    assert mesh_config["spec"]["meshConfig"]["pathNormalization"] == {
+        "normalization": "MERGE_SLASHES"
+    }
     for provider in mesh_config["spec"]["meshConfig"]["extensionProviders"]:
         check_extension_provider(provider)
 

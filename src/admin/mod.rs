@@ -68,6 +68,10 @@ impl AdminState {
                     message: format!("Request had invalid authentication credentials: {m}."),
                     challenge: "invalid_token",
                 },
+                AuthnError::Throttled(m) => ApiError::Unauthenticated {
+                    message: format!("Request had invalid authentication credentials: {m}."),
+                    challenge: "invalid_token",
+                },
                 AuthnError::InsufficientScope => ApiError::PermissionDenied(
                     "Request had insufficient authentication scopes.".to_owned(),
                 ),

@@ -57,8 +57,24 @@ impl Introspection {
         let reply = crate::upstream::send("introspection", request, MAX_BODY)
             .await
             .map_err(|e| AuthnError::Unavailable(format!("introspection: {e}")))?;
+        if super::tokeninfo::refuses_token(reply.status) {
+            if reply.status == http::StatusCode::UNAUTHORIZED {
+                // RFC 7662 reserves 401 for the client's own credentials: say so to the operator.
+                tracing::warn!(
+                    "introspection answered 401: check token.introspection.client_id and client_secret"
+                );
+            }
+            reply.fail("status");
+            return Err(AuthnError::InvalidToken(
+                format!(
+                    "the token was refused by introspection (HTTP {})",
+                    reply.status
+                )
+                .into(),
+            ));
+        }
         if !reply.status.is_success() {
-            // The endpoint refusing *us* (401/403) or failing is not the caller's fault.
+            // The endpoint refusing *us* (403), rate-limiting or failing is not the caller's fault.
             reply.fail("status");
             return Err(AuthnError::Unavailable(format!(
                 "introspection: HTTP {}",

@@ -6,8 +6,8 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use base64::Engine as _;
+use jsonwebtoken::Algorithm;
 use jsonwebtoken::errors::ErrorKind;
-use jsonwebtoken::{Algorithm, Validation};
 use serde::Deserialize;
 
 use super::keys::{KeyError, KeySet, KeySets};
@@ -30,20 +30,26 @@ struct Issuer {
 /// Verifies JWTs from every trusted issuer.
 pub struct JwtVerifier {
     issuers: HashMap<String, Issuer>,
-    service_account_template: Option<String>,
+    service_accounts: Option<ServiceAccounts>,
     key_sets: KeySets,
     leeway: u64,
 }
 
-#[derive(Deserialize)]
-struct Peek {
-    #[serde(default)]
-    iss: Option<String>,
+/// Self-signed service-account tokens: where each account's keys are, which audiences count.
+struct ServiceAccounts {
+    template: String,
+    audiences: Vec<String>,
 }
 
+/// Google caps a self-signed service-account token's life at one hour.
+const SERVICE_ACCOUNT_MAX_LIFETIME: u64 = 3600;
+
+/// The claims verifyiam reads, decoded once, before the signature is checked, so that cheap
+/// refusals (untrusted issuer, expired, wrong audience) cost no key fetch and no signature.
 #[derive(Deserialize)]
 struct Claims {
-    iss: String,
+    #[serde(default)]
+    iss: Option<String>,
     #[serde(default)]
     sub: Option<String>,
     #[serde(default)]
@@ -54,7 +60,12 @@ struct Claims {
     scope: Option<String>,
     #[serde(default)]
     scp: Option<Scopes>,
-    exp: f64,
+    #[serde(default)]
+    aud: Option<serde_json::Value>,
+    #[serde(default)]
+    exp: Option<f64>,
+    #[serde(default)]
+    nbf: Option<f64>,
     #[serde(default)]
     iat: Option<f64>,
 }
@@ -116,17 +127,30 @@ impl JwtVerifier {
         }
         JwtVerifier {
             issuers,
-            service_account_template: token
+            service_accounts: token
                 .google_service_accounts
                 .as_ref()
-                .map(|s| s.jwks_uri_template.clone()),
+                .map(|s| ServiceAccounts {
+                    template: s.jwks_uri_template.clone(),
+                    audiences: s.audiences.clone(),
+                }),
             key_sets,
             leeway: token.leeway.as_secs(),
         }
     }
 
     /// Verifies a JWT and returns who it names, its scopes and its expiry.
+    ///
+    /// The header and claims are decoded once; everything that can be refused without the key
+    /// is refused first (algorithm, issuer, time, audience, identity claims), then the key is
+    /// found and the signature checked over the token's first two parts.
     pub async fn verify(&self, token: &str, required_scope: &str) -> Result<Verified, AuthnError> {
+        let (message, signature) = token
+            .rsplit_once('.')
+            .ok_or_else(|| invalid("the token is not a JWT"))?;
+        let (_, payload) = message
+            .split_once('.')
+            .ok_or_else(|| invalid("the token is not a JWT"))?;
         let header = jsonwebtoken::decode_header(token)
             .map_err(|_| invalid("the token's JWT header is malformed"))?;
         if !ACCEPTED.contains(&header.alg) {
@@ -134,98 +158,85 @@ impl JwtVerifier {
                 "the token's algorithm is not accepted (asymmetric algorithms only)",
             ));
         }
-        let iss = peek_issuer(token)?;
-        let service_account = !self.issuers.contains_key(&iss);
-        let (url, fixed, audiences): (Option<String>, Option<&Arc<KeySet>>, &[String]) = match self
-            .issuers
-            .get(&iss)
-        {
-            Some(Issuer {
-                keys: KeySource::Remote(u),
-                audiences,
-            }) => (Some(u.clone()), None, audiences),
-            Some(Issuer {
-                keys: KeySource::Fixed(set),
-                audiences,
-            }) => (None, Some(set), audiences),
-            None => match (&self.service_account_template, is_service_account(&iss)) {
-                (Some(template), true) => (
-                    Some(template.replace(
+        let claims = decode_claims(payload)?;
+        let iss = claims
+            .iss
+            .as_deref()
+            .ok_or_else(|| invalid("the token has no issuer (iss)"))?;
+        let (source, audiences, service_account) = match self.issuers.get(iss) {
+            Some(issuer) => (
+                match &issuer.keys {
+                    KeySource::Remote(u) => Source::Url(u.clone()),
+                    KeySource::Fixed(set) => Source::Fixed(set),
+                },
+                issuer.audiences.as_slice(),
+                false,
+            ),
+            None => match &self.service_accounts {
+                Some(sa) if is_service_account(iss) => (
+                    Source::Account(sa.template.replace(
                         "{email}",
-                        &percent_encoding::utf8_percent_encode(&iss, UNRESERVED_KEPT).to_string(),
+                        &percent_encoding::utf8_percent_encode(iss, UNRESERVED_KEPT).to_string(),
                     )),
-                    None,
-                    &[],
+                    sa.audiences.as_slice(),
+                    true,
                 ),
                 _ => return Err(invalid("the token's issuer is not trusted")),
             },
         };
+        self.check_times(&claims, service_account)?;
+        if service_account {
+            // Self-signed: `aud` is optional, but when present it must name an accepted API.
+            if claims.aud.is_some() && !audience_accepted(claims.aud.as_ref(), audiences) {
+                return Err(invalid("the token's audience is not accepted"));
+            }
+            // The account signs for itself, so `sub` must be the account too.
+            if claims.sub.as_deref().is_some_and(|s| s != iss) {
+                return Err(invalid(
+                    "a service account's self-signed token must have sub = iss",
+                ));
+            }
+        } else if !audiences.is_empty() && !audience_accepted(claims.aud.as_ref(), audiences) {
+            return Err(invalid("the token's audience is not accepted"));
+        }
+
         let kid = header.kid.as_deref();
-        let key = match (fixed, url) {
-            (Some(set), _) => set.find(kid).ok_or(KeyError::UnknownKey),
-            (None, Some(url)) => self.key_sets.key(&url, kid).await,
-            (None, None) => Err(KeyError::UnknownKey),
+        let key = match source {
+            Source::Fixed(set) => set.find(kid).ok_or(KeyError::UnknownKey),
+            Source::Url(url) => self.key_sets.key(&url, kid).await,
+            Source::Account(url) => self.key_sets.account_key(&url, kid).await,
         }
         .map_err(|e| match e {
             KeyError::UnknownKey => {
                 invalid("the token's signing key (kid) is unknown to its issuer")
             }
+            KeyError::NoKeys => invalid("the token's service account publishes no keys"),
+            KeyError::Limited => AuthnError::Throttled(
+                "too many never-seen service accounts are being looked up; try again shortly",
+            ),
             KeyError::Unavailable(m) => AuthnError::Unavailable(m),
         })?;
         if key.alg.is_some_and(|a| a != header.alg) {
             return Err(invalid("the token's algorithm does not match its key"));
         }
-
-        let mut validation = Validation::new(header.alg);
-        validation.leeway = self.leeway;
-        validation.validate_nbf = true;
-        validation.set_issuer(&[&iss]);
-        validation.set_required_spec_claims(&["exp", "iss"]);
-        if audiences.is_empty() {
-            validation.validate_aud = false;
-        } else {
-            validation.set_audience(audiences);
-        }
-        let claims = jsonwebtoken::decode::<Claims>(token, &key.decoding, &validation)
-            .map_err(|e| {
-                AuthnError::InvalidToken(
-                    match e.kind() {
-                        ErrorKind::ExpiredSignature => "the token has expired",
-                        ErrorKind::ImmatureSignature => "the token is not valid yet (nbf)",
-                        ErrorKind::InvalidIssuer => "the token's issuer is not accepted",
-                        ErrorKind::InvalidAudience => "the token's audience is not accepted",
-                        ErrorKind::InvalidSignature => "the token's signature does not verify",
-                        ErrorKind::InvalidAlgorithm | ErrorKind::InvalidKeyFormat => {
-                            "the token's algorithm does not match its key"
-                        }
-                        ErrorKind::MissingRequiredClaim(_) => {
-                            "the token lacks a required claim (exp, iss)"
-                        }
-                        _ => "the token is malformed",
-                    }
-                    .into(),
-                )
-            })?
-            .claims;
-        let now = unix_now();
-        if claims
-            .iat
-            .is_some_and(|iat| iat > (now + self.leeway) as f64)
+        match jsonwebtoken::crypto::verify(signature, message.as_bytes(), &key.decoding, header.alg)
         {
-            return Err(invalid("the token was issued in the future (iat)"));
-        }
-        let email = if service_account {
-            // Self-signed: the account signs for itself, so `sub` must be the account too.
-            if claims.sub.as_deref().is_some_and(|s| s != claims.iss) {
-                return Err(invalid(
-                    "a service account's self-signed token must have sub = iss",
-                ));
+            Ok(true) => {}
+            Ok(false) => return Err(invalid("the token's signature does not verify")),
+            Err(e) => {
+                return Err(invalid(match e.kind() {
+                    ErrorKind::Base64(_) => "the token's signature is not base64url",
+                    _ => "the token's algorithm does not match its key",
+                }));
             }
-            Some(claims.iss.clone())
+        }
+
+        let email = if service_account {
+            Some(iss.to_owned())
         } else {
-            let verified = !matches!(claims.email_verified, Some(serde_json::Value::Bool(false)))
-                && !matches!(&claims.email_verified, Some(serde_json::Value::String(s)) if s == "false");
-            claims.email.clone().filter(|_| verified)
+            // Only an email its issuer vouches for names the caller.
+            let vouched = super::tokeninfo::vouched(claims.email_verified.as_ref());
+            claims.email.clone().filter(|_| vouched)
         };
         let has_scope = claims
             .scope
@@ -236,30 +247,75 @@ impl JwtVerifier {
                 Some(Scopes::One(s)) => s.split(' ').any(|x| x == required_scope),
                 None => false,
             };
-        let subject = claims.sub.clone().or_else(|| email.clone());
+        let expires_at = claims.exp.unwrap_or(0.0).max(0.0) as u64;
         Ok(Verified {
+            subject: claims.sub.or_else(|| email.clone()),
             email,
-            subject,
-            issuer: claims.iss,
-            expires_at: claims.exp.max(0.0) as u64,
+            issuer: iss.to_owned(),
+            expires_at,
             has_scope,
         })
     }
+
+    /// `exp` (required), `nbf` and `iat` against the clock with the leeway; a self-signed
+    /// service-account token also needs `iat` and at most an hour between `iat` and `exp`.
+    fn check_times(&self, claims: &Claims, service_account: bool) -> Result<(), AuthnError> {
+        let now = unix_now() as f64;
+        let leeway = self.leeway as f64;
+        let exp = claims
+            .exp
+            .ok_or_else(|| invalid("the token lacks a required claim (exp)"))?;
+        if exp + leeway < now {
+            return Err(invalid("the token has expired"));
+        }
+        if claims.nbf.is_some_and(|nbf| nbf > now + leeway) {
+            return Err(invalid("the token is not valid yet (nbf)"));
+        }
+        if claims.iat.is_some_and(|iat| iat > now + leeway) {
+            return Err(invalid("the token was issued in the future (iat)"));
+        }
+        if service_account {
+            let iat = claims
+                .iat
+                .ok_or_else(|| invalid("a service account's self-signed token must carry iat"))?;
+            if exp - iat > (SERVICE_ACCOUNT_MAX_LIFETIME + self.leeway) as f64 {
+                return Err(invalid(
+                    "a service account's self-signed token's lifetime (exp - iat) exceeds one hour",
+                ));
+            }
+        }
+        Ok(())
+    }
 }
 
-/// Reads `iss` before verification so the right key set can be chosen.
-fn peek_issuer(token: &str) -> Result<String, AuthnError> {
-    let payload = token
-        .split('.')
-        .nth(1)
-        .ok_or_else(|| invalid("the token is not a JWT"))?;
+/// Where a token's key comes from.
+enum Source<'a> {
+    Fixed(&'a Arc<KeySet>),
+    Url(String),
+    /// A service account's own key set: a 4xx there means the account has no keys.
+    Account(String),
+}
+
+/// With audiences to check, `aud` must be a string or an array of strings, one of them listed.
+/// Any other shape (missing, a number, an object, an array holding a non-string) is refused.
+fn audience_accepted(aud: Option<&serde_json::Value>, accepted: &[String]) -> bool {
+    let listed = |a: &str| accepted.iter().any(|x| x == a);
+    match aud {
+        Some(serde_json::Value::String(a)) => listed(a),
+        Some(serde_json::Value::Array(list)) => {
+            list.iter().all(serde_json::Value::is_string)
+                && list.iter().filter_map(|a| a.as_str()).any(listed)
+        }
+        _ => false,
+    }
+}
+
+/// Decodes the claims part (base64url, JSON object).
+fn decode_claims(payload: &str) -> Result<Claims, AuthnError> {
     let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
         .decode(payload.trim_end_matches('='))
         .map_err(|_| invalid("the token's claims are not base64url"))?;
-    let peek: Peek =
-        serde_json::from_slice(&bytes).map_err(|_| invalid("the token's claims are not JSON"))?;
-    peek.iss
-        .ok_or_else(|| invalid("the token has no issuer (iss)"))
+    serde_json::from_slice(&bytes).map_err(|_| invalid("the token's claims are malformed"))
 }
 
 /// A Google service account: `name@project.iam.gserviceaccount.com` and the like.

@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 use arc_swap::ArcSwapOption;
 use futures_util::FutureExt as _;
 use futures_util::future::{BoxFuture, Shared};
+use http::StatusCode;
 use jsonwebtoken::jwk::Jwk;
 use jsonwebtoken::{Algorithm, DecodingKey};
 
@@ -81,13 +82,37 @@ pub enum KeyError {
     /// The set was fetched and has no such key.
     #[error("the token's signing key is not in the issuer's key set")]
     UnknownKey,
+    /// A service account's key endpoint answered 4xx (not 429): the account has no keys.
+    #[error("the service account publishes no keys")]
+    NoKeys,
+    /// A never-seen service account, over the rate at which new accounts are looked up.
+    #[error("too many never-seen service accounts are being looked up")]
+    Limited,
     /// The set could not be fetched and none is cached.
     #[error("the issuer's key set is unavailable: {0}")]
     Unavailable(String),
 }
 
+/// Why one fetch brought no key set.
+#[derive(Debug, Clone)]
+enum FetchError {
+    /// The endpoint answered 4xx other than 429: there is no such key set.
+    Absent(StatusCode),
+    /// Anything else: the endpoint could not answer.
+    Failed(String),
+}
+
+impl FetchError {
+    fn describe(self) -> String {
+        match self {
+            FetchError::Absent(status) => format!("HTTP {status}"),
+            FetchError::Failed(m) => m,
+        }
+    }
+}
+
 /// The outcome of one fetch, shared by every Check that waits for it.
-type Flight = Shared<BoxFuture<'static, Result<Arc<KeySet>, String>>>;
+type Flight = Shared<BoxFuture<'static, Result<Arc<KeySet>, FetchError>>>;
 
 struct Slot {
     current: ArcSwapOption<KeySet>,
@@ -100,6 +125,61 @@ struct Slot {
     /// When the last fetch failed; an expired set is retried at most once per
     /// [`RETRY_AFTER_FAILURE`], so a failing issuer is not hammered by every Check.
     last_failure: Mutex<Option<Instant>>,
+    /// A service account whose key endpoint said it has no keys: answered from here, without
+    /// asking again, until then.
+    absent_until: Mutex<Option<Instant>>,
+}
+
+impl Slot {
+    fn new() -> Arc<Slot> {
+        Arc::new(Slot {
+            current: ArcSwapOption::empty(),
+            flight: Mutex::new(None),
+            last_start: Mutex::new(None),
+            last_failure: Mutex::new(None),
+            absent_until: Mutex::new(None),
+        })
+    }
+
+    fn absent(&self, now: Instant) -> bool {
+        self.absent_until
+            .lock()
+            .map(|a| a.is_some_and(|t| now < t))
+            .unwrap_or(false)
+    }
+}
+
+/// A token bucket: at most `rate` per second on average, bursts of `rate`.
+struct RateLimit {
+    rate: f64,
+    state: Mutex<(f64, Instant)>,
+}
+
+impl RateLimit {
+    fn new(rate: u32) -> RateLimit {
+        let rate = f64::from(rate);
+        RateLimit {
+            rate,
+            state: Mutex::new((rate, Instant::now())),
+        }
+    }
+
+    /// Takes one unit if there is one.
+    fn take(&self, now: Instant) -> bool {
+        let Ok(mut state) = self.state.lock() else {
+            return false;
+        };
+        let (tokens, last) = *state;
+        let tokens = (tokens + now.saturating_duration_since(last).as_secs_f64() * self.rate)
+            .min(self.rate.max(1.0));
+        if tokens >= 1.0 {
+            *state = (tokens - 1.0, now);
+            true
+        } else {
+            *state = (tokens, now);
+            false
+        }
+    }
 }
 
 /// How often a failing key-set URL is retried.
@@ -116,6 +196,11 @@ struct Inner {
     min_refresh: Duration,
     default_max_age: Duration,
     max_stale: Duration,
+    /// How long a keyless service account is remembered.
+    absent_ttl: Duration,
+    /// Lookups of service accounts never seen before.
+    new_accounts: RateLimit,
+    limited: metrics::Counter,
 }
 
 impl KeySets {
@@ -128,8 +213,39 @@ impl KeySets {
                 min_refresh: token.min_refresh_interval,
                 default_max_age: token.default_keys_max_age,
                 max_stale: token.keys_max_stale,
+                absent_ttl: token.negative_cache_ttl.max(Duration::from_secs(1)),
+                new_accounts: RateLimit::new(
+                    token
+                        .google_service_accounts
+                        .as_ref()
+                        .map_or(0, |s| s.new_accounts_per_second),
+                ),
+                limited: metrics::counter!("verifyiam_service_account_lookups_limited_total"),
             }),
         }
+    }
+
+    /// The key `kid` of a service account's own key set at `url`. Unlike an issuer's set, a
+    /// 4xx answer (but 429) there means the account has no keys ([`KeyError::NoKeys`],
+    /// remembered for the negative-cache TTL), and accounts never seen before are looked up at
+    /// most `new_accounts_per_second` ([`KeyError::Limited`] beyond), so tokens naming random
+    /// accounts cannot make verifyiam a source of traffic against the key endpoint.
+    pub async fn account_key(&self, url: &str, kid: Option<&str>) -> Result<Arc<Key>, KeyError> {
+        let now = Instant::now();
+        let slot = match self.inner.slots.get(url) {
+            Some(slot) => slot,
+            None => {
+                if !self.inner.new_accounts.take(now) {
+                    self.inner.limited.increment(1);
+                    return Err(KeyError::Limited);
+                }
+                self.inner.slots.get_with_by_ref(url, Slot::new)
+            }
+        };
+        if slot.absent(now) {
+            return Err(KeyError::NoKeys);
+        }
+        self.key_in(url, slot, kid, true).await
     }
 
     /// The key `kid` of the set at `url`, fetching or refreshing the set when needed.
@@ -139,15 +255,18 @@ impl KeySets {
     /// Expired set: refetched; while the refetch fails, the old set keeps serving up to
     /// `keys_max_stale` past its expiry.
     pub async fn key(&self, url: &str, kid: Option<&str>) -> Result<Arc<Key>, KeyError> {
+        let slot = self.inner.slots.get_with_by_ref(url, Slot::new);
+        self.key_in(url, slot, kid, false).await
+    }
+
+    async fn key_in(
+        &self,
+        url: &str,
+        slot: Arc<Slot>,
+        kid: Option<&str>,
+        account: bool,
+    ) -> Result<Arc<Key>, KeyError> {
         let inner = &self.inner;
-        let slot = inner.slots.get_with_by_ref(url, || {
-            Arc::new(Slot {
-                current: ArcSwapOption::empty(),
-                flight: Mutex::new(None),
-                last_start: Mutex::new(None),
-                last_failure: Mutex::new(None),
-            })
-        });
         let now = Instant::now();
         let seen = slot.current.load_full();
         if let Some(set) = &seen {
@@ -155,7 +274,7 @@ impl KeySets {
                 if let Some(key) = set.find(kid) {
                     if set.fresh_until - now < set.refresh_ahead {
                         // Hot and about to expire: refresh before anyone has to wait for it.
-                        let _ = self.flight(url, &slot, now);
+                        let _ = self.flight(url, &slot, now, account);
                     }
                     return Ok(key);
                 }
@@ -165,11 +284,12 @@ impl KeySets {
                 }
             }
         }
-        let flight = self.flight(url, &slot, now);
+        let flight = self.flight(url, &slot, now, account);
         match flight {
             Some(flight) => match flight.await {
                 Ok(set) => set.find(kid).ok_or(KeyError::UnknownKey),
-                Err(e) => stale_or(seen.as_deref(), kid, inner.max_stale, e),
+                Err(FetchError::Absent(_)) if account => Err(KeyError::NoKeys),
+                Err(e) => stale_or(seen.as_deref(), kid, inner.max_stale, e.describe()),
             },
             None => stale_or(
                 slot.current.load_full().as_deref(),
@@ -187,7 +307,7 @@ impl KeySets {
 
     /// Joins the fetch in progress, or starts one. `None` when a fetch ran too recently to
     /// start another (the caller then uses what is cached).
-    fn flight(&self, url: &str, slot: &Arc<Slot>, now: Instant) -> Option<Flight> {
+    fn flight(&self, url: &str, slot: &Arc<Slot>, now: Instant, account: bool) -> Option<Flight> {
         let Ok(mut guard) = slot.flight.lock() else {
             return None;
         };
@@ -218,16 +338,28 @@ impl KeySets {
             }
             match &result {
                 Ok(set) => slot_owned.current.store(Some(set.clone())),
-                Err(e) => tracing::warn!(url = %url_owned, error = %e, "key set fetch failed"),
+                Err(FetchError::Absent(status)) if account => {
+                    // No such key set (for a service account: no such account, or its keys
+                    // were all deleted): nothing cached may keep verifying its tokens.
+                    slot_owned.current.store(None);
+                    if let Ok(mut a) = slot_owned.absent_until.lock() {
+                        *a = Some(Instant::now() + inner.absent_ttl);
+                    }
+                    tracing::debug!(url = %url_owned, %status, "no key set at this URL");
+                }
+                Err(e) => {
+                    tracing::warn!(url = %url_owned, error = %e.clone().describe(), "key set fetch failed")
+                }
             }
             if let Ok(mut f) = slot_owned.flight.lock() {
                 *f = None;
             }
             result
         });
-        let flight: Flight = async move { task.await.map_err(|e| e.to_string())? }
-            .boxed()
-            .shared();
+        let flight: Flight =
+            async move { task.await.map_err(|e| FetchError::Failed(e.to_string()))? }
+                .boxed()
+                .shared();
         *guard = Some(flight.clone());
         Some(flight)
     }
@@ -250,15 +382,20 @@ fn stale_or(
 }
 
 impl Inner {
-    async fn fetch(&self, url: &str) -> Result<KeySet, String> {
+    async fn fetch(&self, url: &str) -> Result<KeySet, FetchError> {
         let request = self
             .http
             .get(url)
             .header(http::header::ACCEPT, "application/json");
-        let reply = crate::upstream::send("jwks", request, MAX_BODY).await?;
+        let reply = crate::upstream::send("jwks", request, MAX_BODY)
+            .await
+            .map_err(FetchError::Failed)?;
+        if reply.status.is_client_error() && reply.status != StatusCode::TOO_MANY_REQUESTS {
+            return Err(FetchError::Absent(reply.status));
+        }
         if !reply.status.is_success() {
             reply.fail("status");
-            return Err(format!("HTTP {}", reply.status));
+            return Err(FetchError::Failed(format!("HTTP {}", reply.status)));
         }
         let max_age = reply
             .headers
@@ -268,7 +405,9 @@ impl Inner {
             .unwrap_or(self.default_max_age)
             .clamp(MIN_MAX_AGE, MAX_MAX_AGE);
         let body = &reply.body;
-        let mut set = parse_key_set(body).inspect_err(|_| reply.fail("body"))?;
+        let mut set = parse_key_set(body)
+            .inspect_err(|_| reply.fail("body"))
+            .map_err(FetchError::Failed)?;
         let now = Instant::now();
         set.fresh_until = now + max_age;
         // Refresh in the background during the last tenth of the set's life.

@@ -9,8 +9,12 @@ pub mod jwt;
 pub mod keys;
 pub mod tokeninfo;
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use futures_util::FutureExt as _;
+use futures_util::future::{BoxFuture, Shared};
 
 use sha2::{Digest, Sha256};
 
@@ -32,6 +36,11 @@ pub enum AuthnError {
     /// Bad, expired, forged or untrusted (`invalid_token`, HTTP 401).
     #[error("{0}")]
     InvalidToken(std::borrow::Cow<'static, str>),
+    /// Refused without an answer about the token itself: a lookup it needs is over its rate
+    /// limit (`invalid_token`, HTTP 401, never remembered and never an outage, so a flood of
+    /// forged tokens cannot reach Envoy's failure policy).
+    #[error("{0}")]
+    Throttled(&'static str),
     /// Valid, but without the required scope (`insufficient_scope`, HTTP 403).
     #[error("the token lacks the required scope")]
     InsufficientScope,
@@ -73,22 +82,34 @@ pub struct Principal {
 }
 
 impl Principal {
-    fn from_verified(v: Verified) -> Principal {
+    /// The principal a verified token names. Its id is the email when the issuer vouches for
+    /// one, else the subject qualified by its issuer (`{iss}#{sub}`), so two issuers' subjects
+    /// never look alike. A claim that would reach a header and holds a control character makes
+    /// the token invalid.
+    fn from_verified(v: Verified) -> Result<Principal, AuthnError> {
+        if [&v.email, &v.subject]
+            .into_iter()
+            .flatten()
+            .any(|c| c.chars().any(char::is_control))
+        {
+            return Err(AuthnError::InvalidToken(
+                "the token's identity claims (sub, email) hold control characters".into(),
+            ));
+        }
         let members = principal_members(v.email.as_deref(), &[], None);
-        let id = v
-            .email
-            .as_deref()
-            .map(str::to_ascii_lowercase)
-            .or(v.subject)
-            .unwrap_or_default();
+        let id = match (v.email.as_deref(), v.subject.as_deref()) {
+            (Some(email), _) => email.to_ascii_lowercase(),
+            (None, Some(sub)) => format!("{}#{sub}", v.issuer),
+            (None, None) => String::new(),
+        };
         let key = principal_key(&v.issuer, &id, &members);
-        Principal {
+        Ok(Principal {
             id: id.into(),
             key,
             members,
             expires_at: v.expires_at,
             has_scope: v.has_scope,
-        }
+        })
     }
 }
 
@@ -112,6 +133,11 @@ pub type TokenHash = [u8; 32];
 /// Hashes a token for cache keys and logs.
 pub fn token_hash(token: &str) -> TokenHash {
     Sha256::digest(token.as_bytes()).into()
+}
+
+/// A JWT has exactly two dots; anything else is an opaque token.
+fn is_jwt(token: &str) -> bool {
+    token.bytes().filter(|&b| b == b'.').count() == 2
 }
 
 pub(crate) fn unix_now() -> u64 {
@@ -138,8 +164,7 @@ impl moka::Expiry<TokenHash, Arc<Principal>> for UntilExpiry {
 /// Turns bearer tokens into principals.
 pub struct Authenticator {
     jwt: jwt::JwtVerifier,
-    tokeninfo: Option<tokeninfo::Tokeninfo>,
-    introspection: Option<introspection::Introspection>,
+    opaque: Arc<Opaque>,
     required_scope: String,
     leeway: u64,
     /// Verified principals, until their token expires (capped).
@@ -148,6 +173,41 @@ pub struct Authenticator {
     rejected: moka::future::Cache<TokenHash, AuthnError>,
     counters: CacheCounters,
     rejected_counters: CacheCounters,
+}
+
+/// The outcome of one opaque-token lookup, shared by every Check that waits for it.
+type Lookup = Shared<BoxFuture<'static, Result<Arc<Principal>, AuthnError>>>;
+
+/// Opaque tokens: their verifiers, and the lookups in flight. A lookup runs in a task of its
+/// own, so a Check that gives up at its deadline does not cancel it: its answer is cached for
+/// the next Check instead of being asked for again on every retry.
+struct Opaque {
+    tokeninfo: Option<tokeninfo::Tokeninfo>,
+    introspection: Option<introspection::Introspection>,
+    required_scope: String,
+    leeway: u64,
+    /// Lookups in flight at once (`token.max_concurrent_lookups`).
+    permits: tokio::sync::Semaphore,
+    /// In flight, by token hash: concurrent Checks of one token share one lookup.
+    flights: Mutex<HashMap<TokenHash, Lookup>>,
+}
+
+impl Opaque {
+    async fn verify(&self, token: &str) -> Result<Verified, AuthnError> {
+        let _permit = self
+            .permits
+            .acquire()
+            .await
+            .map_err(|_| AuthnError::Unavailable("opaque-token lookups are closed".into()))?;
+        match (&self.tokeninfo, &self.introspection) {
+            (Some(t), None) => t.verify(token, &self.required_scope, self.leeway).await,
+            (Some(t), Some(_)) if token.starts_with(GOOGLE_OPAQUE_PREFIX) => {
+                t.verify(token, &self.required_scope, self.leeway).await
+            }
+            (_, Some(i)) => i.verify(token, &self.required_scope, self.leeway).await,
+            (None, None) => Err(AuthnError::InvalidToken("the token is not a JWT".into())),
+        }
+    }
 }
 
 fn count_eviction(
@@ -176,14 +236,20 @@ impl Authenticator {
         let rejected = count_eviction("token_rejected");
         Authenticator {
             jwt: jwt::JwtVerifier::new(token, keys::KeySets::new(http.clone(), token), fixed),
-            tokeninfo: token
-                .tokeninfo
-                .as_ref()
-                .map(|t| tokeninfo::Tokeninfo::new(http.clone(), t.url.clone())),
-            introspection: token
-                .introspection
-                .as_ref()
-                .map(|i| introspection::Introspection::new(http, i.clone())),
+            opaque: Arc::new(Opaque {
+                tokeninfo: token
+                    .tokeninfo
+                    .as_ref()
+                    .map(|t| tokeninfo::Tokeninfo::new(http.clone(), t.url.clone())),
+                introspection: token
+                    .introspection
+                    .as_ref()
+                    .map(|i| introspection::Introspection::new(http, i.clone())),
+                required_scope: token.required_scope.clone(),
+                leeway: token.leeway.as_secs(),
+                permits: tokio::sync::Semaphore::new(token.max_concurrent_lookups.max(1)),
+                flights: Mutex::new(HashMap::new()),
+            }),
             required_scope: token.required_scope.clone(),
             leeway: token.leeway.as_secs(),
             cache: moka::future::Cache::builder()
@@ -215,25 +281,28 @@ impl Authenticator {
                     return Err(e);
                 }
                 self.counters.miss.increment(1);
-                // Concurrent first sights of one token share one verification.
-                let verified = self
-                    .cache
-                    .try_get_with(key, async {
-                        self.verify(token)
-                            .await
-                            .map(|v| Arc::new(Principal::from_verified(v)))
-                    })
-                    .await
-                    .map_err(|e| (*e).clone());
-                match verified {
-                    Ok(p) => p,
-                    Err(e) => {
-                        // Only a verdict on the token is remembered; an outage is not.
-                        if matches!(e, AuthnError::InvalidToken(_)) {
-                            self.rejected.insert(key, e.clone()).await;
+                if is_jwt(token) {
+                    // Concurrent first sights of one token share one verification; a key-set
+                    // fetch it needs runs detached already (see [`keys`]).
+                    let verified = self
+                        .cache
+                        .try_get_with(key, async {
+                            Principal::from_verified(
+                                self.jwt.verify(token, &self.required_scope).await?,
+                            )
+                            .map(Arc::new)
+                        })
+                        .await
+                        .map_err(|e| (*e).clone());
+                    match verified {
+                        Ok(p) => p,
+                        Err(e) => {
+                            self.remember(key, &e).await;
+                            return Err(e);
                         }
-                        return Err(e);
                     }
+                } else {
+                    self.lookup(key, token).await?
                 }
             }
         };
@@ -247,18 +316,60 @@ impl Authenticator {
         Ok(principal)
     }
 
-    async fn verify(&self, token: &str) -> Result<Verified, AuthnError> {
-        if token.bytes().filter(|&b| b == b'.').count() == 2 {
-            return self.jwt.verify(token, &self.required_scope).await;
+    /// Only a verdict on the token is remembered; an outage or a rate limit is not.
+    async fn remember(&self, key: TokenHash, e: &AuthnError) {
+        if matches!(e, AuthnError::InvalidToken(_)) {
+            self.rejected.insert(key, e.clone()).await;
         }
-        match (&self.tokeninfo, &self.introspection) {
-            (Some(t), None) => t.verify(token, &self.required_scope, self.leeway).await,
-            (Some(t), Some(_)) if token.starts_with(GOOGLE_OPAQUE_PREFIX) => {
-                t.verify(token, &self.required_scope, self.leeway).await
+    }
+
+    /// Joins the lookup of an opaque token in flight, or starts one in its own task.
+    async fn lookup(&self, key: TokenHash, token: &str) -> Result<Arc<Principal>, AuthnError> {
+        let flight = {
+            let Ok(mut flights) = self.opaque.flights.lock() else {
+                return Err(AuthnError::Unavailable(
+                    "opaque-token lookups failed".into(),
+                ));
+            };
+            match flights.get(&key) {
+                Some(f) => f.clone(),
+                None => {
+                    let (opaque, cache, rejected) = (
+                        self.opaque.clone(),
+                        self.cache.clone(),
+                        self.rejected.clone(),
+                    );
+                    let token = token.to_owned();
+                    let task = tokio::spawn(async move {
+                        let result = match opaque.verify(&token).await {
+                            Ok(v) => Principal::from_verified(v).map(Arc::new),
+                            Err(e) => Err(e),
+                        };
+                        match &result {
+                            Ok(p) => cache.insert(key, p.clone()).await,
+                            Err(e @ AuthnError::InvalidToken(_)) => {
+                                rejected.insert(key, e.clone()).await
+                            }
+                            Err(_) => {}
+                        }
+                        if let Ok(mut flights) = opaque.flights.lock() {
+                            flights.remove(&key);
+                        }
+                        result
+                    });
+                    let flight: Lookup = async move {
+                        task.await.unwrap_or_else(|e| {
+                            Err(AuthnError::Unavailable(format!("opaque-token lookup: {e}")))
+                        })
+                    }
+                    .boxed()
+                    .shared();
+                    flights.insert(key, flight.clone());
+                    flight
+                }
             }
-            (_, Some(i)) => i.verify(token, &self.required_scope, self.leeway).await,
-            (None, None) => Err(AuthnError::InvalidToken("the token is not a JWT".into())),
-        }
+        };
+        flight.await
     }
 
     /// Applies the caches' pending bookkeeping (so sizes are exact), e.g. before measuring.

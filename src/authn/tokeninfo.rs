@@ -1,6 +1,7 @@
 //! Opaque Google access tokens (`ya29.…`), asked of Google's tokeninfo endpoint. The token
-//! travels in the `Authorization` header of a POST, never in a URL. Tokeninfo's numbers arrive
-//! as JSON strings; `email` is present only with the `userinfo.email` scope; HTTP 400 with
+//! travels as the form field `access_token` of a POST (Google's documented form), never in a
+//! URL. Tokeninfo's numbers arrive as JSON strings; `email` is present only with the
+//! `userinfo.email` scope and counts only with `email_verified: "true"`; HTTP 400 with
 //! `invalid_token` means the token is bad.
 
 use serde::Deserialize;
@@ -34,6 +35,21 @@ struct Answer {
     error: Option<String>,
 }
 
+/// Whether an upstream's HTTP status is a verdict on the token (400, 401, 413, 431) rather
+/// than on the service (429, 5xx, anything else unexpected).
+pub(crate) fn refuses_token(status: http::StatusCode) -> bool {
+    matches!(status.as_u16(), 400 | 401 | 413 | 431)
+}
+
+/// `email_verified` as issuers send it: `true` or `"true"`; anything else, or nothing, is not.
+pub(crate) fn vouched(email_verified: Option<&serde_json::Value>) -> bool {
+    match email_verified {
+        Some(serde_json::Value::Bool(b)) => *b,
+        Some(serde_json::Value::String(s)) => s == "true",
+        _ => false,
+    }
+}
+
 /// A number that may arrive as a JSON number or a JSON string.
 pub(crate) fn number(v: &serde_json::Value) -> Option<u64> {
     match v {
@@ -59,15 +75,15 @@ impl Tokeninfo {
         let request = self
             .http
             .post(&self.url)
-            .bearer_auth(token)
-            .header(http::header::ACCEPT, "application/json");
+            .header(http::header::ACCEPT, "application/json")
+            .form(&[("access_token", token)]);
         let reply = crate::upstream::send("tokeninfo", request, MAX_BODY)
             .await
             .map_err(|e| AuthnError::Unavailable(format!("tokeninfo: {e}")))?;
         let status = reply.status;
         let answer: Option<Answer> = serde_json::from_slice(&reply.body).ok();
-        if matches!(status.as_u16(), 400 | 401) {
-            // 400 invalid_token: the token is bad, not the service.
+        if refuses_token(status) {
+            // 400 invalid_token: the token is bad, not the service; 413/431: too large to be one.
             return Err(AuthnError::InvalidToken(
                 match answer.and_then(|a| a.error).as_deref() {
                     Some("invalid_token") | None => "the token is not valid (tokeninfo)",
@@ -96,8 +112,9 @@ impl Tokeninfo {
         if expires_at + leeway < now {
             return Err(AuthnError::InvalidToken("the token has expired".into()));
         }
-        let verified = !matches!(&answer.email_verified, Some(v) if v == &serde_json::json!(false) || v == "false");
-        let email = answer.email.filter(|_| verified);
+        let email = answer
+            .email
+            .filter(|_| vouched(answer.email_verified.as_ref()));
         let has_scope = answer
             .scope
             .as_deref()

@@ -31,6 +31,9 @@ pub const INVOKE: &str = "apigee.deployments.invoke";
 pub enum Reason {
     /// No token or a malformed `Authorization` header (401, `invalid_request`).
     InvalidRequest,
+    /// A path or host that cannot be read one way only, so no route can be chosen safely
+    /// (400, `INVALID_ARGUMENT`; labelled `invalid_request` too).
+    MalformedRequest,
     /// Bad, expired or untrusted token (401, `invalid_token`).
     InvalidToken,
     /// Valid token without the required scope (403, `insufficient_scope`).
@@ -50,7 +53,7 @@ impl Reason {
     /// The metric label.
     pub fn label(self) -> &'static str {
         match self {
-            Reason::InvalidRequest => "invalid_request",
+            Reason::InvalidRequest | Reason::MalformedRequest => "invalid_request",
             Reason::InvalidToken => "invalid_token",
             Reason::InsufficientScope => "insufficient_scope",
             Reason::PermissionDenied => "permission_denied",

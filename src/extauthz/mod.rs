@@ -69,6 +69,12 @@ impl Checker {
                     format!("Permission 'apigee.deployments.invoke' denied: {e}."),
                 );
             }
+            Err(e @ (RouteError::Malformed(_) | RouteError::BadHost)) => {
+                return Decision::deny(
+                    Reason::MalformedRequest,
+                    format!("The request cannot be routed unambiguously: {e}."),
+                );
+            }
         };
         let token = match req.token {
             Ok(t) => t,
@@ -86,6 +92,7 @@ impl Checker {
             Err(e) => {
                 let (reason, message) = match e {
                     AuthnError::InvalidToken(m) => (Reason::InvalidToken, m),
+                    AuthnError::Throttled(m) => (Reason::InvalidToken, m.into()),
                     AuthnError::InsufficientScope => (
                         Reason::InsufficientScope,
                         format!(
@@ -149,8 +156,9 @@ struct CheckMetrics {
     duration: metrics::Histogram,
 }
 
-const REASONS: [Reason; 7] = [
+const REASONS: [Reason; 8] = [
     Reason::InvalidRequest,
+    Reason::MalformedRequest,
     Reason::InvalidToken,
     Reason::InsufficientScope,
     Reason::PermissionDenied,

@@ -24,6 +24,7 @@ const REALM: &str = "verifyiam";
 /// gRPC codes used in `CheckResponse.status`.
 mod code {
     pub const OK: i32 = 0;
+    pub const INVALID_ARGUMENT: i32 = 3;
     pub const PERMISSION_DENIED: i32 = 7;
     pub const UNAVAILABLE: i32 = 14;
     pub const UNAUTHENTICATED: i32 = 16;
@@ -143,6 +144,12 @@ fn denied(d: &Denial, scope: &str) -> CheckResponse {
                 "Bearer realm=\"{REALM}\", error=\"invalid_request\", error_description=\"{}\"",
                 quoted(&d.message)
             )),
+        ),
+        Reason::MalformedRequest => (
+            code::INVALID_ARGUMENT,
+            HttpStatusCode::BadRequest,
+            "INVALID_ARGUMENT",
+            None,
         ),
         Reason::InvalidToken => (
             code::UNAUTHENTICATED,

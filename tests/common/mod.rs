@@ -163,6 +163,8 @@ pub struct Upstream {
     pub hits: Arc<Mutex<HashMap<String, usize>>>,
     routes: Arc<Mutex<HashMap<String, Reply>>>,
     total: Arc<AtomicUsize>,
+    /// The last request seen on each path: its headers and body.
+    last: Arc<Mutex<HashMap<String, (HeaderMap, String)>>>,
 }
 
 /// What an upstream answers on one path.
@@ -204,31 +206,38 @@ impl Upstream {
             hits: Default::default(),
             routes: Default::default(),
             total: Default::default(),
+            last: Default::default(),
         };
         let state = up.clone();
-        let app = axum::Router::new().fallback(move |uri: axum::http::Uri, _h: HeaderMap| {
-            let state = state.clone();
-            async move {
-                let path = uri.path().to_owned();
-                *state.hits.lock().unwrap().entry(path.clone()).or_default() += 1;
-                state.total.fetch_add(1, Ordering::SeqCst);
-                let reply = state.routes.lock().unwrap().get(&path).cloned();
-                let Some(reply) = reply else {
-                    return axum::http::Response::builder()
-                        .status(404)
-                        .body(axum::body::Body::empty())
-                        .unwrap();
-                };
-                if !reply.delay.is_zero() {
-                    tokio::time::sleep(reply.delay).await;
+        let app = axum::Router::new().fallback(
+            move |uri: axum::http::Uri, h: HeaderMap, body: axum::body::Bytes| {
+                let state = state.clone();
+                async move {
+                    let path = uri.path().to_owned();
+                    *state.hits.lock().unwrap().entry(path.clone()).or_default() += 1;
+                    state.last.lock().unwrap().insert(
+                        path.clone(),
+                        (h, String::from_utf8_lossy(&body).into_owned()),
+                    );
+                    state.total.fetch_add(1, Ordering::SeqCst);
+                    let reply = state.routes.lock().unwrap().get(&path).cloned();
+                    let Some(reply) = reply else {
+                        return axum::http::Response::builder()
+                            .status(404)
+                            .body(axum::body::Body::empty())
+                            .unwrap();
+                    };
+                    if !reply.delay.is_zero() {
+                        tokio::time::sleep(reply.delay).await;
+                    }
+                    let mut b = axum::http::Response::builder().status(reply.status);
+                    for (k, v) in &reply.headers {
+                        b = b.header(k, v);
+                    }
+                    b.body(axum::body::Body::from(reply.body)).unwrap()
                 }
-                let mut b = axum::http::Response::builder().status(reply.status);
-                for (k, v) in &reply.headers {
-                    b = b.header(k, v);
-                }
-                b.body(axum::body::Body::from(reply.body)).unwrap()
-            }
-        });
+            },
+        );
         tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
         up
     }
@@ -243,6 +252,16 @@ impl Upstream {
 
     pub fn hits(&self, path: &str) -> usize {
         self.hits.lock().unwrap().get(path).copied().unwrap_or(0)
+    }
+
+    /// Requests on every path so far.
+    pub fn total(&self) -> usize {
+        self.total.load(Ordering::SeqCst)
+    }
+
+    /// The headers and body of the last request on `path`.
+    pub fn last_request(&self, path: &str) -> Option<(HeaderMap, String)> {
+        self.last.lock().unwrap().get(path).cloned()
     }
 
     /// Publishes a JWK set at `/jwks`.
@@ -655,3 +674,4 @@ pub const OK: i32 = 0;
 pub const PERMISSION_DENIED: i32 = 7;
 pub const UNAVAILABLE: i32 = 14;
 pub const UNAUTHENTICATED: i32 = 16;
+pub const INVALID_ARGUMENT: i32 = 3;

@@ -1,0 +1,230 @@
+//! The one spelling of a request path that the route table is matched against. Backends read
+//! paths in many ways (Spring and Tomcat drop `;` parameters, Windows servers trim a trailing
+//! `.` or space, most decode `%61` to `a` and merge `//`), so a route decided on the raw path
+//! could be bypassed by any spelling the backend reads as a more specific path. Here the path is
+//! normalised (unreserved characters percent-decoded, dot segments removed, slashes merged,
+//! letters folded to lower case), and every path that has no single reading is refused.
+
+use std::fmt::Write as _;
+
+/// Why a path has no single reading. The message names the problem.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum PathError {
+    /// Not an absolute path.
+    #[error("the path must start with '/'")]
+    NotAbsolute,
+    /// `%2F`: one backend splits segments on it, another does not.
+    #[error("the path holds an encoded '/' (%2F)")]
+    EncodedSlash,
+    /// `%5C`.
+    #[error("the path holds an encoded '\\' (%5C)")]
+    EncodedBackslash,
+    /// A raw backslash, read as `/` by some servers.
+    #[error("the path holds a '\\'")]
+    Backslash,
+    /// `;` parameters (raw or `%3B`), dropped by some servers before routing.
+    #[error("the path holds ';' parameters")]
+    Parameters,
+    /// `%25`: a second decoding would read something else.
+    #[error("the path holds an encoded '%' (%25), which a second decoding would change")]
+    EncodedPercent,
+    /// `%` not followed by two hex digits.
+    #[error("the path holds invalid percent-encoding")]
+    BadPercent,
+    /// A control character, raw whitespace or a raw non-ASCII byte.
+    #[error("the path holds a control character, raw whitespace or a raw non-ASCII byte")]
+    Control,
+    /// A segment ending in `.` (other than the dot segments themselves).
+    #[error("a path segment ends in '.'")]
+    TrailingDot,
+    /// A segment ending in (encoded) whitespace.
+    #[error("a path segment ends in whitespace")]
+    TrailingSpace,
+}
+
+fn unreserved(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~')
+}
+
+fn hex(b: u8) -> Option<u8> {
+    match b {
+        b'0'..=b'9' => Some(b - b'0'),
+        b'a'..=b'f' => Some(b - b'a' + 10),
+        b'A'..=b'F' => Some(b - b'A' + 10),
+        _ => None,
+    }
+}
+
+/// The normal form of the path part of `raw` (everything before `?` or `#`): lower case,
+/// unreserved characters decoded, other encoded bytes kept as `%xx`, empty and `.` segments
+/// dropped, `..` applied (never above the root), a trailing `/` kept.
+pub fn normalize(raw: &str) -> Result<String, PathError> {
+    let raw = raw.as_bytes();
+    let end = raw
+        .iter()
+        .position(|&b| b == b'?' || b == b'#')
+        .unwrap_or(raw.len());
+    let raw = &raw[..end];
+    if raw.first() != Some(&b'/') {
+        return Err(PathError::NotAbsolute);
+    }
+    // First pass: decode into segments of lower-case text, refusing what has no single reading.
+    let mut segments: Vec<String> = Vec::new();
+    let mut current = String::new();
+    // Whether the current segment's last character is (encoded) whitespace.
+    let mut ends_in_space = false;
+    let mut i = 1;
+    let mut trailing_slash = false;
+    let close = |current: &mut String,
+                 ends_in_space: bool,
+                 segments: &mut Vec<String>|
+     -> Result<(), PathError> {
+        let segment = std::mem::take(current);
+        match segment.as_str() {
+            "" | "." => {}
+            ".." => {
+                segments.pop();
+            }
+            s if s.ends_with('.') => return Err(PathError::TrailingDot),
+            _ if ends_in_space => return Err(PathError::TrailingSpace),
+            _ => segments.push(segment),
+        }
+        Ok(())
+    };
+    while i < raw.len() {
+        let b = raw[i];
+        match b {
+            b'/' => {
+                close(&mut current, ends_in_space, &mut segments)?;
+                ends_in_space = false;
+                trailing_slash = true;
+                i += 1;
+                continue;
+            }
+            b'%' => {
+                let (Some(h), Some(l)) = (
+                    raw.get(i + 1).copied().and_then(hex),
+                    raw.get(i + 2).copied().and_then(hex),
+                ) else {
+                    return Err(PathError::BadPercent);
+                };
+                let d = h << 4 | l;
+                match d {
+                    b'/' => return Err(PathError::EncodedSlash),
+                    b'\\' => return Err(PathError::EncodedBackslash),
+                    b';' => return Err(PathError::Parameters),
+                    b'%' => return Err(PathError::EncodedPercent),
+                    0..0x20 | 0x7f => return Err(PathError::Control),
+                    d if unreserved(d) => {
+                        current.push(d.to_ascii_lowercase() as char);
+                        ends_in_space = false;
+                    }
+                    d => {
+                        let _ = write!(current, "%{d:02x}");
+                        ends_in_space = d == b' ';
+                    }
+                }
+                i += 3;
+            }
+            b'\\' => return Err(PathError::Backslash),
+            b';' => return Err(PathError::Parameters),
+            0..=0x20 | 0x7f.. => return Err(PathError::Control),
+            b => {
+                current.push(b.to_ascii_lowercase() as char);
+                ends_in_space = false;
+                i += 1;
+            }
+        }
+        trailing_slash = false;
+    }
+    close(&mut current, ends_in_space, &mut segments)?;
+    let mut out = String::with_capacity(end + 1);
+    for s in &segments {
+        out.push('/');
+        out.push_str(s);
+    }
+    if out.is_empty() || trailing_slash {
+        out.push('/');
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn n(p: &str) -> Result<String, PathError> {
+        normalize(p)
+    }
+
+    #[test]
+    fn dot_segments_are_removed_and_slashes_merged() {
+        assert_eq!(n("/orders/./admin").as_deref(), Ok("/orders/admin"));
+        assert_eq!(n("/orders/x/../admin").as_deref(), Ok("/orders/admin"));
+        assert_eq!(n("//orders///admin").as_deref(), Ok("/orders/admin"));
+        assert_eq!(n("/../../orders").as_deref(), Ok("/orders"));
+        assert_eq!(n("/orders/..").as_deref(), Ok("/"));
+        assert_eq!(n("/").as_deref(), Ok("/"));
+        assert_eq!(n("/orders/").as_deref(), Ok("/orders/"));
+        assert_eq!(n("/orders/.").as_deref(), Ok("/orders"));
+    }
+
+    #[test]
+    fn unreserved_characters_are_decoded_and_letters_folded() {
+        assert_eq!(n("/orders/%61dmin").as_deref(), Ok("/orders/admin"));
+        assert_eq!(n("/Orders/ADMIN").as_deref(), Ok("/orders/admin"));
+        assert_eq!(n("/orders/%2e%2E/admin").as_deref(), Ok("/admin"));
+        assert_eq!(n("/a%7Eb").as_deref(), Ok("/a~b"));
+    }
+
+    #[test]
+    fn other_encoded_bytes_stay_encoded_in_one_spelling() {
+        assert_eq!(n("/caf%C3%A9").as_deref(), Ok("/caf%c3%a9"));
+        assert_eq!(n("/a%40b").as_deref(), Ok("/a%40b"));
+        assert_eq!(n("/my%20file.txt").as_deref(), Ok("/my%20file.txt"));
+    }
+
+    #[test]
+    fn query_and_fragment_are_not_part_of_the_path() {
+        assert_eq!(n("/orders?x=/admin").as_deref(), Ok("/orders"));
+        assert_eq!(n("/orders#/admin").as_deref(), Ok("/orders"));
+    }
+
+    #[test]
+    fn ambiguous_paths_are_refused_naming_the_problem() {
+        for (p, e) in [
+            ("orders", PathError::NotAbsolute),
+            ("", PathError::NotAbsolute),
+            ("/a%2Fb", PathError::EncodedSlash),
+            ("/a%2fb", PathError::EncodedSlash),
+            ("/a%5cb", PathError::EncodedBackslash),
+            ("/a\\b", PathError::Backslash),
+            ("/a;b=1", PathError::Parameters),
+            ("/a%3Bb", PathError::Parameters),
+            ("/a%252F", PathError::EncodedPercent),
+            ("/a%zz", PathError::BadPercent),
+            ("/a%4", PathError::BadPercent),
+            ("/a%", PathError::BadPercent),
+            ("/a%0a", PathError::Control),
+            ("/a\tb", PathError::Control),
+            ("/a b", PathError::Control),
+            ("/a\u{e9}", PathError::Control),
+            ("/admin.", PathError::TrailingDot),
+            ("/admin./x", PathError::TrailingDot),
+            ("/admin%2E", PathError::TrailingDot),
+            ("/...", PathError::TrailingDot),
+            ("/admin%20", PathError::TrailingSpace),
+            ("/admin%20/x", PathError::TrailingSpace),
+        ] {
+            assert_eq!(n(p), Err(e), "{p:?}");
+        }
+    }
+
+    #[test]
+    fn normal_forms_are_fixed_points() {
+        for p in ["/", "/orders", "/orders/", "/a%40b/c", "/caf%c3%a9"] {
+            let once = n(p).unwrap();
+            assert_eq!(n(&once).as_deref(), Ok(once.as_str()), "{p}");
+        }
+    }
+}
