@@ -401,6 +401,49 @@ async fn slow_tokeninfo_answers_are_cached_for_the_next_check() {
 }
 
 #[tokio::test]
+async fn opaque_lookups_in_flight_are_capped() {
+    let up = Upstream::start().await;
+    up.publish(&[rsa()]);
+    up.set(
+        "/tokeninfo",
+        Reply {
+            delay: Duration::from_millis(50),
+            ..Reply::status(400, "{\"error\":\"invalid_token\"}")
+        },
+    );
+    let extra = format!(
+        "[token]\nmax_concurrent_lookups = 2\n[token.tokeninfo]\nurl = \"{}\"\n",
+        up.url("/tokeninfo")
+    );
+    let s = Server::start_with(Options {
+        extra,
+        upstream: Some(up.clone()),
+        ..Default::default()
+    })
+    .await;
+    let client = s.client().await;
+    let mut tasks = Vec::new();
+    for i in 0..20 {
+        let mut client = client.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut req = check_request(Some(&format!("Bearer ya29.random-{i}")), "h", "/");
+            let ext = &mut req.attributes.as_mut().unwrap().context_extensions;
+            ext.insert("environment".into(), "prod".into());
+            ext.insert("deployment".into(), "orders".into());
+            Outcome::from(client.check(req).await.unwrap().into_inner())
+        }));
+    }
+    for t in tasks {
+        t.await
+            .unwrap()
+            .assert_denied(UNAUTHENTICATED, 401, Some("invalid_token"));
+    }
+    assert_eq!(up.hits("/tokeninfo"), 20);
+    let most = up.max_in_flight.load(std::sync::atomic::Ordering::SeqCst);
+    assert!((1..=2).contains(&most), "{most} lookups in flight at once");
+}
+
+#[tokio::test]
 async fn tokeninfo_and_introspection_refusals_are_invalid_tokens() {
     let up = Upstream::start().await;
     up.publish(&[rsa()]);

@@ -165,6 +165,9 @@ pub struct Upstream {
     total: Arc<AtomicUsize>,
     /// The last request seen on each path: its headers and body.
     last: Arc<Mutex<HashMap<String, (HeaderMap, String)>>>,
+    /// Requests being answered now, and the most there ever were at once.
+    in_flight: Arc<AtomicUsize>,
+    pub max_in_flight: Arc<AtomicUsize>,
 }
 
 /// What an upstream answers on one path.
@@ -207,6 +210,8 @@ impl Upstream {
             routes: Default::default(),
             total: Default::default(),
             last: Default::default(),
+            in_flight: Default::default(),
+            max_in_flight: Default::default(),
         };
         let state = up.clone();
         let app = axum::Router::new().fallback(
@@ -228,7 +233,10 @@ impl Upstream {
                             .unwrap();
                     };
                     if !reply.delay.is_zero() {
+                        let now = state.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
+                        state.max_in_flight.fetch_max(now, Ordering::SeqCst);
                         tokio::time::sleep(reply.delay).await;
+                        state.in_flight.fetch_sub(1, Ordering::SeqCst);
                     }
                     let mut b = axum::http::Response::builder().status(reply.status);
                     for (k, v) in &reply.headers {
