@@ -407,6 +407,10 @@ pub fn dev_config(data_dir: &Path) -> Config {
         },
         authz: crate::config::AuthzConfig::default(),
         routes: Vec::new(),
+        // Backend ID tokens signed by the development key, so `check` shows them offline.
+        backend_auth: Some(crate::config::BackendAuthConfig::new(
+            crate::config::BackendTokenSource::Dev,
+        )),
     }
 }
 
