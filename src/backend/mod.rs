@@ -203,6 +203,29 @@ pub struct IdTokenClaims {
     pub exp: u64,
 }
 
+impl IdTokenClaims {
+    /// `iss`, `email`, `aud` and `exp` (with its date), one `name: value` line each.
+    pub fn lines(&self) -> String {
+        let or_none = |v: &Option<String>| v.clone().unwrap_or_else(|| "(none)".to_owned());
+        let date = std::time::UNIX_EPOCH
+            .checked_add(Duration::from_secs(self.exp))
+            .map(|t| humantime::format_rfc3339_seconds(t).to_string())
+            .unwrap_or_default();
+        format!(
+            "iss: {}\nemail: {}\naud: {}\nexp: {} ({date})\n",
+            or_none(&self.iss),
+            or_none(&self.email),
+            or_none(&self.aud),
+            self.exp
+        )
+    }
+
+    /// The same on one line, for `verifyiam check`.
+    pub fn summary(&self) -> String {
+        self.lines().trim_end().replace('\n', ", ")
+    }
+}
+
 /// An ID token with its claims. Its `Debug` never shows the token.
 pub struct IdToken {
     /// `Bearer <token>`, built once.
@@ -592,7 +615,7 @@ pub async fn fetch_once(
     project: &str,
     audience: &str,
 ) -> Result<IdToken, String> {
-    check_audience(audience).map_err(|e| format!("--audience: {e}"))?;
+    check_audience(audience).map_err(|e| format!("audience: {e}"))?;
     let identity = BackendIdentity::from_config(config, dev, project).map_err(|e| e.to_string())?;
     let token = identity
         .id_token(audience)
