@@ -295,6 +295,38 @@ async fn googleapis_backends_are_refused_at_configuration_and_at_check_time() {
 }
 
 #[tokio::test]
+async fn continue_on_error_never_carries_a_token_nor_continues_to_a_google_api() {
+    let fake = FakeGoogle::start().await;
+    let s = serve(metadata_config(&fake), "").await;
+    let deploy = format!(
+        "/v1/organizations/{PROJECT}/environments/prod/apis/orders/revisions/1/deployments?continueOnError=true"
+    );
+    let (status, v) = s
+        .call(reqwest::Method::POST, &deploy, Some(&token(ADMIN)), None)
+        .await;
+    assert_eq!(status, 200, "{v}");
+    // A denial that continues is still a denial: the backend gets no ID token.
+    let o = check(
+        &s,
+        Some(&bearer(&token("mallory@example.com"))),
+        Some(ORDERS),
+    )
+    .await;
+    assert!(o.allowed(), "continues: {o:#?}");
+    assert_eq!(o.header("x-verifyiam-result"), Some("denied"));
+    assert_eq!(o.header("authorization"), None);
+    assert_eq!(fake.total(), 0);
+    // A route that cannot work is the gateway's problem: it never continues.
+    let o = check(
+        &s,
+        Some(&bearer(&token("mallory@example.com"))),
+        Some("https://storage.googleapis.com"),
+    )
+    .await;
+    o.assert_denied(UNAUTHENTICATED, 401, Some("invalid_request"));
+}
+
+#[tokio::test]
 async fn an_audience_without_backend_auth_is_never_allowed() {
     let s = serve(String::new(), "").await;
     let o = check(&s, Some(&bearer(&token(ALICE))), Some(ORDERS)).await;

@@ -507,7 +507,12 @@ impl Inner {
                     match tokio::time::timeout(inner.fetch_timeout, inner.source.fetch(&audience))
                         .await
                     {
-                        Ok(Ok(raw)) => IdToken::parse(&raw),
+                        Ok(Ok(raw)) => IdToken::parse(&raw).and_then(|t| match &t.claims.aud {
+                            Some(aud) if **aud != *audience => Err(FetchError::Malformed(
+                                "the token was issued for another audience".into(),
+                            )),
+                            _ => Ok(t),
+                        }),
                         Ok(Err(e)) => Err(e),
                         Err(_) => Err(FetchError::Timeout),
                     }
@@ -758,6 +763,108 @@ mod tests {
         // Expired by now: the next request fetches.
         identity.id_token("https://a").await.unwrap();
         assert_eq!(source.fetches.load(Ordering::SeqCst), 4);
+    }
+
+    #[tokio::test]
+    async fn a_token_for_another_audience_is_refused() {
+        struct Wrong;
+        impl IdTokenSource for Wrong {
+            fn label(&self) -> &'static str {
+                "test"
+            }
+            fn fetch<'a>(&'a self, _: &'a str) -> BoxFuture<'a, Result<String, FetchError>> {
+                let now = crate::authn::unix_now();
+                let token =
+                    jwt(serde_json::json!({"aud": "https://other", "iat": now, "exp": now + 60}));
+                async move { Ok(token) }.boxed()
+            }
+        }
+        let policy = CachePolicy {
+            fetch_timeout: Duration::from_secs(5),
+            refresh_ahead: Duration::from_secs(600),
+            max_audiences: 10,
+        };
+        let identity = BackendIdentity::new(Arc::new(Wrong), policy);
+        assert!(matches!(
+            identity.id_token("https://a").await,
+            Err(FetchError::Malformed(_))
+        ));
+    }
+
+    #[test]
+    fn metadata_url_then_gce_metadata_host_then_the_default() {
+        use crate::config::metadata_base;
+        assert_eq!(
+            metadata_base(Some("http://10.0.0.1:8080/"), Some("169.254.169.254")),
+            "http://10.0.0.1:8080"
+        );
+        assert_eq!(
+            metadata_base(None, Some("169.254.169.254")),
+            "http://169.254.169.254"
+        );
+        assert_eq!(metadata_base(None, Some("http://m:1")), "http://m:1");
+        assert_eq!(
+            metadata_base(None, Some(" ")),
+            "http://metadata.google.internal"
+        );
+        assert_eq!(metadata_base(None, None), "http://metadata.google.internal");
+    }
+
+    #[test]
+    fn backend_auth_configuration_errors_name_the_field() {
+        use crate::config::Config;
+        let err = |table: &str| {
+            Config::parse(&format!("[iam]\nproject = \"p\"\n[backend_auth]\n{table}"))
+                .unwrap_err()
+                .to_string()
+        };
+        assert!(err("source = \"dev\"\n").starts_with("backend_auth.source"));
+        assert!(
+            err("source = \"metadata\"\nkey_file = \"k.json\"\n")
+                .starts_with("backend_auth.key_file")
+        );
+        assert!(
+            err("source = \"metadata\"\nmetadata_url = \"nope\"\n")
+                .starts_with("backend_auth.metadata_url")
+        );
+        assert!(
+            err("source = \"metadata\"\nmax_audiences = 0\n")
+                .starts_with("backend_auth.max_audiences")
+        );
+        assert!(err("source = \"metadata\"\nmetdata_url = \"http://m\"\n").contains("metdata_url"));
+        assert!(err("source = \"gcloud\"\n").contains("source"));
+        let c = Config::parse("[iam]\nproject = \"p\"\n[backend_auth]\nsource = \"metadata\"\n")
+            .unwrap();
+        let b = c.backend_auth.unwrap();
+        assert_eq!(b.token_url, crate::config::GOOGLE_TOKEN_URL);
+        assert_eq!(b.fetch_timeout, Duration::from_secs(5));
+    }
+
+    #[test]
+    fn a_service_account_key_is_read_and_other_json_refused() {
+        let pair = aws_lc_rs::rsa::KeyPair::generate(aws_lc_rs::rsa::KeySize::Rsa2048).unwrap();
+        use aws_lc_rs::encoding::AsDer as _;
+        let der = pair.as_der().unwrap();
+        let b64 = base64::engine::general_purpose::STANDARD.encode(der.as_ref());
+        let pem = format!("-----BEGIN PRIVATE KEY-----\n{b64}\n-----END PRIVATE KEY-----\n");
+        let key = serde_json::json!({
+            "type": "service_account", "client_email": "gw@p.iam.gserviceaccount.com",
+            "private_key": pem, "private_key_id": "k1"
+        });
+        let k = key::ServiceAccountKey::parse(&key.to_string()).unwrap();
+        assert_eq!(k.client_email, "gw@p.iam.gserviceaccount.com");
+        assert!(!format!("{k:?}").contains("PRIVATE"));
+        let a = k.assertion("https://t", "https://b", 1000).unwrap();
+        let claims = IdToken::parse(&a).unwrap().claims;
+        assert_eq!((claims.iat, claims.exp), (Some(1000), 4600));
+        let mut other = key.clone();
+        other["type"] = "authorized_user".into();
+        assert!(key::ServiceAccountKey::parse(&other.to_string()).is_err());
+        let mut broken = key;
+        broken["private_key"] =
+            "-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n".into();
+        let e = key::ServiceAccountKey::parse(&broken.to_string()).unwrap_err();
+        assert!(!e.contains("AAAA"), "{e}");
     }
 
     #[tokio::test]

@@ -127,11 +127,13 @@ impl Checker {
                     ),
                 ),
             };
+            // No target: a route that cannot work is the gateway's problem, never a denial that
+            // continues to the backend (continue-on-error applies to the caller's failures).
             return Decision::Deny(Denial {
                 reason,
                 message: message.into(),
                 principal: None,
-                target: Some(target),
+                target: None,
             })
             .into();
         }
