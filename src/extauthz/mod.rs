@@ -112,7 +112,7 @@ impl Checker {
             }
         };
         // The backend's audience: the route's context_extensions, else its `[[routes]]` entry
-        // (checked at start). Checked before anything else, so a route that cannot work costs nothing.
+        // (checked at start). Checked first, so a route that cannot work costs nothing.
         let extension_audience = req.extension(BACKEND_AUDIENCE).filter(|a| !a.is_empty());
         if let Some(Err(e)) = extension_audience.map(check_audience) {
             let (reason, message) = match e {
@@ -200,10 +200,15 @@ impl Checker {
     ) -> Verdict {
         let message = match &self.backend {
             None => {
-                tracing::warn!(
-                    audience,
-                    "a route names a backend audience but [backend_auth] is not configured"
-                );
+                // Once: a misconfigured route under load must not flood the log.
+                static WARNED: std::sync::atomic::AtomicBool =
+                    std::sync::atomic::AtomicBool::new(false);
+                if !WARNED.swap(true, std::sync::atomic::Ordering::Relaxed) {
+                    tracing::warn!(
+                        audience,
+                        "a route names a backend audience but [backend_auth] is not configured"
+                    );
+                }
                 "the backend's ID token is unavailable: no backend identity is configured"
             }
             Some(identity) => {
