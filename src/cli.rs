@@ -57,6 +57,22 @@ pub enum Command {
     Roles(RolesArgs),
     /// Group memberships.
     Groups(GroupsArgs),
+    /// Fetch the gateway's ID token for a backend exactly as `serve` would, and show its claims.
+    BackendToken(BackendTokenArgs),
+}
+
+/// `backend-token`
+#[derive(Debug, Args)]
+pub struct BackendTokenArgs {
+    /// The TOML configuration file (its `[backend_auth]` table).
+    #[arg(long)]
+    pub config: PathBuf,
+    /// The backend's audience, e.g. its Cloud Run URL.
+    #[arg(long)]
+    pub audience: String,
+    /// Print the token itself on stdout, alone (the claims then go to stderr).
+    #[arg(long)]
+    pub print_token: bool,
 }
 
 /// How the management commands reach the admin API.
@@ -384,6 +400,9 @@ pub struct CheckArgs {
     /// The request's method.
     #[arg(long, default_value = "GET")]
     pub method: String,
+    /// The backend's ID-token audience (context_extensions `backend_audience`).
+    #[arg(long)]
+    pub backend_audience: Option<String>,
 }
 
 /// The configuration `serve --dev` runs with.
@@ -407,6 +426,10 @@ pub fn dev_config(data_dir: &Path) -> Config {
         },
         authz: crate::config::AuthzConfig::default(),
         routes: Vec::new(),
+        // Backend ID tokens signed by the development key, so `check` shows them offline.
+        backend_auth: Some(crate::config::BackendAuthConfig::new(
+            crate::config::BackendTokenSource::Dev,
+        )),
     }
 }
 
@@ -427,6 +450,8 @@ Try it (another shell, same directory):
     --header \"Authorization: Bearer $ADMIN\" --header 'Content-Type: application/json' \\
     --data '{{\"policy\":{{\"bindings\":[{{\"members\":[\"user:alice@example.com\"],\"role\":\"roles/apigee.deploymentInvoker\"}}]}}}}'
   cargo run -q -- check --addr http://{extauthz} --deployment prod/orders --token \"$ALICE\"   # allowed
+  cargo run -q -- check --addr http://{extauthz} --deployment prod/orders --token \"$ALICE\" \\
+    --backend-audience https://orders-7x2kq-uc.a.run.app   # allowed, with the backend's ID token
 "
     )
 }
@@ -481,6 +506,9 @@ pub async fn check(args: &CheckArgs) -> Result<CheckOutcome, String> {
     if let Some(org) = &args.organization {
         extensions.insert("organization".to_owned(), org.clone());
     }
+    if let Some(audience) = &args.backend_audience {
+        extensions.insert("backend_audience".to_owned(), audience.clone());
+    }
     let request = CheckRequest {
         attributes: Some(AttributeContext {
             request: Some(AttrRequest {
@@ -514,7 +542,11 @@ pub async fn check(args: &CheckArgs) -> Result<CheckOutcome, String> {
     match response.http_response {
         Some(HttpResponse::OkResponse(ok)) => {
             for h in ok.headers.iter().filter_map(|h| h.header.as_ref()) {
-                report.push_str(&format!("upstream header: {}: {}\n", h.key, h.value));
+                report.push_str(&format!(
+                    "upstream header: {}: {}\n",
+                    h.key,
+                    shown_header(&h.key, &h.value)
+                ));
             }
         }
         Some(HttpResponse::DeniedResponse(d)) | Some(HttpResponse::ErrorResponse(d)) => {
@@ -528,6 +560,66 @@ pub async fn check(args: &CheckArgs) -> Result<CheckOutcome, String> {
         None => {}
     }
     Ok(CheckOutcome { allowed, report })
+}
+
+/// A header value as `check` prints it: bearer tokens shortened, an ID token's claims shown.
+fn shown_header(key: &str, value: &str) -> String {
+    let Some(token) = value.strip_prefix("Bearer ") else {
+        return value.to_owned();
+    };
+    if !matches!(key, "authorization" | "x-forwarded-authorization") {
+        return value.to_owned();
+    }
+    let short: String = token.chars().take(16).collect();
+    match crate::backend::IdToken::parse(token) {
+        Ok(t) if key == "authorization" => {
+            format!("Bearer {short}… (ID token: {})", t.claims.summary())
+        }
+        _ => format!("Bearer {short}…"),
+    }
+}
+
+/// What `backend-token` prints: stdout and stderr.
+pub struct BackendTokenOutput {
+    /// The claims, or the token alone with `--print-token`.
+    pub stdout: String,
+    /// The claims with `--print-token`.
+    pub stderr: String,
+}
+
+/// `backend-token`: the token as `serve` would fetch it. `Err` carries the exit code (2: the
+/// configuration or the audience; 3: the fetch) and the reason.
+pub async fn backend_token(args: &BackendTokenArgs) -> Result<BackendTokenOutput, (u8, String)> {
+    let config =
+        Config::load(&args.config).map_err(|e| (2, format!("{}: {e}", args.config.display())))?;
+    let Some(backend) = &config.backend_auth else {
+        return Err((
+            2,
+            format!("{}: no [backend_auth] table", args.config.display()),
+        ));
+    };
+    crate::backend::check_audience(&args.audience).map_err(|e| (2, format!("--audience: {e}")))?;
+    let dev = match (&config.token.dev, backend.source) {
+        (Some(d), crate::config::BackendTokenSource::Dev) => Some(std::sync::Arc::new(
+            DevIssuer::load_or_create(&d.issuer, &d.key_file).map_err(|e| (3, e.to_string()))?,
+        )),
+        _ => None,
+    };
+    let token = crate::backend::fetch_once(backend, dev, &config.iam.project, &args.audience)
+        .await
+        .map_err(|e| (3, e))?;
+    let claims = token.claims.lines();
+    Ok(if args.print_token {
+        BackendTokenOutput {
+            stdout: format!("{}\n", token.token()),
+            stderr: claims,
+        }
+    } else {
+        BackendTokenOutput {
+            stdout: claims,
+            stderr: String::new(),
+        }
+    })
 }
 
 /// What a management command prints: the result on stdout, an optional note on stderr.

@@ -5,7 +5,7 @@
 //!
 //! A Check flows one way: [`extauthz`] decodes it, [`route`] names the deployment, [`authn`]
 //! verifies the token, [`authz`] evaluates the policies of [`store`] with the rules of [`iam`], and
-//! [`extauthz`] answers Envoy. [`admin`] manages the policies; [`server`] wires it all.
+//! [`extauthz`] answers Envoy, with [`backend`]'s ID token when the backend takes one. [`admin`] manages the policies; [`server`] wires it all.
 
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
@@ -13,6 +13,7 @@
 pub mod admin;
 pub mod authn;
 pub mod authz;
+pub mod backend;
 pub mod cli;
 pub mod client;
 pub mod config;

@@ -1,7 +1,7 @@
 //! The `verifyiam` binary: parses arguments, sets up logging, binds, and hands over to the
 //! library. Exit codes: 0 success (for `check`: allowed), 1 `check` denied, 2 usage or
-//! configuration error, 3 runtime failure; the management commands add 4 to 7
-//! (see [`verifyiam::client::exit`]).
+//! configuration error, 3 runtime failure (for `backend-token`: no token); the management
+//! commands add 4 to 7 (see [`verifyiam::client::exit`]).
 
 #![forbid(unsafe_code)]
 
@@ -61,6 +61,19 @@ fn main() -> ExitCode {
             }
         }),
         Command::Serve(args) => serve(args),
+        Command::BackendToken(args) => runtime().block_on(async {
+            match verifyiam::cli::backend_token(&args).await {
+                Ok(out) => {
+                    print!("{}", out.stdout);
+                    eprint!("{}", out.stderr);
+                    ExitCode::SUCCESS
+                }
+                Err((code, reason)) => {
+                    eprintln!("backend-token: {reason}");
+                    ExitCode::from(code)
+                }
+            }
+        }),
         management => runtime().block_on(async {
             match verifyiam::cli::manage(management).await {
                 Ok(printed) => {

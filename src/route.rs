@@ -21,6 +21,8 @@ pub struct Target {
     pub deployment: Arc<str>,
     /// `organizations/{o}/environments/{e}/deployments/{d}`.
     pub name: Arc<str>,
+    /// The backend's ID-token audience, when the `[[routes]]` entry names one.
+    pub backend_audience: Option<Arc<str>>,
 }
 
 impl Target {
@@ -34,7 +36,15 @@ impl Target {
                 "organizations/{organization}/environments/{environment}/deployments/{deployment}"
             )
             .into(),
+            backend_audience: None,
         }
+    }
+
+    /// The same target, with the audience of the ID token its backend takes.
+    #[must_use]
+    pub fn with_backend_audience(mut self, audience: Option<&str>) -> Target {
+        self.backend_audience = audience.map(Arc::from);
+        self
     }
 }
 
@@ -124,7 +134,8 @@ impl Router {
                     r.organization.as_deref().unwrap_or(organization),
                     &r.environment,
                     &r.deployment,
-                ),
+                )
+                .with_backend_audience(r.backend_audience.as_deref()),
             })
             .collect();
         // Longest prefix first; among equal prefixes the most specific host first.
@@ -259,6 +270,7 @@ mod tests {
             organization: None,
             environment: "prod".to_owned(),
             deployment: deployment.to_owned(),
+            backend_audience: None,
         }
     }
 
@@ -387,6 +399,7 @@ mod properties {
             organization: None,
             environment: "prod".to_owned(),
             deployment: deployment.to_owned(),
+            backend_audience: None,
         };
         Router::new(
             "demo",

@@ -31,6 +31,9 @@ pub enum ServerError {
     /// The development key could not be had.
     #[error("development issuer: {0}")]
     DevKey(#[from] DevKeyError),
+    /// The backend identity (`[backend_auth]`) could not be built.
+    #[error(transparent)]
+    Backend(#[from] crate::backend::BackendError),
     /// The HTTP client for upstreams could not be built.
     #[error("http client: {0}")]
     Http(String),
@@ -66,6 +69,8 @@ pub struct App {
     pub checker: Arc<Checker>,
     /// The development issuer, when configured.
     pub dev: Option<Arc<DevIssuer>>,
+    /// ID tokens for backends, when `[backend_auth]` is configured.
+    pub backend: Option<crate::backend::BackendIdentity>,
 }
 
 impl App {
@@ -110,13 +115,24 @@ impl App {
             }
             .with_strict_deployments(config.iam.strict_deployments),
         );
-        let checker = Arc::new(Checker::new(
-            router,
-            authenticator.clone(),
-            authorizer.clone(),
-            config.server.check_deadline,
-            &config.token.required_scope,
-        ));
+        let backend = match &config.backend_auth {
+            Some(b) => Some(crate::backend::BackendIdentity::from_config(
+                b,
+                dev.clone(),
+                &config.iam.project,
+            )?),
+            None => None,
+        };
+        let checker = Arc::new(
+            Checker::new(
+                router,
+                authenticator.clone(),
+                authorizer.clone(),
+                config.server.check_deadline,
+                &config.token.required_scope,
+            )
+            .with_backend_identity(backend.clone()),
+        );
         Ok(App {
             config,
             store,
@@ -124,6 +140,7 @@ impl App {
             authorizer,
             checker,
             dev,
+            backend,
         })
     }
 }
@@ -178,6 +195,7 @@ pub async fn serve(
         let metrics = metrics.clone();
         let stop = stop.clone();
         let (authenticator, authorizer) = (app.authenticator.clone(), app.authorizer.clone());
+        let backend = app.backend.clone();
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(Duration::from_secs(5));
             loop {
@@ -189,6 +207,10 @@ pub async fn serve(
                         metrics::gauge!("verifyiam_cache_entries", "cache" => "token_rejected").set(rejected as f64);
                         metrics::gauge!("verifyiam_cache_entries", "cache" => "decision")
                             .set(authorizer.cache_size() as f64);
+                        if let Some(b) = &backend {
+                            metrics::gauge!("verifyiam_cache_entries", "cache" => "backend_token")
+                                .set(b.cache_size() as f64);
+                        }
                         metrics.run_upkeep();
                     }
                 }

@@ -1,4 +1,7 @@
-//! The `verifyiam` binary as a user runs it: `serve --dev`, `token mint`, `check`, `config check`.
+//! The `verifyiam` binary as a user runs it: `serve --dev`, `token mint`, `check`, `config check`,
+//! `backend-token`.
+
+mod common;
 
 use std::path::Path;
 use std::process::Stdio;
@@ -141,6 +144,22 @@ async fn dev_walkthrough_mint_grant_check_revoke() {
         "{out}"
     );
 
+    // Offline, the backend's headers: an ID token signed by the development key.
+    let audience = "https://orders-7x2kq-uc.a.run.app";
+    let mut with_backend = check_args.to_vec();
+    with_backend.extend(["--backend-audience", audience]);
+    let (code, out, _) = run(&with_backend).await;
+    assert_eq!(code, 0, "{out}");
+    for expected in [
+        "upstream header: authorization: Bearer ",
+        "(ID token: iss: verifyiam-dev, email: verifyiam-gateway@dev-project.iam.gserviceaccount.com",
+        &format!("aud: {audience}, exp: "),
+        "upstream header: x-forwarded-authorization: Bearer ",
+    ] {
+        assert!(out.contains(expected), "{expected:?} missing from {out}");
+    }
+    assert!(!out.contains(&alice), "tokens are shortened: {out}");
+
     let r = client
         .post(&url)
         .bearer_auth(&admin_token)
@@ -273,4 +292,124 @@ async fn acknowledged_write_survives_kill_9() {
         .unwrap();
     assert_eq!(read, written);
     child.kill().await.unwrap();
+}
+
+/// A config file using the fake metadata server at `metadata_url` (none: the default applies).
+fn backend_config(dir: &Path, backend_auth: &str) -> std::path::PathBuf {
+    let path = dir.join("verifyiam.toml");
+    let text = format!(
+        "[iam]\nproject = \"demo-project\"\nstore = \"{}\"\n[backend_auth]\n{backend_auth}\n",
+        dir.join("store").display()
+    );
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+#[tokio::test]
+async fn backend_token_prints_the_claims_and_the_token_only_when_asked() {
+    use common::google::{FakeGoogle, GATEWAY, verified_claims};
+    let fake = FakeGoogle::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = backend_config(
+        dir.path(),
+        &format!("source = \"metadata\"\nmetadata_url = \"{}\"", fake.url()),
+    );
+    let config = config.to_str().unwrap();
+    let audience = "https://orders-7x2kq-uc.a.run.app";
+    let args = ["backend-token", "--config", config, "--audience", audience];
+    let (code, out, err) = run(&args).await;
+    assert_eq!(code, 0, "{err}");
+    for expected in [
+        "iss: https://accounts.google.com\n",
+        &format!("email: {GATEWAY}\n"),
+        &format!("aud: {audience}\n"),
+        "exp: ",
+    ] {
+        assert!(out.contains(expected), "{expected:?} missing from {out}");
+    }
+    assert!(
+        !out.contains("eyJ"),
+        "no token without --print-token: {out}"
+    );
+
+    let mut printing = args.to_vec();
+    printing.push("--print-token");
+    let (code, out, err) = run(&printing).await;
+    assert_eq!(code, 0, "{err}");
+    let token = out.trim();
+    assert_eq!(out.lines().count(), 1, "the token alone: {out}");
+    assert_eq!(verified_claims(token)["aud"], audience);
+    assert!(err.contains(&format!("email: {GATEWAY}")), "{err}");
+    assert_eq!(
+        fake.fetches(audience),
+        2,
+        "each run fetches, as serve would"
+    );
+}
+
+#[tokio::test]
+async fn backend_token_finds_the_metadata_server_by_gce_metadata_host() {
+    use common::google::FakeGoogle;
+    let fake = FakeGoogle::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = backend_config(dir.path(), "source = \"metadata\"");
+    let out = tokio::process::Command::new(BIN)
+        .args(["backend-token", "--config", config.to_str().unwrap()])
+        .args(["--audience", "https://a.example.com"])
+        .env("GCE_METADATA_HOST", fake.addr.to_string())
+        .output()
+        .await
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    assert_eq!(fake.fetches("https://a.example.com"), 1);
+}
+
+#[tokio::test]
+async fn backend_token_failures_exit_non_zero_with_the_reason() {
+    let dir = tempfile::tempdir().unwrap();
+    // Nothing listens on port 1.
+    let config = backend_config(
+        dir.path(),
+        "source = \"metadata\"\nmetadata_url = \"http://127.0.0.1:1\"\nfetch_timeout = \"2s\"",
+    );
+    let config = config.to_str().unwrap();
+    let (code, out, err) = run(&[
+        "backend-token",
+        "--config",
+        config,
+        "--audience",
+        "https://a.example.com",
+    ])
+    .await;
+    assert_eq!(code, 3, "{out}{err}");
+    assert!(
+        err.starts_with("backend-token: no ID token for \"https://a.example.com\""),
+        "{err}"
+    );
+    assert!(out.is_empty(), "{out}");
+
+    let (code, _, err) = run(&[
+        "backend-token",
+        "--config",
+        config,
+        "--audience",
+        "https://bigquery.googleapis.com",
+    ])
+    .await;
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("access tokens"), "{err}");
+
+    let bare = dir.path().join("bare.toml");
+    std::fs::write(&bare, "[iam]\nproject = \"p\"\n").unwrap();
+    let (code, _, err) = run(&[
+        "backend-token",
+        "--config",
+        bare.to_str().unwrap(),
+        "--audience",
+        "https://a.example.com",
+    ])
+    .await;
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("no [backend_auth]"), "{err}");
 }

@@ -20,6 +20,7 @@ from envoy.extensions.filters.http.router.v3 import router_pb2
 from envoy.extensions.filters.network.http_connection_manager.v3 import (
     http_connection_manager_pb2,
 )
+from envoy.extensions.transport_sockets.tls.v3 import tls_pb2
 from envoy.extensions.upstreams.http.v3 import http_protocol_options_pb2
 
 from conftest import CHECK_DEADLINE_MS, ENVOY_DIR, load_yaml_documents
@@ -179,11 +180,55 @@ def test_routes_name_their_deployment(bootstrap_path):
                 extensions = dict(settings.check_settings.context_extensions)
                 assert extensions.get("environment"), f"route {route.name!r} lacks environment"
                 assert extensions.get("deployment"), f"route {route.name!r} lacks deployment"
-                assert set(extensions) <= {"organization", "environment", "deployment"}
+                assert set(extensions) <= {"organization", "environment", "deployment", "backend_audience"}
                 if route.HasField("route"):
                     assert route.route.cluster in clusters
         assert health_routes >= 1, "a /healthz route with ext_authz disabled"
         assert api_routes >= 1
+
+
+def _backend_routes(bootstrap):
+    for _, hcm in http_connection_managers(bootstrap):
+        for vhost in hcm.route_config.virtual_hosts:
+            for route in vhost.routes:
+                settings = per_route(route)
+                if settings is None:
+                    continue
+                audience = settings.check_settings.context_extensions.get("backend_audience")
+                if audience:
+                    yield route, audience
+
+
+def test_front_proxy_has_a_cloud_run_route_with_its_backend_audience():
+    routes = list(_backend_routes(load_bootstrap(ENVOY_DIR / "envoy.yaml")))
+    assert any(audience.endswith(".a.run.app") for _, audience in routes), "a Cloud Run example"
+
+
+def test_backend_audience_routes_reach_their_backend_over_tls(bootstrap_path):
+    # The ID token is a bearer credential: it must only ever travel to the backend it names,
+    # encrypted, to a server whose certificate proves that name.
+    bootstrap = load_bootstrap(bootstrap_path)
+    clusters = clusters_by_name(bootstrap)
+    for route, audience in _backend_routes(bootstrap):
+        assert audience.startswith("https://"), f"route {route.name!r}: audience must be an https URL"
+        host = audience.removeprefix("https://").split("/")[0]
+        assert not (host == "googleapis.com" or host.endswith(".googleapis.com")), (
+            "Google APIs take access tokens, not ID tokens"
+        )
+        assert route.route.host_rewrite_literal == host, f"route {route.name!r}: Host must be the backend's"
+        cluster = clusters[route.route.cluster]
+        assert cluster.transport_socket.name == "envoy.transport_sockets.tls"
+        tls = unpack(cluster.transport_socket.typed_config, tls_pb2.UpstreamTlsContext)
+        assert tls.sni == host
+        validation = tls.common_tls_context.validation_context
+        assert validation.trusted_ca.filename, "the backend's certificate is verified"
+        assert [m.matcher.exact for m in validation.match_typed_subject_alt_names] == [host]
+        endpoints = [
+            lb.endpoint.address.socket_address
+            for ep in cluster.load_assignment.endpoints
+            for lb in ep.lb_endpoints
+        ]
+        assert endpoints and all(a.address == host and a.port_value == 443 for a in endpoints)
 
 
 def test_health_route_comes_before_catch_all(bootstrap_path):

@@ -132,6 +132,14 @@ impl DevIssuer {
         jsonwebtoken::encode(&header, &claims, &EncodingKey::from_ec_der(&self.pkcs8))
             .map_err(|e| DevKeyError::Sign(e.to_string()))
     }
+
+    /// Signs arbitrary claims under this key (the development backend ID tokens).
+    pub fn sign(&self, claims: &serde_json::Value) -> Result<String, DevKeyError> {
+        let mut header = Header::new(Algorithm::ES256);
+        header.kid = Some(self.kid.clone());
+        jsonwebtoken::encode(&header, claims, &EncodingKey::from_ec_der(&self.pkcs8))
+            .map_err(|e| DevKeyError::Sign(e.to_string()))
+    }
 }
 
 fn to_pem(der: &[u8]) -> String {

@@ -1,7 +1,9 @@
 //! The Envoy ext_authz gRPC service (`envoy.service.auth.v3.Authorization/Check`): decode the
 //! request ([`request`]), pick the deployment, authenticate, authorize, all within the Check
-//! deadline, and answer with a `CheckResponse` ([`response`]). Every outcome is a reply; the gRPC
-//! call itself never fails, so Envoy's failure policy is never what decides.
+//! deadline, and answer with a `CheckResponse` ([`response`]). An allowed request to a backend
+//! that takes the gateway's ID token gets it ([`crate::backend`]), within the same deadline. Every
+//! outcome is a reply; the gRPC call itself never fails, so Envoy's failure policy is never what
+//! decides.
 
 pub mod request;
 pub mod response;
@@ -15,9 +17,31 @@ use tracing::Instrument as _;
 
 use crate::authn::{Authenticator, AuthnError};
 use crate::authz::{Authorizer, Decision, Denial, Reason};
+use crate::backend::{AudienceError, BackendIdentity, IdToken, check_audience};
 use crate::config::OnDependencyFailure;
 use crate::route::{RouteError, Router};
 pub use request::AuthzRequest;
+
+/// The `context_extensions` key naming the backend's ID-token audience.
+pub const BACKEND_AUDIENCE: &str = "backend_audience";
+
+/// A decision, with the backend's ID token when it allows a request to a backend that takes one.
+#[derive(Debug)]
+pub struct Verdict {
+    /// Allowed or not.
+    pub decision: Decision,
+    /// The gateway's ID token for the backend (allowed requests with an audience only).
+    pub id_token: Option<Arc<IdToken>>,
+}
+
+impl From<Decision> for Verdict {
+    fn from(decision: Decision) -> Verdict {
+        Verdict {
+            decision,
+            id_token: None,
+        }
+    }
+}
 
 /// Everything a Check needs.
 pub struct Checker {
@@ -26,6 +50,7 @@ pub struct Checker {
     authorizer: Arc<Authorizer>,
     deadline: Duration,
     scope: Box<str>,
+    backend: Option<BackendIdentity>,
 }
 
 impl Checker {
@@ -43,21 +68,36 @@ impl Checker {
             authorizer,
             deadline,
             scope: scope.into(),
+            backend: None,
         }
+    }
+
+    /// Gives allowed requests whose route names a backend audience the gateway's ID token.
+    /// Without it such requests are denied (`UNAVAILABLE`): never sent on without the token.
+    #[must_use]
+    pub fn with_backend_identity(mut self, backend: Option<BackendIdentity>) -> Checker {
+        self.backend = backend;
+        self
     }
 
     /// Decides one request, never taking longer than the deadline.
-    pub async fn decide(&self, req: &AuthzRequest<'_>) -> Decision {
-        match tokio::time::timeout(self.deadline, self.decide_unbounded(req)).await {
-            Ok(d) => d,
+    pub async fn decide(&self, req: &AuthzRequest<'_>) -> Verdict {
+        let until = tokio::time::Instant::now() + self.deadline;
+        match tokio::time::timeout_at(until, self.decide_unbounded(req, until)).await {
+            Ok(v) => v,
             Err(_) => Decision::deny(
                 Reason::Unavailable,
                 "authorization could not be decided within the deadline",
-            ),
+            )
+            .into(),
         }
     }
 
-    async fn decide_unbounded(&self, req: &AuthzRequest<'_>) -> Decision {
+    async fn decide_unbounded(
+        &self,
+        req: &AuthzRequest<'_>,
+        until: tokio::time::Instant,
+    ) -> Verdict {
         let target = match self
             .router
             .resolve(|k| req.extension(k), req.host, req.path)
@@ -67,15 +107,45 @@ impl Checker {
                 return Decision::deny(
                     Reason::NoRoute,
                     format!("Permission 'apigee.deployments.invoke' denied: {e}."),
-                );
+                )
+                .into();
             }
             Err(e @ (RouteError::Malformed(_) | RouteError::BadHost)) => {
                 return Decision::deny(
                     Reason::MalformedRequest,
                     format!("The request cannot be routed unambiguously: {e}."),
-                );
+                )
+                .into();
             }
         };
+        // The backend's audience: the route's context_extensions, else its `[[routes]]` entry
+        // (checked at start). Checked first, so a route that cannot work costs nothing.
+        let extension_audience = req.extension(BACKEND_AUDIENCE).filter(|a| !a.is_empty());
+        if let Some(Err(e)) = extension_audience.map(check_audience) {
+            let (reason, message) = match e {
+                AudienceError::GoogleApi(_) => (
+                    Reason::InvalidRequest,
+                    format!("The route's backend cannot be called: {e}."),
+                ),
+                _ => (
+                    Reason::NoRoute,
+                    format!(
+                        "Permission 'apigee.deployments.invoke' denied: the route's context_extensions are invalid: backend_audience {e}."
+                    ),
+                ),
+            };
+            // No target: a route that cannot work is the gateway's problem, never a denial that
+            // continues to the backend (continue-on-error applies to the caller's failures).
+            return Decision::Deny(Denial {
+                reason,
+                message: message.into(),
+                principal: None,
+                target: None,
+            })
+            .into();
+        }
+        let route_audience = target.backend_audience.clone();
+        let audience = extension_audience.or(route_audience.as_deref());
         let token = match req.token {
             Ok(t) => t,
             Err(e) => {
@@ -84,7 +154,8 @@ impl Checker {
                     message: e.to_string().into(),
                     principal: None,
                     target: Some(target),
-                });
+                })
+                .into();
             }
         };
         let principal = match self.authenticator.authenticate(token).await {
@@ -114,10 +185,63 @@ impl Checker {
                     message,
                     principal: None,
                     target: Some(target),
-                });
+                })
+                .into();
             }
         };
-        self.authorizer.decide(principal, token, target).await
+        let decision = self.authorizer.decide(principal, token, target).await;
+        match (decision, audience) {
+            (Decision::Allow { principal, target }, Some(audience)) => {
+                self.backend_token(principal, target, audience, until).await
+            }
+            (decision, _) => decision.into(),
+        }
+    }
+
+    /// The allowed request's ID token for its backend, or a denial: never allowed without it.
+    async fn backend_token(
+        &self,
+        principal: Arc<crate::authn::Principal>,
+        target: crate::route::Target,
+        audience: &str,
+        until: tokio::time::Instant,
+    ) -> Verdict {
+        let message = match &self.backend {
+            None => {
+                // Once: a misconfigured route under load must not flood the log.
+                static WARNED: std::sync::atomic::AtomicBool =
+                    std::sync::atomic::AtomicBool::new(false);
+                if !WARNED.swap(true, std::sync::atomic::Ordering::Relaxed) {
+                    tracing::warn!(
+                        audience,
+                        "a route names a backend audience but [backend_auth] is not configured"
+                    );
+                }
+                "the backend's ID token is unavailable: no backend identity is configured"
+            }
+            Some(identity) => {
+                match tokio::time::timeout_at(until, identity.id_token(audience)).await {
+                    Ok(Ok(id_token)) => {
+                        return Verdict {
+                            decision: Decision::Allow { principal, target },
+                            id_token: Some(id_token),
+                        };
+                    }
+                    Ok(Err(e)) => {
+                        tracing::warn!(audience, error = %e, "no ID token for the backend");
+                        "the backend's ID token is temporarily unavailable"
+                    }
+                    Err(_) => "the backend's ID token could not be had within the deadline",
+                }
+            }
+        };
+        Decision::Deny(Denial {
+            reason: Reason::Unavailable,
+            message: message.into(),
+            principal: Some(principal),
+            target: Some(target),
+        })
+        .into()
     }
 
     /// Whether a decision is a denial that goes on to the backend: the deployment is marked
@@ -213,10 +337,11 @@ impl CheckService {
         // Debug level: at the default `info` a span per Check would cost its formatting on
         // every request; `RUST_LOG=verifyiam=debug` shows each Check with its request id.
         let span = tracing::debug_span!("check", request_id = req.request_id);
-        let decision = self.checker.decide(&req).instrument(span.clone()).await;
+        let verdict = self.checker.decide(&req).instrument(span.clone()).await;
+        let decision = &verdict.decision;
         // Continue on error: a denial that Envoy forwards, marked.
-        let continues = self.checker.continues(&decision);
-        let reason = match &decision {
+        let continues = self.checker.continues(decision);
+        let reason = match decision {
             Decision::Allow { principal, target } => {
                 self.metrics.allowed.increment(1);
                 span.in_scope(|| {
@@ -239,10 +364,13 @@ impl CheckService {
         self.metrics
             .duration
             .record(started.elapsed().as_secs_f64());
-        let response = match &decision {
+        let mut response = match decision {
             Decision::Deny(d) if continues => response::continued(d),
-            _ => response::check_response(&decision, self.checker.scope()),
+            _ => response::check_response(decision, self.checker.scope()),
         };
+        if let Some(id_token) = &verdict.id_token {
+            response::add_backend_identity(&mut response, id_token, req.authorization);
+        }
         // A continued denial is an OK answer: never turned into an error for Envoy.
         (reason.filter(|_| !continues), response)
     }

@@ -12,6 +12,8 @@ use crate::authn::bearer::{self, BearerError};
 pub struct AuthzRequest<'a> {
     /// The bearer token, or why there is none.
     pub token: Result<&'a str, BearerError>,
+    /// The caller's `Authorization` value as sent (for `x-forwarded-authorization`).
+    pub authorization: Option<&'a str>,
     /// `:authority` / host.
     pub host: &'a str,
     /// `:path`, with its query.
@@ -35,6 +37,7 @@ impl<'a> AuthzRequest<'a> {
         let Some(http) = http else {
             return AuthzRequest {
                 token: Err(BearerError::Missing),
+                authorization: None,
                 host: "",
                 path: "",
                 request_id: "",
@@ -49,7 +52,8 @@ impl<'a> AuthzRequest<'a> {
                 .map(|m| m.headers.as_slice())
                 .unwrap_or(&[]),
         };
-        let token = match headers.only("authorization") {
+        let only = headers.only("authorization");
+        let token = match only {
             Ok(Some(v)) => bearer::parse(v),
             Ok(None) => Err(BearerError::Missing),
             Err(()) => Err(BearerError::Multiple),
@@ -70,6 +74,7 @@ impl<'a> AuthzRequest<'a> {
         let request_id = headers.first("x-request-id").unwrap_or(&http.id);
         AuthzRequest {
             token,
+            authorization: only.ok().flatten(),
             host,
             path,
             request_id,

@@ -12,6 +12,7 @@ use envoy_types::pb::google::protobuf::{Struct, Value, value::Kind};
 use envoy_types::pb::google::rpc;
 
 use crate::authz::{Decision, Denial, Reason};
+use crate::backend::IdToken;
 
 /// The header that tells the backend who called.
 pub const PRINCIPAL_HEADER: &str = "x-verifyiam-principal";
@@ -19,6 +20,8 @@ pub const PRINCIPAL_HEADER: &str = "x-verifyiam-principal";
 pub const RESULT_HEADER: &str = "x-verifyiam-result";
 /// On a denied request that continues to the backend: the denial's reason label.
 pub const REASON_HEADER: &str = "x-verifyiam-reason";
+/// Where the caller's own `Authorization` goes when the backend gets the gateway's ID token.
+pub const FORWARDED_AUTHORIZATION_HEADER: &str = "x-forwarded-authorization";
 const REALM: &str = "verifyiam";
 
 /// gRPC codes used in `CheckResponse.status`.
@@ -102,6 +105,34 @@ pub fn check_response(decision: &Decision, scope: &str) -> CheckResponse {
             )),
         },
         Decision::Deny(denial) => denied(denial, scope),
+    }
+}
+
+/// Adds the backend's credentials to an allow: `authorization: Bearer <ID token>` and the
+/// caller's original value as `x-forwarded-authorization` (both overwritten, as ESPv2 does), and
+/// `backend_audience` in the dynamic metadata. A denial is left alone.
+pub fn add_backend_identity(
+    response: &mut CheckResponse,
+    id_token: &IdToken,
+    caller_authorization: Option<&str>,
+) {
+    let Some(HttpResponse::OkResponse(ok)) = &mut response.http_response else {
+        return;
+    };
+    ok.headers
+        .push(header("authorization", id_token.authorization()));
+    match caller_authorization {
+        Some(original) => ok
+            .headers
+            .push(header(FORWARDED_AUTHORIZATION_HEADER, original)),
+        // Nothing to forward: a client's own copy must not pass for the caller's.
+        None => ok
+            .headers_to_remove
+            .push(FORWARDED_AUTHORIZATION_HEADER.to_owned()),
+    }
+    if let (Some(meta), Some(aud)) = (&mut response.dynamic_metadata, &id_token.claims.aud) {
+        meta.fields
+            .insert("backend_audience".to_owned(), string(aud));
     }
 }
 

@@ -2,6 +2,8 @@
 //! minted here, and small clients for Check (envoy-types' gRPC client) and the admin REST API.
 #![allow(dead_code)]
 
+pub mod google;
+
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
