@@ -73,10 +73,7 @@ fn jwt_cold(c: &mut Criterion) {
     let dev = DevIssuer::load_or_create(DEV_ISSUER, &dir.path().join("k.pem")).unwrap();
     let rs_set = Arc::new(KeySet::fixed(vec![(
         "rs".to_owned(),
-        Key {
-            decoding: rs_dec,
-            alg: Some(Algorithm::RS256),
-        },
+        Key::new(rs_dec, Some(Algorithm::RS256)),
     )]));
     let token_config = TokenConfig::default();
     let verifier = JwtVerifier::new(

@@ -108,10 +108,7 @@ impl DevIssuer {
             .expect("components were derived from a valid P-256 key");
         Arc::new(KeySet::fixed(vec![(
             self.kid.clone(),
-            Key {
-                decoding,
-                alg: Some(Algorithm::ES256),
-            },
+            Key::new(decoding, Some(Algorithm::ES256)),
         )]))
     }
 

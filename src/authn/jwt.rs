@@ -7,10 +7,9 @@ use std::sync::Arc;
 
 use base64::Engine as _;
 use jsonwebtoken::Algorithm;
-use jsonwebtoken::errors::ErrorKind;
 use serde::Deserialize;
 
-use super::keys::{KeyError, KeySet, KeySets};
+use super::keys::{KeyError, KeySet, KeySets, SignatureError};
 use super::{AuthnError, Verified, unix_now};
 use crate::config::TokenConfig;
 
@@ -219,15 +218,11 @@ impl JwtVerifier {
         if key.alg.is_some_and(|a| a != header.alg) {
             return Err(invalid("the token's algorithm does not match its key"));
         }
-        match jsonwebtoken::crypto::verify(signature, message.as_bytes(), &key.decoding, header.alg)
-        {
+        match key.verify(header.alg, message.as_bytes(), signature) {
             Ok(true) => {}
             Ok(false) => return Err(invalid("the token's signature does not verify")),
-            Err(e) => {
-                return Err(invalid(match e.kind() {
-                    ErrorKind::Base64(_) => "the token's signature is not base64url",
-                    _ => "the token's algorithm does not match its key",
-                }));
+            Err(e @ (SignatureError::KeyMismatch | SignatureError::NotBase64)) => {
+                return Err(AuthnError::InvalidToken(e.to_string().into()));
             }
         }
 

@@ -4,15 +4,17 @@
 //! serving the previous set for a bounded time.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwapOption;
+use aws_lc_rs::signature::ParsedPublicKey;
+use base64::Engine as _;
 use futures_util::FutureExt as _;
 use futures_util::future::{BoxFuture, Shared};
 use http::StatusCode;
 use jsonwebtoken::jwk::Jwk;
-use jsonwebtoken::{Algorithm, DecodingKey};
+use jsonwebtoken::{Algorithm, AlgorithmFamily, DecodingKey, DecodingKeyKind};
 
 use crate::config::TokenConfig;
 
@@ -26,10 +28,120 @@ const MAX_SETS: u64 = 10_000;
 
 /// One verification key.
 pub struct Key {
-    /// The key, ready for `jsonwebtoken::decode`.
+    /// The key, as read from the key set.
     pub decoding: DecodingKey,
     /// The JWK's `alg`, when it names one: the token's `alg` must then be the same.
     pub alg: Option<Algorithm>,
+    /// The public key parsed once per algorithm it is used with (an RSA key serves RS* and
+    /// PS*): a verification then neither rebuilds the key nor its Montgomery context, which
+    /// cost more than the verification itself.
+    parsed: [OnceLock<Option<ParsedPublicKey>>; PARSED_SLOTS],
+}
+
+/// Why a signature could not be checked at all.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum SignatureError {
+    /// The key cannot verify this algorithm (another family, or a malformed key).
+    #[error("the token's algorithm does not match its key")]
+    KeyMismatch,
+    /// The signature part is not base64url.
+    #[error("the token's signature is not base64url")]
+    NotBase64,
+}
+
+/// The asymmetric algorithms, each with its slot in [`Key::parsed`].
+const PARSED_SLOTS: usize = 9;
+
+/// aws-lc's algorithm for a JWT `alg` (the same choices jsonwebtoken makes), its slot, and the
+/// key family it needs.
+fn verification(alg: Algorithm) -> Option<(usize, Verification, AlgorithmFamily)> {
+    use aws_lc_rs::signature as s;
+    let rsa = AlgorithmFamily::Rsa;
+    Some(match alg {
+        Algorithm::RS256 => (0, Verification::Rsa(&s::RSA_PKCS1_2048_8192_SHA256), rsa),
+        Algorithm::RS384 => (1, Verification::Rsa(&s::RSA_PKCS1_2048_8192_SHA384), rsa),
+        Algorithm::RS512 => (2, Verification::Rsa(&s::RSA_PKCS1_2048_8192_SHA512), rsa),
+        Algorithm::PS256 => (3, Verification::Rsa(&s::RSA_PSS_2048_8192_SHA256), rsa),
+        Algorithm::PS384 => (4, Verification::Rsa(&s::RSA_PSS_2048_8192_SHA384), rsa),
+        Algorithm::PS512 => (5, Verification::Rsa(&s::RSA_PSS_2048_8192_SHA512), rsa),
+        Algorithm::ES256 => (
+            6,
+            Verification::Other(&s::ECDSA_P256_SHA256_FIXED),
+            AlgorithmFamily::Ec,
+        ),
+        Algorithm::ES384 => (
+            7,
+            Verification::Other(&s::ECDSA_P384_SHA384_FIXED),
+            AlgorithmFamily::Ec,
+        ),
+        Algorithm::EdDSA => (8, Verification::Other(&s::ED25519), AlgorithmFamily::Ed),
+        _ => return None,
+    })
+}
+
+enum Verification {
+    Rsa(&'static aws_lc_rs::signature::RsaParameters),
+    Other(&'static dyn aws_lc_rs::signature::VerificationAlgorithm),
+}
+
+impl Key {
+    /// A key; `alg` is the algorithm its JWK names, if any.
+    pub fn new(decoding: DecodingKey, alg: Option<Algorithm>) -> Key {
+        Key {
+            decoding,
+            alg,
+            parsed: Default::default(),
+        }
+    }
+
+    /// Checks a JWT's `signature` (its third part, base64url) over `message` (its first two
+    /// parts) with `alg`. `Ok(false)` is a signature that does not verify.
+    pub fn verify(
+        &self,
+        alg: Algorithm,
+        message: &[u8],
+        signature: &str,
+    ) -> Result<bool, SignatureError> {
+        let (slot, verification, family) = verification(alg).ok_or(SignatureError::KeyMismatch)?;
+        if self.decoding.family() != family {
+            return Err(SignatureError::KeyMismatch);
+        }
+        let parsed = self.parsed[slot]
+            .get_or_init(|| parse(&self.decoding, verification))
+            .as_ref()
+            .ok_or(SignatureError::KeyMismatch)?;
+        // A 2048-bit RSA signature is 256 bytes; P-384's fixed form 96.
+        let mut buffer = [0u8; 1024];
+        let decoded = match base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode_slice(signature.as_bytes(), &mut buffer)
+        {
+            Ok(n) => n,
+            // Longer than any accepted key's signature: it cannot verify.
+            Err(base64::DecodeSliceError::OutputSliceTooSmall) => return Ok(false),
+            Err(base64::DecodeSliceError::DecodeError(_)) => {
+                return Err(SignatureError::NotBase64);
+            }
+        };
+        Ok(parsed.verify_sig(message, &buffer[..decoded]).is_ok())
+    }
+}
+
+/// Parses a key for one algorithm; `None` when it is not a usable key for it.
+fn parse(decoding: &DecodingKey, verification: Verification) -> Option<ParsedPublicKey> {
+    match (decoding.kind(), verification) {
+        (DecodingKeyKind::RsaModulusExponent { n, e }, Verification::Rsa(params)) => {
+            aws_lc_rs::signature::RsaPublicKeyComponents { n, e }
+                .to_parsed_public_key(params)
+                .ok()
+        }
+        (DecodingKeyKind::SecretOrDer(der), Verification::Rsa(params)) => {
+            ParsedPublicKey::new(params, der).ok()
+        }
+        (DecodingKeyKind::SecretOrDer(bytes), Verification::Other(algorithm)) => {
+            ParsedPublicKey::new(algorithm, bytes).ok()
+        }
+        (DecodingKeyKind::RsaModulusExponent { .. }, Verification::Other(_)) => None,
+    }
 }
 
 /// A key set as fetched (or configured).
@@ -476,7 +588,7 @@ pub fn parse_key_set(body: &[u8]) -> Result<KeySet, String> {
                 .get("alg")
                 .and_then(|a| a.as_str())
                 .and_then(|a| a.parse::<Algorithm>().ok());
-            let key = Arc::new(Key { decoding, alg });
+            let key = Arc::new(Key::new(decoding, alg));
             match jwk.common.key_id {
                 Some(kid) => {
                     set.by_kid.insert(kid, key);
@@ -490,13 +602,8 @@ pub fn parse_key_set(body: &[u8]) -> Result<KeySet, String> {
             let decoding = DecodingKey::from_rsa_pem(pem.as_bytes())
                 .or_else(|_| DecodingKey::from_ec_pem(pem.as_bytes()));
             if let Ok(decoding) = decoding {
-                set.by_kid.insert(
-                    kid.clone(),
-                    Arc::new(Key {
-                        decoding,
-                        alg: None,
-                    }),
-                );
+                set.by_kid
+                    .insert(kid.clone(), Arc::new(Key::new(decoding, None)));
             }
         }
     }
@@ -524,6 +631,84 @@ mod tests {
     fn symmetric_and_garbage_keys_are_skipped() {
         let body = br#"{"keys":[{"kty":"oct","k":"c2VjcmV0","kid":"h"},{"kty":"RSA","kid":"x"}]}"#;
         assert!(parse_key_set(body).is_err());
+    }
+
+    fn rsa_jwk_key() -> (jsonwebtoken::EncodingKey, Key) {
+        use aws_lc_rs::encoding::AsDer as _;
+        let pair = aws_lc_rs::rsa::KeyPair::generate(aws_lc_rs::rsa::KeySize::Rsa2048).unwrap();
+        let pem = format!(
+            "-----BEGIN PRIVATE KEY-----\n{}\n-----END PRIVATE KEY-----\n",
+            base64::engine::general_purpose::STANDARD.encode(pair.as_der().unwrap().as_ref())
+        );
+        let enc = jsonwebtoken::EncodingKey::from_rsa_pem(pem.as_bytes()).unwrap();
+        let jwk = Jwk::from_encoding_key(&enc, Algorithm::RS256).unwrap();
+        (enc, Key::new(DecodingKey::from_jwk(&jwk).unwrap(), None))
+    }
+
+    fn sign(enc: &jsonwebtoken::EncodingKey, alg: Algorithm, message: &str) -> String {
+        jsonwebtoken::crypto::sign(message.as_bytes(), enc, alg).unwrap()
+    }
+
+    #[test]
+    fn one_parsed_rsa_key_verifies_every_rsa_algorithm_and_nothing_else() {
+        let (enc, key) = rsa_jwk_key();
+        for alg in [
+            Algorithm::RS256,
+            Algorithm::RS384,
+            Algorithm::RS512,
+            Algorithm::PS256,
+            Algorithm::PS384,
+            Algorithm::PS512,
+        ] {
+            let sig = sign(&enc, alg, "a.b");
+            // Twice: the second use goes through the key parsed by the first.
+            assert_eq!(key.verify(alg, b"a.b", &sig), Ok(true), "{alg:?}");
+            assert_eq!(key.verify(alg, b"a.b", &sig), Ok(true), "{alg:?}");
+            assert_eq!(key.verify(alg, b"a.c", &sig), Ok(false), "{alg:?}");
+        }
+        let rs = sign(&enc, Algorithm::RS256, "a.b");
+        // A signature of one algorithm never verifies as another.
+        assert_eq!(key.verify(Algorithm::RS384, b"a.b", &rs), Ok(false));
+        assert_eq!(key.verify(Algorithm::PS256, b"a.b", &rs), Ok(false));
+        for alg in [Algorithm::ES256, Algorithm::EdDSA, Algorithm::HS256] {
+            assert_eq!(
+                key.verify(alg, b"a.b", &rs),
+                Err(SignatureError::KeyMismatch),
+                "{alg:?}"
+            );
+        }
+        assert_eq!(
+            key.verify(Algorithm::RS256, b"a.b", "not*base64"),
+            Err(SignatureError::NotBase64)
+        );
+        assert_eq!(
+            key.verify(Algorithm::RS256, b"a.b", &"A".repeat(4000)),
+            Ok(false)
+        );
+    }
+
+    #[test]
+    fn ec_keys_verify_their_curve_only() {
+        let doc = aws_lc_rs::signature::EcdsaKeyPair::generate_pkcs8(
+            &aws_lc_rs::signature::ECDSA_P256_SHA256_FIXED_SIGNING,
+            &aws_lc_rs::rand::SystemRandom::new(),
+        )
+        .unwrap();
+        let enc = jsonwebtoken::EncodingKey::from_ec_der(doc.as_ref());
+        let jwk = Jwk::from_encoding_key(&enc, Algorithm::ES256).unwrap();
+        let key = Key::new(DecodingKey::from_jwk(&jwk).unwrap(), Some(Algorithm::ES256));
+        let sig = sign(&enc, Algorithm::ES256, "x.y");
+        assert_eq!(key.verify(Algorithm::ES256, b"x.y", &sig), Ok(true));
+        assert_eq!(key.verify(Algorithm::ES256, b"x.z", &sig), Ok(false));
+        // A P-256 key is no P-384 key.
+        assert_eq!(
+            key.verify(Algorithm::ES384, b"x.y", &sig),
+            Err(SignatureError::KeyMismatch)
+        );
+        assert_eq!(
+            key.verify(Algorithm::RS256, b"x.y", &sig),
+            Err(SignatureError::KeyMismatch)
+        );
     }
 
     #[test]
