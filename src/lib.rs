@@ -18,6 +18,7 @@ pub mod client;
 pub mod config;
 pub mod extauthz;
 pub mod iam;
+pub mod listener;
 pub mod proto;
 pub mod route;
 pub mod server;

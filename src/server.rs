@@ -6,10 +6,8 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::serve::ListenerExt as _;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
-use tonic::transport::server::TcpIncoming;
 
 use crate::admin::{self, AdminState};
 use crate::authn::Authenticator;
@@ -18,6 +16,7 @@ use crate::authz::Authorizer;
 use crate::authz::google::GoogleSource;
 use crate::config::{AuthzMode, Config};
 use crate::extauthz::{CheckService, Checker};
+use crate::listener::{self, Kind, Limits};
 use crate::route::Router;
 use crate::store::{PolicyStore, StoreError};
 use envoy_types::ext_authz::v3::pb::AuthorizationServer;
@@ -34,14 +33,6 @@ pub enum ServerError {
     /// The HTTP client for upstreams could not be built.
     #[error("http client: {0}")]
     Http(String),
-    /// A listener failed.
-    #[error("{listener} listener: {reason}")]
-    Serve {
-        /// Which one.
-        listener: &'static str,
-        /// Why.
-        reason: String,
-    },
 }
 
 /// The two listeners, already bound.
@@ -204,18 +195,15 @@ pub async fn serve(
         app.checker.clone(),
         app.config.server.on_dependency_failure,
     ));
-    let grpc = {
-        let stop = stop.clone();
-        tonic::transport::Server::builder()
-            .add_service(health_service)
+    let grpc = listener::serve(
+        Kind::ExtAuthz,
+        listeners.extauthz,
+        Limits::for_listener(&app.config.server, Kind::ExtAuthz),
+        tonic::service::Routes::new(health_service)
             .add_service(check)
-            .serve_with_incoming_shutdown(
-                // Nagle off: a Check answer is several small HTTP/2 frames, and with Nagle on
-                // against a delayed-ACK client the last of them waits ~40 ms.
-                TcpIncoming::from(listeners.extauthz).with_nodelay(Some(true)),
-                async move { stop.cancelled().await },
-            )
-    };
+            .prepare(),
+        stop.clone(),
+    );
 
     let state = Arc::new(AdminState {
         store: app.store.clone(),
@@ -227,14 +215,15 @@ pub async fn serve(
         strict_deployments: app.config.iam.strict_deployments,
         route_deployments: route_deployments(&app.config),
     });
-    let admin = {
-        let stop = stop.clone();
-        let admin = listeners.admin.tap_io(|tcp| {
-            let _ = tcp.set_nodelay(true);
-        });
-        axum::serve(admin, admin::service(state))
-            .with_graceful_shutdown(async move { stop.cancelled().await })
-    };
+    // The listener bounds bodies (`server.max_body_bytes`); axum's own default must not
+    // silently cap them lower.
+    let admin = listener::serve(
+        Kind::Admin,
+        listeners.admin,
+        Limits::for_listener(&app.config.server, Kind::Admin),
+        admin::service(state).layer(axum::extract::DefaultBodyLimit::disable()),
+        stop.clone(),
+    );
 
     let trigger = {
         let stop = stop.clone();
@@ -243,27 +232,17 @@ pub async fn serve(
             stop.cancel();
         })
     };
-    let (grpc, admin) = tokio::join!(
+    tokio::join!(
         async {
-            let r = grpc.await;
+            grpc.await;
             stop.cancel();
-            r
         },
         async {
-            let r = admin.await;
+            admin.await;
             stop.cancel();
-            r
         }
     );
     trigger.abort();
     let _ = upkeep.await;
-    grpc.map_err(|e| ServerError::Serve {
-        listener: "ext_authz",
-        reason: e.to_string(),
-    })?;
-    admin.map_err(|e| ServerError::Serve {
-        listener: "admin",
-        reason: e.to_string(),
-    })?;
     Ok(())
 }
