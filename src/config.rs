@@ -32,6 +32,9 @@ pub enum ConfigError {
     /// The TOML did not parse or a key is unknown or has the wrong type.
     #[error("{0}")]
     Parse(String),
+    /// A TLS file named by the configuration is missing or unusable.
+    #[error(transparent)]
+    Tls(#[from] crate::tls::TlsError),
     /// A value parsed but is not acceptable.
     #[error("{field}: {reason}")]
     Invalid {
@@ -162,8 +165,8 @@ pub struct ServerConfig {
     /// Connections the admin listener serves at once; more are accepted and closed at once.
     #[serde(default = "default_admin_max_connections")]
     pub admin_max_connections: usize,
-    /// From accept to a connection's first complete request head, and for each later HTTP/1
-    /// request head: a connection slower than this is closed.
+    /// From accept to a connection's first complete request head (TLS handshake included), and
+    /// for each later HTTP/1 request head: a connection slower than this is closed.
     #[serde(default = "default_header_read_timeout", with = "humantime_serde")]
     pub header_read_timeout: Duration,
     /// A request body must have arrived whole this long after its head, or the request fails.
@@ -185,6 +188,12 @@ pub struct ServerConfig {
     /// A ping not answered within this closes the connection.
     #[serde(default = "default_http2_keepalive_timeout", with = "humantime_serde")]
     pub http2_keepalive_timeout: Duration,
+    /// TLS on the ext_authz listener (`[server.tls]`); absent means plaintext (h2c).
+    #[serde(default)]
+    pub tls: Option<TlsConfig>,
+    /// TLS on the admin listener (`[server.admin_tls]`); absent means plaintext.
+    #[serde(default)]
+    pub admin_tls: Option<TlsConfig>,
 }
 
 impl Default for ServerConfig {
@@ -203,10 +212,34 @@ impl Default for ServerConfig {
             http2_max_concurrent_streams: default_http2_max_concurrent_streams(),
             http2_keepalive_interval: default_http2_keepalive_interval(),
             http2_keepalive_timeout: default_http2_keepalive_timeout(),
+            tls: None,
+            admin_tls: None,
         }
     }
 }
 
+/// `[server.tls]` and `[server.admin_tls]`: a listener's certificate, and for mutual TLS the CA
+/// its clients' certificates must come from. The files are read again when they change.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    /// PEM certificate chain, the listener's own certificate first.
+    pub cert_file: PathBuf,
+    /// PEM private key (PKCS#8, PKCS#1 or SEC1) of that certificate.
+    pub key_file: PathBuf,
+    /// PEM CA certificates; when set, only clients presenting a certificate issued by one of
+    /// them may connect (mutual TLS).
+    #[serde(default)]
+    pub client_ca_file: Option<PathBuf>,
+    /// How often the files are checked for a change (a rotated certificate is served from the
+    /// next connection after the check that sees it).
+    #[serde(default = "default_tls_reload_interval", with = "humantime_serde")]
+    pub reload_interval: Duration,
+}
+
+fn default_tls_reload_interval() -> Duration {
+    Duration::from_secs(10)
+}
 fn default_extauthz_max_connections() -> usize {
     4096
 }
@@ -516,6 +549,12 @@ impl Config {
             ));
         }
         self.server.validate_limits()?;
+        if let Some(tls) = &self.server.tls {
+            crate::tls::check(tls, "server.tls")?;
+        }
+        if let Some(tls) = &self.server.admin_tls {
+            crate::tls::check(tls, "server.admin_tls")?;
+        }
         check_segment("iam.project", &self.iam.project)?;
         if let Some(org) = &self.iam.organization {
             check_segment("iam.organization", org)?;
@@ -618,6 +657,17 @@ impl ServerConfig {
                 "server.http2_max_concurrent_streams",
                 "must be between 1 and 10000",
             ));
+        }
+        for (field, tls) in [
+            ("server.tls", &self.tls),
+            ("server.admin_tls", &self.admin_tls),
+        ] {
+            if tls.as_ref().is_some_and(|t| t.reload_interval.is_zero()) {
+                return Err(invalid(
+                    format!("{field}.reload_interval"),
+                    "must be positive",
+                ));
+            }
         }
         Ok(())
     }
@@ -817,6 +867,7 @@ mod tests {
         assert_eq!(c.server.admin_max_connections, 256);
         assert_eq!(c.server.header_read_timeout, Duration::from_secs(10));
         assert_eq!(c.server.max_header_bytes, 16384);
+        assert!(c.server.tls.is_none() && c.server.admin_tls.is_none());
         // A half-sent request is gone within 30s with the defaults, whatever the protocol.
         let h2 = c.server.http2_keepalive_interval + c.server.http2_keepalive_timeout;
         assert!(c.server.header_read_timeout <= Duration::from_secs(30));

@@ -24,4 +24,5 @@ pub mod route;
 pub mod server;
 pub mod store;
 pub mod telemetry;
+pub mod tls;
 pub mod upstream;

@@ -1,9 +1,10 @@
 //! Serving one listener with bounds on what a client can hold: connections at once (more are
 //! accepted and closed at once, so one listener cannot take the file descriptors the other
-//! needs), the time from accept to a complete request head (a half-sent request is
-//! dropped), the time and size of a request body, and HTTP/2's concurrent
+//! needs), the time from accept to a complete request head (TLS handshake included; a
+//! half-sent request is dropped), the time and size of a request body, and HTTP/2's concurrent
 //! streams, header list size and keep-alive. Each accepted connection is driven by hyper here,
-//! for both the ext_authz (gRPC, HTTP/2 only) and the admin (HTTP/1.1 and HTTP/2) services.
+//! with optional TLS from [`crate::tls`], for both the ext_authz (gRPC, HTTP/2 only) and the
+//! admin (HTTP/1.1 and HTTP/2) services.
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -27,6 +28,7 @@ use tokio_util::sync::CancellationToken;
 use tower::ServiceExt as _;
 
 use crate::config::ServerConfig;
+use crate::tls::Reloading;
 
 /// Which listener, for limits, logs and metrics.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -186,6 +188,7 @@ where
 pub async fn serve<S, B>(
     kind: Kind,
     listener: TcpListener,
+    tls: Option<Arc<Reloading>>,
     limits: Limits,
     service: S,
     stop: CancellationToken,
@@ -237,9 +240,9 @@ pub async fn serve<S, B>(
             limits: limits.clone(),
             stop: stop.clone(),
         };
-        let service = service.clone();
+        let (service, tls) = (service.clone(), tls.clone());
         tokio::spawn(async move {
-            connection.run(tcp, service).await;
+            connection.run(tcp, tls, service).await;
             drop(slot);
         });
     }
@@ -289,7 +292,7 @@ struct Connection {
 }
 
 impl Connection {
-    async fn run<S, B>(self, tcp: TcpStream, service: S)
+    async fn run<S, B>(self, tcp: TcpStream, tls: Option<Arc<Reloading>>, service: S)
     where
         S: tower::Service<Request<LimitedBody>, Response = Response<B>, Error = Infallible>
             + Clone
@@ -300,7 +303,28 @@ impl Connection {
         B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
     {
         let head_deadline = Instant::now() + self.limits.header_read_timeout;
-        self.drive(TokioIo::new(tcp), service, head_deadline).await
+        match tls {
+            None => self.drive(TokioIo::new(tcp), service, head_deadline).await,
+            Some(tls) => {
+                let handshake = tls.acceptor().accept(tcp);
+                match tokio::time::timeout_at(head_deadline, handshake).await {
+                    Ok(Ok(stream)) => {
+                        self.drive(TokioIo::new(stream), service, head_deadline)
+                            .await
+                    }
+                    Ok(Err(e)) => {
+                        metrics::counter!("verifyiam_tls_handshake_failures_total", "listener" => self.name)
+                            .increment(1);
+                        tracing::debug!(listener = self.name, error = %e, "TLS handshake failed");
+                    }
+                    Err(_) => {
+                        metrics::counter!("verifyiam_connections_timed_out_total", "listener" => self.name)
+                            .increment(1);
+                        tracing::debug!(listener = self.name, "TLS handshake timed out");
+                    }
+                }
+            }
+        }
     }
 
     async fn drive<I, S, B>(&self, io: I, service: S, head_deadline: Instant)

@@ -14,11 +14,12 @@ use crate::authn::Authenticator;
 use crate::authn::dev::{DevIssuer, DevKeyError};
 use crate::authz::Authorizer;
 use crate::authz::google::GoogleSource;
-use crate::config::{AuthzMode, Config};
+use crate::config::{AuthzMode, Config, ServerConfig, TlsConfig};
 use crate::extauthz::{CheckService, Checker};
 use crate::listener::{self, Kind, Limits};
 use crate::route::Router;
 use crate::store::{PolicyStore, StoreError};
+use crate::tls::{Alpn, Reloading, TlsError};
 use envoy_types::ext_authz::v3::pb::AuthorizationServer;
 
 /// Why the service could not start or stopped.
@@ -33,6 +34,9 @@ pub enum ServerError {
     /// The HTTP client for upstreams could not be built.
     #[error("http client: {0}")]
     Http(String),
+    /// A listener's TLS files could not be loaded.
+    #[error(transparent)]
+    Tls(#[from] TlsError),
 }
 
 /// The two listeners, already bound.
@@ -164,6 +168,7 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServerError> {
     let stop = CancellationToken::new();
+    let tls = ListenerTls::start(&app.config.server, &stop)?;
     let metrics = crate::telemetry::metrics_handle();
     let upkeep = {
         let metrics = metrics.clone();
@@ -198,6 +203,7 @@ pub async fn serve(
     let grpc = listener::serve(
         Kind::ExtAuthz,
         listeners.extauthz,
+        tls.extauthz.clone(),
         Limits::for_listener(&app.config.server, Kind::ExtAuthz),
         tonic::service::Routes::new(health_service)
             .add_service(check)
@@ -220,6 +226,7 @@ pub async fn serve(
     let admin = listener::serve(
         Kind::Admin,
         listeners.admin,
+        tls.admin.clone(),
         Limits::for_listener(&app.config.server, Kind::Admin),
         admin::service(state).layer(axum::extract::DefaultBodyLimit::disable()),
         stop.clone(),
@@ -244,5 +251,38 @@ pub async fn serve(
     );
     trigger.abort();
     let _ = upkeep.await;
+    for watcher in tls.watchers {
+        let _ = watcher.await;
+    }
     Ok(())
+}
+
+/// The listeners' TLS, loaded at start, and the tasks that reload it.
+struct ListenerTls {
+    extauthz: Option<Arc<Reloading>>,
+    admin: Option<Arc<Reloading>>,
+    watchers: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl ListenerTls {
+    fn start(config: &ServerConfig, stop: &CancellationToken) -> Result<ListenerTls, ServerError> {
+        let mut watchers = Vec::new();
+        let mut load = |tls: Option<&TlsConfig>, field, alpn| -> Result<_, ServerError> {
+            let Some(tls) = tls else { return Ok(None) };
+            let reloading = Arc::new(Reloading::load(tls, field, alpn)?);
+            watchers.push(tokio::spawn(reloading.clone().watch(stop.clone())));
+            Ok(Some(reloading))
+        };
+        let extauthz = load(config.tls.as_ref(), "server.tls", Alpn::Http2)?;
+        let admin = load(
+            config.admin_tls.as_ref(),
+            "server.admin_tls",
+            Alpn::Http2AndHttp1,
+        )?;
+        Ok(ListenerTls {
+            extauthz,
+            admin,
+            watchers,
+        })
+    }
 }
