@@ -486,3 +486,37 @@ async fn admin_listener_has_its_own_tls() {
     let _ = stop.send(());
     task.await.unwrap().unwrap();
 }
+
+#[test]
+fn mtls_overlay_config_is_valid_with_real_files() {
+    let text = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/deploy/kubernetes-overlays/mtls/configmap.yaml"
+    ))
+    .unwrap();
+    let toml: Vec<&str> = text
+        .lines()
+        .skip_while(|l| l.trim() != "verifyiam.toml: |")
+        .skip(1)
+        .map(|l| l.strip_prefix("    ").unwrap_or(l))
+        .collect();
+    let ca = Ca::new("cluster CA");
+    let files = Files::new(&ca.server(), Some(&ca));
+    let mut toml = toml.join("\n");
+    for name in ["tls.crt", "tls.key", "ca.crt"] {
+        toml = toml.replace(
+            &format!("\"/etc/verifyiam-tls/{name}\""),
+            &format!("{:?}", files.path(name)),
+        );
+    }
+    let config = Config::parse(&toml).unwrap_or_else(|e| panic!("{e}\n{toml}"));
+    let (tls, admin_tls) = (
+        config.server.tls.expect("[server.tls]"),
+        config.server.admin_tls.expect("[server.admin_tls]"),
+    );
+    assert!(tls.client_ca_file.is_some(), "Check needs mutual TLS");
+    assert!(
+        admin_tls.client_ca_file.is_none(),
+        "the kubelet's probes present no certificate"
+    );
+}
