@@ -241,8 +241,11 @@ pub async fn serve<S, B>(
             stop: stop.clone(),
         };
         let (service, tls) = (service.clone(), tls.clone());
+        let open = metrics::gauge!("verifyiam_connections_open", "listener" => name);
+        open.increment(1.0);
         tokio::spawn(async move {
             connection.run(tcp, tls, service).await;
+            open.decrement(1.0);
             drop(slot);
         });
     }

@@ -287,6 +287,20 @@ async fn connection_cap_is_per_listener_and_admin_exhaustion_leaves_checks_alone
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     assert!(served, "a freed admin slot is reused");
+    let (_, metrics) = server.get("/metrics", None).await;
+    let metrics = metrics.as_str().unwrap_or_default().to_owned();
+    for listener in ["admin", "ext_authz"] {
+        assert!(
+            metrics.contains(&format!(
+                "verifyiam_connections_refused_total{{listener=\"{listener}\"}}"
+            )),
+            "{metrics}"
+        );
+    }
+    assert!(
+        metrics.contains("verifyiam_connections_open{listener=\"admin\"}"),
+        "{metrics}"
+    );
     drop(client);
     drop(held);
     server.stop().await;
