@@ -254,6 +254,42 @@ pub async fn serve<S, B>(
     let _ = slots.acquire_many(limits.max_connections as u32).await;
 }
 
+/// Descriptors kept aside for what is not a served connection: the store, upstream
+/// connections to key sets and tokeninfo, logs.
+const DESCRIPTOR_MARGIN: u64 = 128;
+
+/// Warns when the listeners' connection caps together do not fit the process's open-file limit:
+/// then one listener filling up could still leave the other without descriptors. Linux only
+/// (reads `/proc/self/limits`); elsewhere it says nothing.
+pub fn check_descriptor_budget(server: &ServerConfig) {
+    let Ok(limits) = std::fs::read_to_string("/proc/self/limits") else {
+        return;
+    };
+    let Some(soft) = open_files_soft_limit(&limits) else {
+        return;
+    };
+    let caps = (server.extauthz_max_connections + server.admin_max_connections) as u64;
+    if caps + DESCRIPTOR_MARGIN > soft {
+        tracing::warn!(
+            open_files_limit = soft,
+            extauthz_max_connections = server.extauthz_max_connections,
+            admin_max_connections = server.admin_max_connections,
+            "the connection caps and a margin of {DESCRIPTOR_MARGIN} exceed the open-file limit; \
+             raise the limit (ulimit -n) or lower the caps"
+        );
+    }
+}
+
+/// The soft "Max open files" of a `/proc/self/limits` text; `None` when unlimited or absent.
+fn open_files_soft_limit(limits: &str) -> Option<u64> {
+    let line = limits.lines().find(|l| l.starts_with("Max open files"))?;
+    line.trim_start_matches("Max open files")
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
+}
+
 /// An accept error that concerns one connection only (the peer went away before the accept).
 fn is_per_connection(e: &std::io::Error) -> bool {
     matches!(
@@ -378,5 +414,22 @@ impl Connection {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn open_files_soft_limit_is_read_from_proc_limits() {
+        let text = "Limit                     Soft Limit           Hard Limit           Units     \n\
+                    Max processes             63704                63704                processes \n\
+                    Max open files            1024                 524288               files     \n";
+        assert_eq!(open_files_soft_limit(text), Some(1024));
+        let unlimited =
+            "Max open files            unlimited            unlimited            files\n";
+        assert_eq!(open_files_soft_limit(unlimited), None);
+        assert_eq!(open_files_soft_limit(""), None);
     }
 }

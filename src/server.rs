@@ -169,6 +169,7 @@ pub async fn serve(
 ) -> Result<(), ServerError> {
     let stop = CancellationToken::new();
     let tls = ListenerTls::start(&app.config.server, &stop)?;
+    listener::check_descriptor_budget(&app.config.server);
     let metrics = crate::telemetry::metrics_handle();
     let upkeep = {
         let metrics = metrics.clone();
