@@ -168,7 +168,7 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServerError> {
     let stop = CancellationToken::new();
-    let tls = ListenerTls::start(&app.config.server, &stop)?;
+    let tls = ListenerTls::start(&app.config.server, &stop).inspect_err(|_| stop.cancel())?;
     listener::check_descriptor_budget(&app.config.server);
     let metrics = crate::telemetry::metrics_handle();
     let upkeep = {

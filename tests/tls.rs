@@ -520,3 +520,29 @@ fn mtls_overlay_config_is_valid_with_real_files() {
         "the kubelet's probes present no certificate"
     );
 }
+
+#[tokio::test]
+async fn files_gone_by_the_time_the_server_starts_stop_it_naming_the_field() {
+    let ca = Ca::new("server CA");
+    let files = Files::new(&ca.server(), None);
+    let store = tempfile::tempdir().unwrap();
+    let config = Config::parse(&format!(
+        "[iam]\nproject = \"{PROJECT}\"\nstore = {:?}\n{}",
+        store.path(),
+        files.table("tls", false)
+    ))
+    .unwrap();
+    std::fs::remove_file(files.path("tls.key")).unwrap();
+    let listeners = Listeners {
+        extauthz: TcpListener::bind("127.0.0.1:0").await.unwrap(),
+        admin: TcpListener::bind("127.0.0.1:0").await.unwrap(),
+    };
+    let err = server::run(listeners, config, std::future::pending())
+        .await
+        .expect_err("no key, no server");
+    assert!(
+        err.to_string()
+            .starts_with("server.tls.key_file: cannot read"),
+        "{err}"
+    );
+}
