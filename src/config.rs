@@ -32,6 +32,9 @@ pub enum ConfigError {
     /// The TOML did not parse or a key is unknown or has the wrong type.
     #[error("{0}")]
     Parse(String),
+    /// A TLS file named by the configuration is missing or unusable.
+    #[error(transparent)]
+    Tls(#[from] crate::tls::TlsError),
     /// A value parsed but is not acceptable.
     #[error("{field}: {reason}")]
     Invalid {
@@ -159,6 +162,41 @@ pub struct ServerConfig {
     /// What a Check answers when a dependency cannot answer in time and nothing usable is cached.
     #[serde(default)]
     pub on_dependency_failure: OnDependencyFailure,
+    /// Connections the ext_authz listener serves at once; more are accepted and closed at once.
+    #[serde(default = "default_extauthz_max_connections")]
+    pub extauthz_max_connections: usize,
+    /// Connections the admin listener serves at once; more are accepted and closed at once.
+    #[serde(default = "default_admin_max_connections")]
+    pub admin_max_connections: usize,
+    /// From accept to a connection's first complete request head (TLS handshake included), and
+    /// for each later HTTP/1 request head: a connection slower than this is closed.
+    #[serde(default = "default_header_read_timeout", with = "humantime_serde")]
+    pub header_read_timeout: Duration,
+    /// A request body must have arrived whole this long after its head, or the request fails.
+    #[serde(default = "default_body_read_timeout", with = "humantime_serde")]
+    pub body_read_timeout: Duration,
+    /// Largest request body either listener reads, in bytes.
+    #[serde(default = "default_max_body_bytes")]
+    pub max_body_bytes: usize,
+    /// Largest request head, in bytes: HTTP/2's header list size and HTTP/1's header buffer.
+    #[serde(default = "default_max_header_bytes")]
+    pub max_header_bytes: u32,
+    /// HTTP/2 streams a client may have open at once on one connection.
+    #[serde(default = "default_http2_max_concurrent_streams")]
+    pub http2_max_concurrent_streams: u32,
+    /// An HTTP/2 client that sent nothing for this long is pinged (a client in the middle of a
+    /// header block cannot answer, so this also bounds a half-sent request).
+    #[serde(default = "default_http2_keepalive_interval", with = "humantime_serde")]
+    pub http2_keepalive_interval: Duration,
+    /// A ping not answered within this closes the connection.
+    #[serde(default = "default_http2_keepalive_timeout", with = "humantime_serde")]
+    pub http2_keepalive_timeout: Duration,
+    /// TLS on the ext_authz listener (`[server.tls]`); absent means plaintext (h2c).
+    #[serde(default)]
+    pub tls: Option<TlsConfig>,
+    /// TLS on the admin listener (`[server.admin_tls]`); absent means plaintext.
+    #[serde(default)]
+    pub admin_tls: Option<TlsConfig>,
 }
 
 impl Default for ServerConfig {
@@ -168,8 +206,69 @@ impl Default for ServerConfig {
             admin_addr: default_admin_addr(),
             check_deadline: default_check_deadline(),
             on_dependency_failure: OnDependencyFailure::default(),
+            extauthz_max_connections: default_extauthz_max_connections(),
+            admin_max_connections: default_admin_max_connections(),
+            header_read_timeout: default_header_read_timeout(),
+            body_read_timeout: default_body_read_timeout(),
+            max_body_bytes: default_max_body_bytes(),
+            max_header_bytes: default_max_header_bytes(),
+            http2_max_concurrent_streams: default_http2_max_concurrent_streams(),
+            http2_keepalive_interval: default_http2_keepalive_interval(),
+            http2_keepalive_timeout: default_http2_keepalive_timeout(),
+            tls: None,
+            admin_tls: None,
         }
     }
+}
+
+/// `[server.tls]` and `[server.admin_tls]`: a listener's certificate, and for mutual TLS the CA
+/// its clients' certificates must come from. The files are read again when they change.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    /// PEM certificate chain, the listener's own certificate first.
+    pub cert_file: PathBuf,
+    /// PEM private key (PKCS#8, PKCS#1 or SEC1) of that certificate.
+    pub key_file: PathBuf,
+    /// PEM CA certificates; when set, only clients presenting a certificate issued by one of
+    /// them may connect (mutual TLS).
+    #[serde(default)]
+    pub client_ca_file: Option<PathBuf>,
+    /// How often the files are checked for a change (a rotated certificate is served from the
+    /// next connection after the check that sees it).
+    #[serde(default = "default_tls_reload_interval", with = "humantime_serde")]
+    pub reload_interval: Duration,
+}
+
+fn default_tls_reload_interval() -> Duration {
+    Duration::from_secs(10)
+}
+fn default_extauthz_max_connections() -> usize {
+    4096
+}
+fn default_admin_max_connections() -> usize {
+    256
+}
+fn default_header_read_timeout() -> Duration {
+    Duration::from_secs(10)
+}
+fn default_body_read_timeout() -> Duration {
+    Duration::from_secs(10)
+}
+fn default_max_body_bytes() -> usize {
+    1024 * 1024
+}
+fn default_max_header_bytes() -> u32 {
+    16 * 1024
+}
+fn default_http2_max_concurrent_streams() -> u32 {
+    256
+}
+fn default_http2_keepalive_interval() -> Duration {
+    Duration::from_secs(15)
+}
+fn default_http2_keepalive_timeout() -> Duration {
+    Duration::from_secs(10)
 }
 
 /// `server.on_dependency_failure`
@@ -637,6 +736,13 @@ impl Config {
                 "must differ from server.extauthz_addr",
             ));
         }
+        self.server.validate_limits()?;
+        if let Some(tls) = &self.server.tls {
+            crate::tls::check(tls, "server.tls")?;
+        }
+        if let Some(tls) = &self.server.admin_tls {
+            crate::tls::check(tls, "server.admin_tls")?;
+        }
         check_segment("iam.project", &self.iam.project)?;
         if let Some(org) = &self.iam.organization {
             check_segment("iam.organization", org)?;
@@ -701,6 +807,69 @@ impl Config {
         }
         if let Some(b) = &self.backend_auth {
             b.validate(&self.token)?;
+        }
+        Ok(())
+    }
+}
+
+impl ServerConfig {
+    fn validate_limits(&self) -> Result<(), ConfigError> {
+        for (field, n) in [
+            (
+                "server.extauthz_max_connections",
+                self.extauthz_max_connections,
+            ),
+            ("server.admin_max_connections", self.admin_max_connections),
+        ] {
+            if n == 0 || n > 1_000_000 {
+                return Err(invalid(field, "must be between 1 and 1000000"));
+            }
+        }
+        for (field, d) in [
+            ("server.header_read_timeout", self.header_read_timeout),
+            ("server.body_read_timeout", self.body_read_timeout),
+            (
+                "server.http2_keepalive_interval",
+                self.http2_keepalive_interval,
+            ),
+            (
+                "server.http2_keepalive_timeout",
+                self.http2_keepalive_timeout,
+            ),
+        ] {
+            if d.is_zero() || d > Duration::from_secs(600) {
+                return Err(invalid(field, "must be between 1ms and 10m"));
+            }
+        }
+        if self.max_body_bytes < 1024 || self.max_body_bytes > 64 * 1024 * 1024 {
+            return Err(invalid(
+                "server.max_body_bytes",
+                "must be between 1024 and 67108864",
+            ));
+        }
+        // HTTP/1's header buffer cannot be smaller than 8 KiB.
+        if !(8192..=1024 * 1024).contains(&self.max_header_bytes) {
+            return Err(invalid(
+                "server.max_header_bytes",
+                "must be between 8192 and 1048576",
+            ));
+        }
+        if self.http2_max_concurrent_streams == 0 || self.http2_max_concurrent_streams > 10_000 {
+            return Err(invalid(
+                "server.http2_max_concurrent_streams",
+                "must be between 1 and 10000",
+            ));
+        }
+        for (field, tls) in [
+            ("server.tls", &self.tls),
+            ("server.admin_tls", &self.admin_tls),
+        ] {
+            if tls.as_ref().is_some_and(|t| t.reload_interval.is_zero()) {
+                return Err(invalid(
+                    format!("{field}.reload_interval"),
+                    "must be positive",
+                ));
+            }
         }
         Ok(())
     }
@@ -901,6 +1070,37 @@ mod tests {
             err.to_string().starts_with("server.check_deadline"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn listener_limits_have_defaults_and_name_their_field() {
+        let c = Config::parse(MINIMAL).unwrap();
+        assert_eq!(c.server.admin_max_connections, 256);
+        assert_eq!(c.server.header_read_timeout, Duration::from_secs(10));
+        assert_eq!(c.server.max_header_bytes, 16384);
+        assert!(c.server.tls.is_none() && c.server.admin_tls.is_none());
+        // A half-sent request is gone within 30s with the defaults, whatever the protocol.
+        let h2 = c.server.http2_keepalive_interval + c.server.http2_keepalive_timeout;
+        assert!(c.server.header_read_timeout <= Duration::from_secs(30));
+        assert!(h2 <= Duration::from_secs(30));
+        for (key, value) in [
+            ("admin_max_connections", "0"),
+            ("extauthz_max_connections", "0"),
+            ("header_read_timeout", "\"0s\""),
+            ("body_read_timeout", "\"1h\""),
+            ("max_body_bytes", "10"),
+            ("max_header_bytes", "4096"),
+            ("http2_max_concurrent_streams", "0"),
+            ("http2_keepalive_timeout", "\"0s\""),
+        ] {
+            let err = Config::parse(&format!("[server]\n{key} = {value}\n{MINIMAL}")).unwrap_err();
+            assert!(
+                err.to_string().starts_with(&format!("server.{key}")),
+                "{key}: {err}"
+            );
+        }
+        let err = Config::parse(&format!("[server]\nmax_conections = 1\n{MINIMAL}")).unwrap_err();
+        assert!(err.to_string().contains("max_conections"), "{err}");
     }
 
     #[test]

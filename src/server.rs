@@ -6,20 +6,20 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::serve::ListenerExt as _;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
-use tonic::transport::server::TcpIncoming;
 
 use crate::admin::{self, AdminState};
 use crate::authn::Authenticator;
 use crate::authn::dev::{DevIssuer, DevKeyError};
 use crate::authz::Authorizer;
 use crate::authz::google::GoogleSource;
-use crate::config::{AuthzMode, Config};
+use crate::config::{AuthzMode, Config, ServerConfig, TlsConfig};
 use crate::extauthz::{CheckService, Checker};
+use crate::listener::{self, Kind, Limits};
 use crate::route::Router;
 use crate::store::{PolicyStore, StoreError};
+use crate::tls::{Alpn, Reloading, TlsError};
 use envoy_types::ext_authz::v3::pb::AuthorizationServer;
 
 /// Why the service could not start or stopped.
@@ -37,14 +37,9 @@ pub enum ServerError {
     /// The HTTP client for upstreams could not be built.
     #[error("http client: {0}")]
     Http(String),
-    /// A listener failed.
-    #[error("{listener} listener: {reason}")]
-    Serve {
-        /// Which one.
-        listener: &'static str,
-        /// Why.
-        reason: String,
-    },
+    /// A listener's TLS files could not be loaded.
+    #[error(transparent)]
+    Tls(#[from] TlsError),
 }
 
 /// The two listeners, already bound.
@@ -190,6 +185,8 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServerError> {
     let stop = CancellationToken::new();
+    let tls = ListenerTls::start(&app.config.server, &stop).inspect_err(|_| stop.cancel())?;
+    listener::check_descriptor_budget(&app.config.server);
     let metrics = crate::telemetry::metrics_handle();
     let upkeep = {
         let metrics = metrics.clone();
@@ -226,18 +223,16 @@ pub async fn serve(
         app.checker.clone(),
         app.config.server.on_dependency_failure,
     ));
-    let grpc = {
-        let stop = stop.clone();
-        tonic::transport::Server::builder()
-            .add_service(health_service)
+    let grpc = listener::serve(
+        Kind::ExtAuthz,
+        listeners.extauthz,
+        tls.extauthz.clone(),
+        Limits::for_listener(&app.config.server, Kind::ExtAuthz),
+        tonic::service::Routes::new(health_service)
             .add_service(check)
-            .serve_with_incoming_shutdown(
-                // Nagle off: a Check answer is several small HTTP/2 frames, and with Nagle on
-                // against a delayed-ACK client the last of them waits ~40 ms.
-                TcpIncoming::from(listeners.extauthz).with_nodelay(Some(true)),
-                async move { stop.cancelled().await },
-            )
-    };
+            .prepare(),
+        stop.clone(),
+    );
 
     let state = Arc::new(AdminState {
         store: app.store.clone(),
@@ -249,14 +244,16 @@ pub async fn serve(
         strict_deployments: app.config.iam.strict_deployments,
         route_deployments: route_deployments(&app.config),
     });
-    let admin = {
-        let stop = stop.clone();
-        let admin = listeners.admin.tap_io(|tcp| {
-            let _ = tcp.set_nodelay(true);
-        });
-        axum::serve(admin, admin::service(state))
-            .with_graceful_shutdown(async move { stop.cancelled().await })
-    };
+    // The listener bounds bodies (`server.max_body_bytes`); axum's own default must not
+    // silently cap them lower.
+    let admin = listener::serve(
+        Kind::Admin,
+        listeners.admin,
+        tls.admin.clone(),
+        Limits::for_listener(&app.config.server, Kind::Admin),
+        admin::service(state).layer(axum::extract::DefaultBodyLimit::disable()),
+        stop.clone(),
+    );
 
     let trigger = {
         let stop = stop.clone();
@@ -265,27 +262,50 @@ pub async fn serve(
             stop.cancel();
         })
     };
-    let (grpc, admin) = tokio::join!(
+    tokio::join!(
         async {
-            let r = grpc.await;
+            grpc.await;
             stop.cancel();
-            r
         },
         async {
-            let r = admin.await;
+            admin.await;
             stop.cancel();
-            r
         }
     );
     trigger.abort();
     let _ = upkeep.await;
-    grpc.map_err(|e| ServerError::Serve {
-        listener: "ext_authz",
-        reason: e.to_string(),
-    })?;
-    admin.map_err(|e| ServerError::Serve {
-        listener: "admin",
-        reason: e.to_string(),
-    })?;
+    for watcher in tls.watchers {
+        let _ = watcher.await;
+    }
     Ok(())
+}
+
+/// The listeners' TLS, loaded at start, and the tasks that reload it.
+struct ListenerTls {
+    extauthz: Option<Arc<Reloading>>,
+    admin: Option<Arc<Reloading>>,
+    watchers: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl ListenerTls {
+    fn start(config: &ServerConfig, stop: &CancellationToken) -> Result<ListenerTls, ServerError> {
+        let mut watchers = Vec::new();
+        let mut load = |tls: Option<&TlsConfig>, field, alpn| -> Result<_, ServerError> {
+            let Some(tls) = tls else { return Ok(None) };
+            let reloading = Arc::new(Reloading::load(tls, field, alpn)?);
+            watchers.push(tokio::spawn(reloading.clone().watch(stop.clone())));
+            Ok(Some(reloading))
+        };
+        let extauthz = load(config.tls.as_ref(), "server.tls", Alpn::Http2)?;
+        let admin = load(
+            config.admin_tls.as_ref(),
+            "server.admin_tls",
+            Alpn::Http2AndHttp1,
+        )?;
+        Ok(ListenerTls {
+            extauthz,
+            admin,
+            watchers,
+        })
+    }
 }

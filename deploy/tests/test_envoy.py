@@ -26,6 +26,8 @@ from envoy.extensions.upstreams.http.v3 import http_protocol_options_pb2
 from conftest import CHECK_DEADLINE_MS, ENVOY_DIR, load_yaml_documents
 
 BOOTSTRAPS = sorted(ENVOY_DIR.glob("envoy*.yaml"))
+MTLS = ENVOY_DIR / "envoy-mtls.yaml"
+TLS_SOCKET = "envoy.transport_sockets.tls"
 
 EXT_AUTHZ = "envoy.filters.http.ext_authz"
 ROUTER = "envoy.filters.http.router"
@@ -83,7 +85,7 @@ def bootstrap_path(request):
 
 
 def test_both_bootstraps_are_present():
-    assert {p.name for p in BOOTSTRAPS} >= {"envoy.yaml", "envoy-sidecar.yaml"}
+    assert {p.name for p in BOOTSTRAPS} >= {"envoy.yaml", "envoy-sidecar.yaml", "envoy-mtls.yaml"}
 
 
 def test_parses_strictly(bootstrap_path):
@@ -302,3 +304,39 @@ def test_unknown_typed_config_type_is_rejected():
     authz["@type"] = "type.googleapis.com/envoy.extensions.filters.http.ext_authz.v3.ExtAuthzz"
     with pytest.raises(json_format.ParseError, match="descriptor"):
         parse_bootstrap(bad)
+
+
+# --- mutual TLS to verifyiam ------------------------------------------------------
+
+
+def test_mtls_bootstrap_is_the_front_proxy_plus_a_tls_transport_socket():
+    (plain,) = load_yaml_documents(ENVOY_DIR / "envoy.yaml")
+    (mtls,) = load_yaml_documents(MTLS)
+    cluster = next(c for c in mtls["static_resources"]["clusters"] if c["name"] == "verifyiam")
+    assert cluster.pop("transport_socket")["name"] == TLS_SOCKET
+    assert mtls == plain, "envoy-mtls.yaml drifted from envoy.yaml beyond the transport socket"
+
+
+def test_plaintext_bootstraps_have_no_transport_socket():
+    for path in (ENVOY_DIR / "envoy.yaml", ENVOY_DIR / "envoy-sidecar.yaml"):
+        cluster = clusters_by_name(load_bootstrap(path))["verifyiam"]
+        assert not cluster.HasField("transport_socket"), path.name
+
+
+def test_mtls_cluster_presents_a_client_certificate_and_verifies_verifyiam():
+    cluster = clusters_by_name(load_bootstrap(MTLS))["verifyiam"]
+    assert cluster.transport_socket.name == TLS_SOCKET
+    context = unpack(cluster.transport_socket.typed_config, tls_pb2.UpstreamTlsContext)
+    common = context.common_tls_context
+    assert list(common.alpn_protocols) == ["h2"], "verifyiam's ext_authz listener offers h2 only"
+    (certificate,) = common.tls_certificates
+    directory = certificate.watched_directory.path
+    assert directory, "rotated client certificates are picked up"
+    assert certificate.certificate_chain.filename.startswith(directory + "/")
+    assert certificate.private_key.filename.startswith(directory + "/")
+    validation = common.validation_context
+    assert validation.trusted_ca.filename.startswith(directory + "/")
+    assert validation.watched_directory.path == directory
+    names = [m.matcher.exact for m in validation.match_typed_subject_alt_names]
+    assert names == [context.sni], "verifyiam's certificate is checked for the name Envoy asks for"
+    assert context.sni.startswith("verifyiam.")

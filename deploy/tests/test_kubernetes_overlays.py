@@ -298,3 +298,66 @@ def test_merge_emulation_deletes_and_replaces():
                                                               {"name": "t", "emptyDir": {}}]}}
     assert merge(base, {"$patch": "delete"}) is DELETE
     assert KUBERNETES_VERSION
+
+
+# --- the mtls overlay ----------------------------------------------------------------
+
+MTLS = OVERLAYS_DIR / "mtls"
+
+
+@pytest.fixture(scope="module")
+def mtls():
+    return effective(MTLS)
+
+
+@pytest.fixture(scope="module")
+def mtls_config(mtls):
+    (doc,) = load_yaml_documents(MTLS / "configmap.yaml")
+    assert "  verifyiam.toml: |\n" in (MTLS / "configmap.yaml").read_text()
+    assert mtls["ConfigMap", "verifyiam-config"]["data"] == doc["data"]
+    return tomllib.loads(doc["data"]["verifyiam.toml"])
+
+
+def test_mtls_overlay_exists():
+    assert MTLS in OVERLAYS
+
+
+def test_mtls_config_is_the_base_plus_tls(mtls_config, verifyiam_config):
+    server = dict(mtls_config["server"])
+    tls, admin_tls = server.pop("tls"), server.pop("admin_tls")
+    assert server == verifyiam_config["server"]
+    for table in ("iam", "token", "routes"):
+        assert mtls_config[table] == verifyiam_config[table], table
+    # Check: mutual TLS. Admin: TLS only, so the kubelet's HTTPS probes get in.
+    assert tls["client_ca_file"]
+    assert "client_ca_file" not in admin_tls
+
+
+def test_mtls_secret_is_mounted_where_the_config_names_the_files(mtls, mtls_config):
+    pod = mtls["Deployment", "verifyiam"]["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    files = []
+    for table in ("tls", "admin_tls"):
+        t = mtls_config["server"][table]
+        files += [t[k] for k in ("cert_file", "key_file", "client_ca_file") if k in t]
+    for path in files:
+        directory, _, name = path.rpartition("/")
+        mount = next(m for m in container["volumeMounts"] if m["mountPath"] == directory)
+        assert mount["readOnly"] is True
+        assert "subPath" not in mount, "subPath mounts are never updated on rotation"
+        secret = volumes[mount["name"]]["secret"]
+        assert secret["secretName"] == "verifyiam-tls"
+        # cert-manager's key names in a Certificate's Secret.
+        assert name in {"tls.crt", "tls.key", "ca.crt"}
+        assert "items" not in secret
+
+
+@pytest.mark.parametrize("probe", ["livenessProbe", "readinessProbe", "startupProbe"])
+def test_mtls_probes_use_https_on_the_admin_port(mtls, probe):
+    (container,) = mtls["Deployment", "verifyiam"]["spec"]["template"]["spec"]["containers"]
+    assert "grpc" not in container[probe], "the kubelet's gRPC probe cannot do TLS"
+    get = container[probe]["httpGet"]
+    assert get["scheme"] == "HTTPS"
+    assert get["port"] == "admin"
+    assert get["path"] in {"/readyz", "/healthz"}

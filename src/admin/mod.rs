@@ -16,6 +16,7 @@ use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::IntoResponse;
 use axum::routing::get;
+use http_body::Body as _;
 
 use crate::authn::bearer::{self, BearerError};
 use crate::authn::{Authenticator, AuthnError, Principal};
@@ -86,10 +87,56 @@ impl AdminState {
 }
 
 /// The whole admin listener: gRPC requests (`content-type: application/grpc…`) go to the
-/// `google.iam.v1.IAMPolicy` service, everything else to the REST [`router`].
+/// `google.iam.v1.IAMPolicy` service, everything else to the REST [`router`]. Outside the
+/// unauthenticated endpoints, the caller's bearer token is verified before anything reads the
+/// request body ([`authenticate_first`]).
 pub fn service(state: Arc<AdminState>) -> Router {
     let grpc = tonic::service::Routes::new(grpc::server(state.clone())).prepare();
-    router(state).layer(axum::middleware::from_fn_with_state(grpc, by_content_type))
+    router(state.clone())
+        .layer(axum::middleware::from_fn_with_state(grpc, by_content_type))
+        .layer(axum::middleware::from_fn_with_state(
+            state,
+            authenticate_first,
+        ))
+}
+
+/// Refuses an API request (REST under `/v1/`, or gRPC) whose bearer token is missing or
+/// invalid before its body is read, so an unauthenticated client cannot make the listener
+/// buffer what it sends. The operation checks the caller again (from the token cache) for its
+/// own authorization. The other paths (`/healthz`, `/readyz`, `/metrics`, `/dev/jwks.json`, and
+/// the 404 for anything else) read no body.
+async fn authenticate_first(
+    State(state): State<Arc<AdminState>>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    if !request.uri().path().starts_with("/v1/") && !is_grpc(request.headers()) {
+        return next.run(request).await;
+    }
+    match state.caller(request.headers()).await {
+        Ok(_) => next.run(request).await,
+        Err(e) if is_grpc(request.headers()) => tonic::Status::from(e)
+            .into_http::<axum::body::Body>()
+            .map(axum::body::Body::new),
+        Err(e) => {
+            let mut response = e.into_response();
+            // The body is left unread: tell an HTTP/1 client the connection will not be reused.
+            if !request.body().is_end_stream() {
+                response.headers_mut().insert(
+                    header::CONNECTION,
+                    header::HeaderValue::from_static("close"),
+                );
+            }
+            response
+        }
+    }
+}
+
+fn is_grpc(headers: &HeaderMap) -> bool {
+    headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/grpc"))
 }
 
 async fn by_content_type(
@@ -97,12 +144,7 @@ async fn by_content_type(
     request: axum::extract::Request,
     next: axum::middleware::Next,
 ) -> axum::response::Response {
-    let is_grpc = request
-        .headers()
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.starts_with("application/grpc"));
-    if !is_grpc {
+    if !is_grpc(request.headers()) {
         return next.run(request).await;
     }
     match tower::ServiceExt::oneshot(grpc, request).await {
