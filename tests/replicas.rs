@@ -26,6 +26,8 @@ const ALICE: &str = "alice@example.com";
 struct Replica {
     child: Child,
     server: Server,
+    /// Every line it has logged so far.
+    logs: Arc<Mutex<Vec<String>>>,
     _config: tempfile::TempDir,
 }
 
@@ -86,11 +88,14 @@ impl Replica {
             }
         };
         // Keep draining its log so the process never blocks on a full pipe.
+        let logs: Arc<Mutex<Vec<String>>> = Default::default();
+        let kept = logs.clone();
         tokio::spawn(async move {
             while let Ok(Some(line)) = lines.next_line().await {
                 if std::env::var("VERIFYIAM_TEST_SHOW_REPLICA_LOGS").is_ok() {
                     eprintln!("[{admin}] {line}");
                 }
+                kept.lock().unwrap().push(line);
             }
         });
         let server = Server::external(
@@ -102,12 +107,17 @@ impl Replica {
         Replica {
             child,
             server,
+            logs,
             _config: dir,
         }
     }
 
     async fn ready(&self) {
         wait_ready(self.server.admin, self.server.extauthz).await;
+    }
+
+    fn logged(&self, text: &str) -> bool {
+        self.logs.lock().unwrap().iter().any(|l| l.contains(text))
     }
 }
 
@@ -522,6 +532,112 @@ async fn a_replica_cut_off_from_the_database_fails_static_then_closed_and_catche
 }
 
 #[tokio::test]
+async fn an_unreachable_database_at_start_is_retried_until_it_answers() {
+    let Some(db) = TestDatabase::create().await else {
+        return;
+    };
+    let mut url = url::Url::parse(&db.url).unwrap();
+    let target: SocketAddr = format!("{}:{}", url.host_str().unwrap(), url.port().unwrap_or(5432))
+        .parse()
+        .unwrap();
+    let proxy = Proxy::start(target).await;
+    proxy.cut();
+    url.set_port(Some(proxy.addr.port())).unwrap();
+    let up = upstream().await;
+    let mut a = Replica::spawn(&up, url.as_str(), "").await;
+    until("the failed attempt is logged", async || {
+        a.logged("cannot load the policy store from PostgreSQL yet")
+    })
+    .await;
+    // Still running, not ready, and Checks that need the store are 503, never allowed.
+    assert!(a.child.try_wait().unwrap().is_none());
+    let (status, body) = a.get("/readyz", None).await;
+    assert_eq!(status, 503, "{body}");
+    assert!(!serving(a.extauthz).await);
+    let bearer = format!("Bearer {}", token(ALICE));
+    assert_eq!(a.check(Some(&bearer), "prod", "orders").await.http, 503);
+    proxy.heal();
+    a.ready().await;
+    a.grant_deployment("prod", "orders", &format!("user:{ALICE}"), INVOKER)
+        .await;
+    assert!(a.check(Some(&bearer), "prod", "orders").await.allowed());
+}
+
+/// A server that speaks just enough of the PostgreSQL protocol to refuse every login the way
+/// PostgreSQL does (SQLSTATE 28P01), for the wrong-password case on a server that trusts all.
+async fn refusing_server() -> SocketAddr {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut socket, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                loop {
+                    let Ok(len) = socket.read_u32().await else {
+                        return;
+                    };
+                    let mut body = vec![0; (len as usize).saturating_sub(4)];
+                    if socket.read_exact(&mut body).await.is_err() {
+                        return;
+                    }
+                    if body.starts_with(&80877103u32.to_be_bytes()) {
+                        // SSLRequest: no TLS here.
+                        let _ = socket.write_all(b"N").await;
+                        continue;
+                    }
+                    let mut fields = Vec::new();
+                    for (code, text) in [
+                        (b'S', "FATAL"),
+                        (b'V', "FATAL"),
+                        (b'C', "28P01"),
+                        (b'M', "password authentication failed for user \"app\""),
+                    ] {
+                        fields.push(code);
+                        fields.extend_from_slice(text.as_bytes());
+                        fields.push(0);
+                    }
+                    fields.push(0);
+                    let mut msg = vec![b'E'];
+                    msg.extend_from_slice(&(fields.len() as u32 + 4).to_be_bytes());
+                    msg.extend_from_slice(&fields);
+                    let _ = socket.write_all(&msg).await;
+                    return;
+                }
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test]
+async fn a_refused_login_stops_serve_with_a_clear_error_without_the_password() {
+    let addr = refusing_server().await;
+    let up = upstream().await;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("verifyiam.toml");
+    let store = format!("postgres://app:Wr0ngSecret@{addr}/iam?sslmode=disable");
+    std::fs::write(&path, config_text(&up, &store, "")).unwrap();
+    for args in [&["store", "migrate"][..], &["serve"][..]] {
+        let out = Command::new(BIN)
+            .args(args)
+            .arg("--config")
+            .arg(&path)
+            .env("NO_COLOR", "1")
+            .output()
+            .await
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(3), "{args:?}: {err}");
+        assert!(
+            err.contains(&format!("PostgreSQL at app@{addr}/iam refused the login")),
+            "{args:?}: {err}"
+        );
+        assert!(err.contains("password authentication failed"), "{err}");
+        assert!(!err.contains("Wr0ngSecret"), "{args:?}: {err}");
+    }
+}
+
+#[tokio::test]
 async fn store_migrate_applies_the_schema_and_a_newer_schema_is_refused() {
     let Some(db) = TestDatabase::create().await else {
         return;
@@ -572,48 +688,10 @@ async fn store_migrate_applies_the_schema_and_a_newer_schema_is_refused() {
 }
 
 #[tokio::test]
-async fn a_wrong_password_is_a_clear_error_without_the_password() {
-    let Some(db) = TestDatabase::create().await else {
-        return;
-    };
-    let (client, connection) = tokio_postgres::connect(&db.url, tokio_postgres::NoTls)
-        .await
-        .unwrap();
-    tokio::spawn(connection);
-    let role = format!("{}_app", db.name);
-    client
-        .batch_execute(&format!("CREATE ROLE {role} LOGIN PASSWORD 'right-one'"))
-        .await
-        .unwrap();
-    // The test server may trust every local login; then a password cannot be wrong.
-    let mut url = url::Url::parse(&db.url).unwrap();
-    url.set_username(&role).unwrap();
-    url.set_password(Some("Wr0ngSecret")).unwrap();
-    let refused = tokio_postgres::connect(url.as_str(), tokio_postgres::NoTls)
-        .await
-        .is_err();
+async fn a_malformed_store_url_is_a_config_error_naming_iam_store() {
     let up = upstream().await;
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("verifyiam.toml");
-    std::fs::write(&path, config_text(&up, url.as_str(), "")).unwrap();
-    if refused {
-        let out = Command::new(BIN)
-            .args(["store", "migrate", "--config"])
-            .arg(&path)
-            .output()
-            .await
-            .unwrap();
-        let err = String::from_utf8_lossy(&out.stderr);
-        assert!(!out.status.success());
-        assert!(err.contains("refused the login"), "{err}");
-        assert!(!err.contains("Wr0ngSecret"), "{err}");
-    } else {
-        println!("the test server trusts local logins: wrong-password case not exercised");
-    }
-    let _ = client
-        .batch_execute(&format!("DROP OWNED BY {role}; DROP ROLE {role}"))
-        .await;
-    // A malformed URL is a configuration error naming iam.store, without the password.
     std::fs::write(
         &path,
         config_text(
@@ -623,14 +701,16 @@ async fn a_wrong_password_is_a_clear_error_without_the_password() {
         ),
     )
     .unwrap();
-    let out = Command::new(BIN)
-        .args(["config", "check"])
-        .arg(&path)
-        .output()
-        .await
-        .unwrap();
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(2), "{err}");
-    assert!(err.contains("iam.store"), "{err}");
-    assert!(!err.contains("Wr0ngSecret"), "{err}");
+    for args in [&["config", "check"][..], &["serve", "--config"][..]] {
+        let out = Command::new(BIN)
+            .args(args)
+            .arg(&path)
+            .output()
+            .await
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {err}");
+        assert!(err.contains("iam.store"), "{err}");
+        assert!(!err.contains("Wr0ngSecret"), "{err}");
+    }
 }
