@@ -22,7 +22,8 @@ use serde_json::{Value, json};
 use crate::authn::dev::{DEV_ISSUER, DevIssuer, KEY_FILE};
 use crate::client::{AdminClient, ClientError, Format};
 use crate::config::{
-    CLOUD_PLATFORM_SCOPE, Config, DevIssuerConfig, IamConfig, ServerConfig, TokenConfig,
+    CLOUD_PLATFORM_SCOPE, Config, ConfigError, DevIssuerConfig, IamConfig, ServerConfig,
+    TokenConfig,
 };
 
 /// verifyiam: Envoy external authorization by IAM (`apigee.deployments.invoke`).
@@ -42,6 +43,9 @@ pub enum Command {
     /// Configuration tools.
     #[command(subcommand)]
     Config(ConfigCommand),
+    /// Policy store tools.
+    #[command(subcommand)]
+    Store(StoreCommand),
     /// Development tokens.
     #[command(subcommand)]
     Token(TokenCommand),
@@ -341,6 +345,9 @@ pub struct ServeArgs {
     /// Overrides `server.admin_addr`.
     #[arg(long)]
     pub admin_addr: Option<SocketAddr>,
+    /// Overrides `iam.store` (with `--config` only), e.g. a PostgreSQL URL kept in a secret.
+    #[arg(long, env = "VERIFYIAM_STORE", hide_env_values = true)]
+    pub store: Option<String>,
     /// Log as JSON lines instead of text.
     #[arg(long)]
     pub log_json: bool,
@@ -354,6 +361,53 @@ pub enum ConfigCommand {
         /// The file.
         file: PathBuf,
     },
+}
+
+/// `store …`
+#[derive(Debug, Subcommand)]
+pub enum StoreCommand {
+    /// Apply the PostgreSQL schema migrations the database lacks (`serve` also does at start).
+    Migrate {
+        /// The configuration file whose `iam.store` names the database.
+        #[arg(long)]
+        config: PathBuf,
+        /// Overrides `iam.store`, as for `serve`.
+        #[arg(long, env = "VERIFYIAM_STORE", hide_env_values = true)]
+        store: Option<String>,
+    },
+}
+
+/// Applies a `--store` / `VERIFYIAM_STORE` override of `iam.store` and validates the result.
+pub fn override_store(config: &mut Config, store: Option<String>) -> Result<(), ConfigError> {
+    if let Some(store) = store {
+        config.iam.store = PathBuf::from(store);
+        config.validate()?;
+    }
+    Ok(())
+}
+
+/// `store migrate`: what was done, for printing.
+pub async fn migrate(config: &Config) -> Result<String, crate::store::StoreError> {
+    let location = config.iam.store.to_string_lossy();
+    if !crate::store::PgUrl::is_postgres(&location) {
+        crate::store::PolicyStore::open(
+            &config.iam.store,
+            &config.iam.project,
+            &config.iam.bootstrap_admins,
+        )?;
+        return Ok(format!(
+            "embedded store at {}: nothing to migrate\n",
+            config.iam.store.display()
+        ));
+    }
+    let url = crate::store::PgUrl::parse(&location)
+        .map_err(|e| crate::store::StoreError::Io(format!("iam.store: {e}")))?;
+    let (applied, version) = crate::store::postgres::migrate(&url).await?;
+    Ok(if applied.is_empty() {
+        format!("{url}: schema already at version {version}\n")
+    } else {
+        format!("{url}: applied {applied:?}; schema at version {version}\n")
+    })
 }
 
 /// `token …`
@@ -413,6 +467,7 @@ pub fn dev_config(data_dir: &Path) -> Config {
             project: "dev-project".to_owned(),
             organization: None,
             store: data_dir.join("store"),
+            max_staleness: Duration::from_secs(300),
             bootstrap_admins: vec!["user:admin@example.com".to_owned()],
             strict_deployments: false,
             groups: Vec::new(),

@@ -301,9 +301,15 @@ pub struct IamConfig {
     /// The Apigee organization name; the project id when absent.
     #[serde(default)]
     pub organization: Option<String>,
-    /// Directory of the embedded durable store.
+    /// Directory of the embedded durable store (one replica), or a PostgreSQL URL
+    /// (`postgres://user@host:5432/db?sslmode=verify-full`, password from the URL or
+    /// `PGPASSWORD`) shared by any number of replicas.
     #[serde(default = "default_store")]
     pub store: PathBuf,
+    /// PostgreSQL store: how long a replica cut off from the database keeps answering Checks
+    /// from its last snapshot; past it, Checks answer 503.
+    #[serde(default = "default_max_staleness", with = "humantime_serde")]
+    pub max_staleness: Duration,
     /// Members that always hold `roles/owner` on the project.
     #[serde(default)]
     pub bootstrap_admins: Vec<String>,
@@ -336,6 +342,10 @@ impl IamConfig {
 
 fn default_store() -> PathBuf {
     PathBuf::from("./verifyiam-data")
+}
+
+fn default_max_staleness() -> Duration {
+    Duration::from_secs(300)
 }
 
 /// `[token]`
@@ -750,6 +760,13 @@ impl Config {
         if self.iam.store.as_os_str().is_empty() {
             return Err(invalid("iam.store", "must be a directory path"));
         }
+        let store = self.iam.store.to_string_lossy();
+        if crate::store::PgUrl::is_postgres(&store) {
+            crate::store::PgUrl::parse(&store).map_err(|e| invalid("iam.store", e))?;
+        }
+        if self.iam.max_staleness < Duration::from_secs(1) {
+            return Err(invalid("iam.max_staleness", "must be at least 1s"));
+        }
         for (i, m) in self.iam.bootstrap_admins.iter().enumerate() {
             Member::parse(m)
                 .map_err(|e| invalid(format!("iam.bootstrap_admins[{i}]"), e.to_string()))?;
@@ -1123,6 +1140,22 @@ mod tests {
             err.to_string().starts_with("iam.bootstrap_admins[0]"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn postgres_store_urls_are_checked_and_never_echoed() {
+        let ok = Config::parse(
+            "[iam]\nproject = \"demo\"\nstore = \"postgresql://app:pw@db:5432/iam?sslmode=verify-full\"\nmax_staleness = \"30s\"\n",
+        )
+        .unwrap();
+        assert_eq!(ok.iam.max_staleness, Duration::from_secs(30));
+        let err = Config::parse(
+            "[iam]\nproject = \"demo\"\nstore = \"postgres://app:hunter2@db/iam?sslmode=maybe\"\n",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.starts_with("iam.store"), "{err}");
+        assert!(!err.contains("hunter2"), "{err}");
     }
 
     #[test]

@@ -12,7 +12,7 @@ use std::io::Write as _;
 use clap::Parser;
 use tokio::net::TcpListener;
 
-use verifyiam::cli::{Cli, Command, ConfigCommand, ServeArgs, TokenCommand};
+use verifyiam::cli::{Cli, Command, ConfigCommand, ServeArgs, StoreCommand, TokenCommand};
 use verifyiam::config::Config;
 use verifyiam::server::{self, Listeners};
 
@@ -29,6 +29,31 @@ fn main() -> ExitCode {
                 ExitCode::from(2)
             }
         },
+        Command::Store(StoreCommand::Migrate { config, store }) => {
+            verifyiam::telemetry::init_logging(false);
+            let loaded = match Config::load(&config).and_then(|mut c| {
+                verifyiam::cli::override_store(&mut c, store)?;
+                Ok(c)
+            }) {
+                Ok(c) => c,
+                Err(e) => {
+                    eprintln!("{}: {e}", config.display());
+                    return ExitCode::from(2);
+                }
+            };
+            runtime().block_on(async {
+                match verifyiam::cli::migrate(&loaded).await {
+                    Ok(report) => {
+                        print!("{report}");
+                        ExitCode::SUCCESS
+                    }
+                    Err(e) => {
+                        eprintln!("store migrate: {e}");
+                        ExitCode::from(3)
+                    }
+                }
+            })
+        }
         Command::Token(TokenCommand::Mint {
             email,
             scope,
@@ -102,7 +127,10 @@ fn runtime() -> tokio::runtime::Runtime {
 fn serve(args: ServeArgs) -> ExitCode {
     verifyiam::telemetry::init_logging(args.log_json);
     let mut config = match (&args.config, args.dev) {
-        (Some(path), _) => match Config::load(path) {
+        (Some(path), _) => match Config::load(path).and_then(|mut c| {
+            verifyiam::cli::override_store(&mut c, args.store.clone())?;
+            Ok(c)
+        }) {
             Ok(c) => c,
             Err(e) => {
                 eprintln!("{}: {e}", path.display());

@@ -71,12 +71,9 @@ pub struct App {
 impl App {
     /// Opens the store and builds every stage.
     pub fn build(config: Config) -> Result<App, ServerError> {
-        let store = Arc::new(PolicyStore::open(
-            &config.iam.store,
-            &config.iam.project,
-            &config.iam.bootstrap_admins,
-        )?);
-        // Management data: `[[iam.groups]]` seeds group memberships at start.
+        let store = Arc::new(PolicyStore::from_config(&config.iam)?);
+        // Management data: `[[iam.groups]]` seeds group memberships at start (with PostgreSQL,
+        // once the first load is in).
         admin::service::seed_groups(&store, &config.iam.groups)?;
         let http = http_for(config.token.fetch_timeout)?;
         let dev = match &config.token.dev {
@@ -168,6 +165,21 @@ fn route_deployments(config: &Config) -> Vec<String> {
         .collect()
 }
 
+async fn set_health(health: &tonic_health::server::HealthReporter, serving: bool) {
+    let status = if serving {
+        tonic_health::ServingStatus::Serving
+    } else {
+        tonic_health::ServingStatus::NotServing
+    };
+    health
+        .set_service_status(
+            <AuthorizationServer<CheckService> as tonic::server::NamedService>::NAME,
+            status,
+        )
+        .await;
+    health.set_service_status("", status).await;
+}
+
 /// Builds the service from `config` and serves until `shutdown` resolves.
 pub async fn run(
     listeners: Listeners,
@@ -215,10 +227,42 @@ pub async fn serve(
         })
     };
 
+    // The store: with PostgreSQL, connect, migrate, load, then follow the database's changes.
+    let sync = {
+        let (store, stop) = (app.store.clone(), stop.clone());
+        tokio::spawn(async move {
+            let outcome = store.run(stop.clone()).await;
+            if outcome.is_err() {
+                stop.cancel();
+            }
+            outcome
+        })
+    };
     let (health, health_service) = tonic_health::server::health_reporter();
-    health
-        .set_serving::<AuthorizationServer<CheckService>>()
-        .await;
+    // SERVING only while Checks can be answered from a loaded, fresh enough snapshot.
+    let health_task = {
+        let (store, stop, health) = (app.store.clone(), stop.clone(), health.clone());
+        let mut serving = store.is_fresh();
+        set_health(&health, serving).await;
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_millis(100));
+            loop {
+                tokio::select! {
+                    _ = stop.cancelled() => break,
+                    _ = tick.tick() => {
+                        let fresh = store.is_fresh();
+                        if fresh != serving {
+                            serving = fresh;
+                            set_health(&health, fresh).await;
+                        }
+                        if let Some(s) = store.staleness().filter(|_| store.is_shared()) {
+                            metrics::gauge!("verifyiam_store_staleness_seconds").set(s.as_secs_f64());
+                        }
+                    }
+                }
+            }
+        })
+    };
     let check = AuthorizationServer::new(CheckService::new(
         app.checker.clone(),
         app.config.server.on_dependency_failure,
@@ -274,8 +318,12 @@ pub async fn serve(
     );
     trigger.abort();
     let _ = upkeep.await;
+    let _ = health_task.await;
     for watcher in tls.watchers {
         let _ = watcher.await;
+    }
+    if let Ok(Err(e)) = sync.await {
+        return Err(ServerError::Store(e));
     }
     Ok(())
 }

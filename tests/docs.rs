@@ -61,9 +61,12 @@ fn kubernetes_configmap_config_is_valid() {
 }
 
 #[test]
-fn replicated_overlay_config_is_valid_and_uses_google_mode() {
+fn replicated_overlay_config_is_valid_and_uses_the_postgres_store() {
     let config = configmap("deploy/kubernetes-overlays/replicated/configmap.yaml");
-    assert_eq!(config.authz.mode, verifyiam::config::AuthzMode::Google);
+    assert_eq!(config.authz.mode, verifyiam::config::AuthzMode::Local);
+    assert!(verifyiam::store::PgUrl::is_postgres(
+        &config.iam.store.to_string_lossy()
+    ));
     assert_eq!(config.server.extauthz_addr.port(), 9001);
 }
 

@@ -240,33 +240,45 @@ def replicated_config(replicated):
     return tomllib.loads(doc["data"]["verifyiam.toml"])
 
 
-def test_replicated_config_uses_a_remote_source(replicated_config):
-    authz = replicated_config["authz"]
-    assert authz["mode"] == "google"
-    assert authz["apigee_url"] == "https://apigee.googleapis.com"
-    assert parse_duration_seconds(authz["refresh_ahead"]) < parse_duration_seconds(authz["cache_ttl"])
-    # The stores are empty: strict mode would deny everything.
-    assert replicated_config["iam"].get("strict_deployments", False) is False
-    # Nothing is written through a replica's admin API.
-    assert replicated_config["iam"].get("bootstrap_admins", []) == []
+def test_replicated_config_uses_the_postgres_store(replicated_config):
+    from urllib.parse import parse_qs, urlsplit
+
+    iam = replicated_config["iam"]
+    url = urlsplit(iam["store"])
+    assert url.scheme in ("postgres", "postgresql")
+    # The password comes from the Secret (VERIFYIAM_STORE), never from the ConfigMap.
+    assert url.password is None
+    assert parse_qs(url.query)["sslmode"] == ["verify-full"]
+    assert parse_duration_seconds(iam["max_staleness"]) <= 300
+    # Policies are verifyiam's own, shared through the database.
+    assert replicated_config.get("authz", {}).get("mode", "local") == "local"
 
 
 def test_replicated_config_matches_the_base_elsewhere(replicated_config, verifyiam_config):
     for table in ("server", "token", "routes"):
         assert replicated_config[table] == verifyiam_config[table], table
-    assert replicated_config["iam"]["project"] == verifyiam_config["iam"]["project"]
-    assert replicated_config["iam"]["store"] == verifyiam_config["iam"]["store"]
+    for key in ("project", "bootstrap_admins"):
+        assert replicated_config["iam"][key] == verifyiam_config["iam"][key], key
 
 
-def test_replicated_pods_do_not_mount_the_pvc(replicated, replicated_config):
+def test_replicated_pods_take_the_store_url_from_a_secret(replicated):
     assert not any(kind == "PersistentVolumeClaim" for kind, _ in replicated)
     pod = replicated["Deployment", "verifyiam"]["spec"]["template"]["spec"]
-    assert not [v for v in pod["volumes"] if "persistentVolumeClaim" in v]
+    assert not [v for v in pod["volumes"] if "persistentVolumeClaim" in v or v["name"] == "store"]
     (container,) = pod["containers"]
-    mount = next(m for m in container["volumeMounts"] if m["mountPath"] == replicated_config["iam"]["store"])
-    (volume,) = [v for v in pod["volumes"] if v["name"] == mount["name"]]
-    assert set(volume) == {"name", "emptyDir"}
-    assert not mount.get("readOnly")
+    assert not [m for m in container["volumeMounts"] if m["name"] == "store"]
+    (env,) = [e for e in container["env"] if e["name"] == "VERIFYIAM_STORE"]
+    assert env["valueFrom"] == {"secretKeyRef": {"name": "verifyiam-store", "key": "url"}}
+
+
+def test_replicated_probes_keep_liveness_apart_from_the_store(replicated):
+    (container,) = replicated["Deployment", "verifyiam"]["spec"]["template"]["spec"]["containers"]
+    # Ready only with a loaded, fresh snapshot (gRPC health); alive whatever the database does,
+    # so losing the database never restarts a pod that can still answer from its snapshot.
+    assert container["readinessProbe"]["grpc"]["port"] == 9001
+    for probe in ("livenessProbe", "startupProbe"):
+        assert "grpc" not in container[probe], probe
+        assert container[probe]["httpGet"] == {"path": "/healthz", "port": 9002}, probe
 
 
 def test_replicated_scaling(replicated):

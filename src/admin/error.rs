@@ -82,6 +82,13 @@ impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> Self {
         match e {
             StoreError::Aborted => ApiError::Aborted(e.to_string()),
+            StoreError::Unavailable(_) => {
+                tracing::warn!(error = %e, "policy store unavailable");
+                ApiError::Unavailable(
+                    "the policy store is unavailable; the change was not applied, retry later"
+                        .to_owned(),
+                )
+            }
             other => {
                 tracing::error!(error = %other, "store failure");
                 ApiError::Internal("the policy store failed; the change was not applied".to_owned())

@@ -168,9 +168,22 @@ pub fn router(state: Arc<AdminState>) -> Router {
 }
 
 async fn readyz(State(state): State<Arc<AdminState>>) -> impl IntoResponse {
-    // The store is opened before the listener serves, so a served request means it is open.
+    // Ready while Checks can be answered: the snapshot is loaded and (PostgreSQL) heard from the
+    // database within `iam.max_staleness`.
     let epoch = state.store.snapshot().epoch;
-    (StatusCode::OK, format!("ready (policy epoch {epoch})\n"))
+    if state.store.is_fresh() {
+        (StatusCode::OK, format!("ready (policy epoch {epoch})\n"))
+    } else if state.store.is_loaded() {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("not ready: the policy store is stale (policy epoch {epoch})\n"),
+        )
+    } else {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "not ready: the policy store has not loaded yet\n".to_owned(),
+        )
+    }
 }
 
 async fn metrics(State(state): State<Arc<AdminState>>) -> impl IntoResponse {

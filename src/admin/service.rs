@@ -3,6 +3,7 @@
 //! ([`super::rest`]) and the google.iam.v1 gRPC service ([`super::grpc`]) only decode a request,
 //! call one of these and encode the answer, so both surfaces share semantics and errors.
 
+use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
@@ -193,18 +194,18 @@ pub fn seed_groups(store: &PolicyStore, groups: &[GroupConfig]) -> Result<(), St
         members.dedup();
         wanted.push((email, members));
     }
-    store.mutate_blocking(move |draft: &mut Draft<'_>| {
-        for (email, members) in wanted {
+    store.seed_at_start(Arc::new(move |draft: &mut Draft<'_>| {
+        for (email, members) in &wanted {
             let same = draft
                 .current
-                .group(&email)
-                .is_some_and(|g| g.members == members);
+                .group(email)
+                .is_some_and(|g| g.members == *members);
             if !same {
-                draft.put_group(&email, members);
+                draft.put_group(email, members.clone());
             }
         }
-        Ok::<_, StoreError>(())
-    })
+        Ok(())
+    }))
 }
 
 impl AdminState {

@@ -276,6 +276,16 @@ impl Authorizer {
 
     /// Authorizes an authenticated caller (`token` is its own bearer token, for remote sources).
     pub async fn decide(&self, principal: Arc<Principal>, token: &str, target: Target) -> Decision {
+        // Fail static, within bounds: a replica cut off from a shared store answers from its
+        // last snapshot for `iam.max_staleness`, then refuses rather than miss a revocation.
+        if !self.store.is_fresh() {
+            return Decision::Deny(Denial {
+                reason: Reason::Unavailable,
+                message: "the policy store is temporarily unavailable".into(),
+                principal: Some(principal),
+                target: Some(target),
+            });
+        }
         if !self.is_deployed(&target) {
             return Decision::Deny(Denial {
                 reason: Reason::NotDeployed,

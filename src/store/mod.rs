@@ -1,34 +1,40 @@
-//! The embedded durable store: the project's, each environment's and each deployment's policy
-//! with its etag, the deployments, the custom roles and the group memberships, in a redb file
-//! under `iam.store`. A write is committed (fsync'd) before it is acknowledged, and every write
-//! moves an epoch and swaps in a new in-memory [`Snapshot`], so the next Check on this instance
-//! sees it. The hot path only loads the snapshot: no lock, no I/O.
+//! The policy store: the project's, each environment's and each deployment's policy with its
+//! etag, the deployments, the custom roles and the group memberships. One interface,
+//! [`PolicyStore`], over two backends: [`embedded`] (a redb file under `iam.store`, one replica)
+//! and [`postgres`] (one PostgreSQL database shared by any number of replicas). A write is
+//! durable before it is acknowledged, and every write moves an epoch (the PostgreSQL store's
+//! global revision) and swaps in a new in-memory [`Snapshot`], so the next Check on this instance
+//! sees it; with PostgreSQL every other replica applies it when the commit's notification
+//! arrives. The hot path only loads the snapshot: no lock, no I/O.
 //!
 //! Every change goes through [`PolicyStore::mutate`]: the caller's closure reads the current
-//! snapshot and records its changes in a [`Draft`] under the writer's turn, so check-and-set
-//! rules (etags, "role still in use", "deployment exists") hold against concurrent writers.
+//! snapshot and records its changes in a [`Draft`] under the writer's turn (with PostgreSQL: the
+//! database-wide revision row lock, after catching up), so check-and-set rules (etags, "role
+//! still in use", "deployment exists") hold against concurrent writers on any replica.
+
+pub mod embedded;
+pub mod migrations;
+pub mod postgres;
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
 
 use arc_swap::{ArcSwap, Guard};
-use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use serde::{Deserialize, Serialize};
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
 
 use crate::iam::custom::{Catalog, CustomRole};
 use crate::iam::eval::{CompiledPolicy, PolicyLookup, Resource};
 use crate::iam::policy::{Etag, Policy};
 use crate::iam::roles::{PermissionSet, RoleCatalog};
 
-const POLICIES: TableDefinition<&str, &[u8]> = TableDefinition::new("policies");
-const DEPLOYMENTS: TableDefinition<&str, &[u8]> = TableDefinition::new("deployments");
-const ROLES: TableDefinition<&str, &[u8]> = TableDefinition::new("roles");
-const GROUPS: TableDefinition<&str, &[u8]> = TableDefinition::new("groups");
-const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
-const EPOCH: &str = "epoch";
-/// The store's file inside the `iam.store` directory.
-pub const FILE_NAME: &str = "verifyiam.redb";
+pub use embedded::FILE_NAME;
+pub use postgres::PgUrl;
 
 /// A store failure.
 #[derive(Debug, thiserror::Error)]
@@ -50,10 +56,60 @@ pub enum StoreError {
     /// A stored record does not parse.
     #[error("stored record for {0} is corrupt")]
     Corrupt(String),
+    /// The database cannot be reached (or answered too late); nothing was acknowledged
+    /// (HTTP 503 / gRPC `UNAVAILABLE`).
+    #[error("the policy store is unavailable: {0}")]
+    Unavailable(String),
+    /// The database refused our credentials. The message never carries the password.
+    #[error("PostgreSQL at {target} refused the login: {reason}")]
+    Login {
+        /// The database, as `user@host:port/dbname` (no password).
+        target: String,
+        /// The server's reason.
+        reason: String,
+    },
+    /// The database's schema is newer than this binary knows.
+    #[error(
+        "the PostgreSQL schema is at version {found}, newer than the {known} this verifyiam knows; \
+         run a newer verifyiam (or the one that migrated it)"
+    )]
+    SchemaTooNew {
+        /// The database's version.
+        found: i64,
+        /// The newest this binary has.
+        known: i64,
+    },
 }
 
 fn io(e: impl std::fmt::Display) -> StoreError {
     StoreError::Io(e.to_string())
+}
+
+fn decode<T: serde::de::DeserializeOwned>(name: &str, bytes: &[u8]) -> Result<T, StoreError> {
+    serde_json::from_slice(bytes).map_err(|_| StoreError::Corrupt(name.to_owned()))
+}
+
+/// The records one write changed (or, at load, every record stored): `None` deletes.
+/// Deployments are never deleted (an undeployed one stays as a tombstone record).
+#[derive(Default)]
+pub struct Changes {
+    /// Policies by resource name.
+    pub policies: Vec<(String, Option<Policy>)>,
+    /// Deployment records by full name.
+    pub deployments: Vec<(String, Deployment)>,
+    /// Custom roles by full name.
+    pub roles: Vec<(String, Option<CustomRole>)>,
+    /// Groups by email.
+    pub groups: Vec<(String, Option<Group>)>,
+}
+
+impl Changes {
+    fn is_empty(&self) -> bool {
+        self.policies.is_empty()
+            && self.deployments.is_empty()
+            && self.roles.is_empty()
+            && self.groups.is_empty()
+    }
 }
 
 /// One resource's stored policy and its evaluation form.
@@ -219,10 +275,7 @@ pub struct Draft<'a> {
     /// The snapshot the write is based on (the current one, under the writer's turn).
     pub current: &'a Snapshot,
     etag: Etag,
-    policies: Vec<(String, Option<Policy>)>,
-    deployments: Vec<(String, Deployment)>,
-    roles: Vec<(String, Option<CustomRole>)>,
-    groups: Vec<(String, Option<Group>)>,
+    changes: Changes,
 }
 
 impl Draft<'_> {
@@ -235,30 +288,34 @@ impl Draft<'_> {
     pub fn put_policy(&mut self, name: &str, mut policy: Policy) -> Policy {
         policy.version = 1;
         policy.etag = Some(self.etag());
-        self.policies.push((name.to_owned(), Some(policy.clone())));
+        self.changes
+            .policies
+            .push((name.to_owned(), Some(policy.clone())));
         policy
     }
 
     /// Deletes a resource's policy.
     pub fn delete_policy(&mut self, name: &str) {
-        self.policies.push((name.to_owned(), None));
+        self.changes.policies.push((name.to_owned(), None));
     }
 
     /// Stores a deployment record.
     pub fn put_deployment(&mut self, name: &str, deployment: Deployment) {
-        self.deployments.push((name.to_owned(), deployment));
+        self.changes.deployments.push((name.to_owned(), deployment));
     }
 
     /// Stores a custom role; returns it as stored (new etag).
     pub fn put_role(&mut self, mut role: CustomRole) -> CustomRole {
         role.etag = Some(self.etag());
-        self.roles.push((role.name.clone(), Some(role.clone())));
+        self.changes
+            .roles
+            .push((role.name.clone(), Some(role.clone())));
         role
     }
 
     /// Deletes a custom role.
     pub fn delete_role(&mut self, name: &str) {
-        self.roles.push((name.to_owned(), None));
+        self.changes.roles.push((name.to_owned(), None));
     }
 
     /// Stores a group's membership; returns it as stored.
@@ -267,119 +324,119 @@ impl Draft<'_> {
             members,
             etag: self.etag(),
         };
-        self.groups.push((email.to_owned(), Some(group.clone())));
+        self.changes
+            .groups
+            .push((email.to_owned(), Some(group.clone())));
         group
     }
 
     /// Deletes a group.
     pub fn delete_group(&mut self, email: &str) {
-        self.groups.push((email.to_owned(), None));
-    }
-
-    fn is_empty(&self) -> bool {
-        self.policies.is_empty()
-            && self.deployments.is_empty()
-            && self.roles.is_empty()
-            && self.groups.is_empty()
+        self.changes.groups.push((email.to_owned(), None));
     }
 }
 
-/// The store.
+/// Where the records live.
+enum Backend {
+    Embedded(embedded::Embedded),
+    Postgres(Box<postgres::Postgres>),
+}
+
+/// A write applied once at start (e.g. `[[iam.groups]]`); with PostgreSQL, after the first
+/// load, and again after a failed attempt.
+pub type Seed = Arc<dyn Fn(&mut Draft<'_>) -> Result<(), StoreError> + Send + Sync>;
+
+/// The store: the current snapshot (lock-free for Checks) over one backend.
 pub struct PolicyStore {
-    db: Arc<Database>,
+    backend: Backend,
     snapshot: ArcSwap<Snapshot>,
-    /// Writers take turns; held only inside blocking write sections, never across an await.
-    writer: Mutex<()>,
     bootstrap: Vec<Box<str>>,
-}
-
-fn decode<T: serde::de::DeserializeOwned>(name: &str, bytes: &[u8]) -> Result<T, StoreError> {
-    serde_json::from_slice(bytes).map_err(|_| StoreError::Corrupt(name.to_owned()))
-}
-
-fn read_table<T: serde::de::DeserializeOwned>(
-    read: &redb::ReadTransaction,
-    table: TableDefinition<&str, &[u8]>,
-) -> Result<Vec<(String, T)>, StoreError> {
-    let mut out = Vec::new();
-    for row in read.open_table(table).map_err(io)?.iter().map_err(io)? {
-        let (k, v) = row.map_err(io)?;
-        let name = k.value().to_owned();
-        let value = decode(&name, v.value())?;
-        out.push((name, value));
-    }
-    Ok(out)
+    project_name: Box<str>,
+    /// Whether the snapshot holds a full load (always, for the embedded store).
+    loaded: AtomicBool,
+    loaded_tx: watch::Sender<bool>,
+    /// When the snapshot was last known to match the database: milliseconds after `origin`.
+    confirmed_ms: AtomicU64,
+    origin: Instant,
+    max_staleness: Duration,
+    seed: Mutex<Option<Seed>>,
 }
 
 impl PolicyStore {
-    /// Opens (or creates) the store in `dir`; `bootstrap_admins` always hold `roles/owner` on
-    /// `project`.
+    /// Opens (or creates) the embedded store in `dir`; `bootstrap_admins` always hold
+    /// `roles/owner` on `project`.
     pub fn open(
         dir: &Path,
         project: &str,
         bootstrap_admins: &[String],
     ) -> Result<PolicyStore, StoreError> {
-        let path = dir.join(FILE_NAME);
-        let open_err = |reason: String| StoreError::Open {
-            path: path.clone(),
-            reason,
-        };
-        std::fs::create_dir_all(dir).map_err(|e| open_err(e.to_string()))?;
-        let db = Database::create(&path).map_err(|e| match e {
-            redb::DatabaseError::DatabaseAlreadyOpen => {
-                open_err("it is in use by another verifyiam process".to_owned())
-            }
-            other => open_err(other.to_string()),
-        })?;
-        // Make sure every table exists so readers never meet a missing table.
-        let txn = db.begin_write().map_err(io)?;
-        {
-            for table in [POLICIES, DEPLOYMENTS, ROLES, GROUPS] {
-                txn.open_table(table).map_err(io)?;
-            }
-            txn.open_table(META).map_err(io)?;
-        }
-        txn.commit().map_err(io)?;
+        let (db, all, epoch) = embedded::Embedded::open(dir)?;
+        let store = Self::with(
+            Backend::Embedded(db),
+            project,
+            bootstrap_admins,
+            Duration::MAX,
+        );
+        let empty = store.empty_snapshot();
+        store
+            .snapshot
+            .store(Arc::new(store.apply(&empty, epoch, all)));
+        store.mark_loaded();
+        Ok(store)
+    }
 
+    /// The PostgreSQL store at `url`. Connects nothing: [`PolicyStore::run`] connects, migrates
+    /// and loads; until then Checks that need the store answer 503. Past `max_staleness` without
+    /// hearing from the database, likewise.
+    pub fn postgres(
+        url: PgUrl,
+        project: &str,
+        bootstrap_admins: &[String],
+        max_staleness: Duration,
+    ) -> PolicyStore {
+        Self::with(
+            Backend::Postgres(Box::new(postgres::Postgres::new(url))),
+            project,
+            bootstrap_admins,
+            max_staleness,
+        )
+    }
+
+    /// The store `[iam]` configures: a PostgreSQL URL, or else the embedded directory.
+    pub fn from_config(iam: &crate::config::IamConfig) -> Result<PolicyStore, StoreError> {
+        let location = iam.store.to_string_lossy();
+        if PgUrl::is_postgres(&location) {
+            let url = PgUrl::parse(&location)
+                .map_err(|reason| StoreError::Io(format!("iam.store: {reason}")))?;
+            Ok(Self::postgres(
+                url,
+                &iam.project,
+                &iam.bootstrap_admins,
+                iam.max_staleness,
+            ))
+        } else {
+            Self::open(&iam.store, &iam.project, &iam.bootstrap_admins)
+        }
+    }
+
+    fn with(
+        backend: Backend,
+        project: &str,
+        bootstrap_admins: &[String],
+        max_staleness: Duration,
+    ) -> PolicyStore {
         let bootstrap: Vec<Box<str>> = bootstrap_admins
             .iter()
             .filter_map(|m| crate::iam::member::Member::parse(m).ok())
             .map(|m| m.to_string().into_boxed_str())
             .collect();
-        let read = db.begin_read().map_err(io)?;
-        let epoch = read
-            .open_table(META)
-            .map_err(io)?
-            .get(EPOCH)
-            .map_err(io)?
-            .map(|v| v.value())
-            .unwrap_or(0);
-        let roles: BTreeMap<Box<str>, Arc<CustomRole>> = read_table::<CustomRole>(&read, ROLES)?
-            .into_iter()
-            .map(|(k, v)| (k.into_boxed_str(), Arc::new(v)))
-            .collect();
-        let catalog = Catalog::new(roles.values().map(|r| &**r));
-        let mut entries = HashMap::new();
-        for (name, policy) in read_table::<Policy>(&read, POLICIES)? {
-            let compiled = CompiledPolicy::compile(&policy, &catalog);
-            entries.insert(name.into_boxed_str(), Arc::new(Entry { policy, compiled }));
-        }
-        let deployments = read_table::<Deployment>(&read, DEPLOYMENTS)?
-            .into_iter()
-            .map(|(k, v)| (k.into_boxed_str(), v))
-            .collect();
-        let groups = read_table::<Group>(&read, GROUPS)?
-            .into_iter()
-            .map(|(k, v)| (k.into_boxed_str(), Arc::new(v)))
-            .collect();
-        drop(read);
         let project_name: Box<str> = Resource::Project {
             project: project.to_owned(),
         }
         .name()
         .into();
         let store = PolicyStore {
-            db: Arc::new(db),
+            backend,
             snapshot: ArcSwap::from_pointee(Snapshot {
                 epoch: 0,
                 entries: HashMap::new(),
@@ -391,21 +448,120 @@ impl PolicyStore {
                 groups: BTreeMap::new(),
                 groups_of: HashMap::new(),
             }),
-            writer: Mutex::new(()),
             bootstrap,
-        };
-        store.snapshot.store(Arc::new(store.build(Snapshot {
-            epoch,
-            entries,
-            project: CompiledPolicy::default(),
             project_name,
-            catalog,
-            roles,
-            deployments,
-            groups,
+            loaded: AtomicBool::new(false),
+            loaded_tx: watch::Sender::new(false),
+            confirmed_ms: AtomicU64::new(0),
+            origin: Instant::now(),
+            max_staleness,
+            seed: Mutex::new(None),
+        };
+        store.snapshot.store(Arc::new(store.empty_snapshot()));
+        store
+    }
+
+    /// Whether this is the PostgreSQL store.
+    pub fn is_shared(&self) -> bool {
+        matches!(self.backend, Backend::Postgres(_))
+    }
+
+    /// A description for logs: the directory, or `user@host:port/db` (never the password).
+    pub fn location(&self) -> String {
+        match &self.backend {
+            Backend::Embedded(_) => "embedded".to_owned(),
+            Backend::Postgres(pg) => pg.url.to_string(),
+        }
+    }
+
+    fn empty_snapshot(&self) -> Snapshot {
+        self.build(Snapshot {
+            epoch: 0,
+            entries: HashMap::new(),
+            project: CompiledPolicy::default(),
+            project_name: self.project_name.clone(),
+            catalog: Catalog::new(std::iter::empty()),
+            roles: BTreeMap::new(),
+            deployments: HashMap::new(),
+            groups: BTreeMap::new(),
             groups_of: HashMap::new(),
-        })));
-        Ok(store)
+        })
+    }
+
+    /// Whether the snapshot holds a full load.
+    pub fn is_loaded(&self) -> bool {
+        self.loaded.load(Ordering::Acquire)
+    }
+
+    fn mark_loaded(&self) {
+        self.confirm_fresh();
+        self.loaded.store(true, Ordering::Release);
+        self.loaded_tx.send_replace(true);
+    }
+
+    /// Waits until the snapshot holds a full load.
+    pub async fn loaded(&self) {
+        let mut rx = self.loaded_tx.subscribe();
+        let _ = rx.wait_for(|l| *l).await;
+    }
+
+    fn confirm_fresh(&self) {
+        let ms = self.origin.elapsed().as_millis() as u64;
+        self.confirmed_ms.fetch_max(ms, Ordering::AcqRel);
+    }
+
+    /// How long since the snapshot was last known to match the database (`None` before the
+    /// first load; zero for the embedded store, which is the database).
+    pub fn staleness(&self) -> Option<Duration> {
+        if !self.is_loaded() {
+            return None;
+        }
+        match self.backend {
+            Backend::Embedded(_) => Some(Duration::ZERO),
+            Backend::Postgres(_) => {
+                let confirmed = Duration::from_millis(self.confirmed_ms.load(Ordering::Acquire));
+                Some(self.origin.elapsed().saturating_sub(confirmed))
+            }
+        }
+    }
+
+    /// Whether Checks may be answered from the snapshot: loaded, and heard from the database
+    /// within `iam.max_staleness`. Cheap (two atomic loads and a clock read): on the hot path.
+    pub fn is_fresh(&self) -> bool {
+        self.staleness().is_some_and(|s| s <= self.max_staleness)
+    }
+
+    /// Keeps the snapshot in step with a shared database until `stop` (returns at once for the
+    /// embedded store). An error means the store can never load (a refused login, a schema
+    /// newer than this binary).
+    pub async fn run(self: Arc<Self>, stop: CancellationToken) -> Result<(), StoreError> {
+        match &self.backend {
+            Backend::Embedded(_) => Ok(()),
+            Backend::Postgres(pg) => postgres::run(self.clone(), pg, stop).await,
+        }
+    }
+
+    /// Applies `seed` now (embedded) or after the first load (PostgreSQL).
+    pub fn seed_at_start(&self, seed: Seed) -> Result<(), StoreError> {
+        match &self.backend {
+            Backend::Embedded(_) => self.mutate_blocking(|draft: &mut Draft<'_>| seed(draft)),
+            Backend::Postgres(_) => {
+                *self.seed.lock().map_err(|_| io("seed lock poisoned"))? = Some(seed);
+                Ok(())
+            }
+        }
+    }
+
+    async fn seed_pending(&self) -> Result<(), StoreError> {
+        let seed = self
+            .seed
+            .lock()
+            .map_err(|_| io("seed lock poisoned"))?
+            .clone();
+        if let (Some(seed), Backend::Postgres(pg)) = (seed, &self.backend) {
+            postgres::mutate(self, pg, move |draft: &mut Draft<'_>| seed(draft)).await?;
+        }
+        Ok(())
     }
 
     /// Fills in the derived parts of a snapshot: the project policy with the bootstrap owners
@@ -478,26 +634,36 @@ impl PolicyStore {
 
     /// Runs one write: `change` reads the current snapshot and records changes in the draft;
     /// they are committed (durable) and then swapped in as the new snapshot. An error from
-    /// `change`, or a draft with no changes, writes nothing.
+    /// `change`, or a draft with no changes, writes nothing. With PostgreSQL, `change` sees the
+    /// snapshot caught up to the database under the fleet-wide write lock.
     pub async fn mutate<T, E, F>(self: &Arc<Self>, change: F) -> Result<T, E>
     where
         T: Send + 'static,
         E: From<StoreError> + Send + 'static,
         F: FnOnce(&mut Draft<'_>) -> Result<T, E> + Send + 'static,
     {
-        let store = self.clone();
-        tokio::task::spawn_blocking(move || store.mutate_blocking(change))
-            .await
-            .map_err(|e| E::from(io(e)))?
+        match &self.backend {
+            Backend::Embedded(_) => {
+                let store = self.clone();
+                tokio::task::spawn_blocking(move || store.mutate_blocking(change))
+                    .await
+                    .map_err(|e| E::from(io(e)))?
+            }
+            Backend::Postgres(pg) => postgres::mutate(self, pg, change).await,
+        }
     }
 
-    /// [`PolicyStore::mutate`] on the calling thread (for start-up, outside the runtime's workers).
+    /// [`PolicyStore::mutate`] on the calling thread (embedded store only: for start-up, outside
+    /// the runtime's workers).
     pub fn mutate_blocking<T, E, F>(&self, change: F) -> Result<T, E>
     where
         E: From<StoreError>,
         F: FnOnce(&mut Draft<'_>) -> Result<T, E>,
     {
-        let _turn = self
+        let Backend::Embedded(db) = &self.backend else {
+            return Err(E::from(io("a blocking write needs the embedded store")));
+        };
+        let _turn = db
             .writer
             .lock()
             .map_err(|_| E::from(io("writer lock poisoned")))?;
@@ -506,89 +672,28 @@ impl PolicyStore {
         let mut draft = Draft {
             current: &current,
             etag: Etag::from_version(epoch),
-            policies: Vec::new(),
-            deployments: Vec::new(),
-            roles: Vec::new(),
-            groups: Vec::new(),
+            changes: Changes::default(),
         };
         let out = change(&mut draft)?;
-        if draft.is_empty() {
+        let Draft { changes, .. } = draft;
+        if changes.is_empty() {
             return Ok(out);
         }
-        let Draft {
-            policies,
-            deployments,
-            roles,
-            groups,
-            ..
-        } = draft;
-        self.commit(epoch, &policies, &deployments, &roles, &groups)
-            .map_err(E::from)?;
-        self.snapshot.store(Arc::new(self.apply(
-            &current,
-            epoch,
-            policies,
-            deployments,
-            roles,
-            groups,
-        )));
+        db.commit(epoch, &changes).map_err(E::from)?;
+        self.snapshot
+            .store(Arc::new(self.apply(&current, epoch, changes)));
         metrics::counter!("verifyiam_policy_writes_total").increment(1);
         Ok(out)
     }
 
-    fn commit(
-        &self,
-        epoch: u64,
-        policies: &[(String, Option<Policy>)],
-        deployments: &[(String, Deployment)],
-        roles: &[(String, Option<CustomRole>)],
-        groups: &[(String, Option<Group>)],
-    ) -> Result<(), StoreError> {
-        fn write<T: Serialize>(
-            txn: &redb::WriteTransaction,
-            table: TableDefinition<&str, &[u8]>,
-            rows: &[(String, Option<T>)],
-        ) -> Result<(), StoreError> {
-            let mut t = txn.open_table(table).map_err(io)?;
-            for (key, value) in rows {
-                match value {
-                    Some(v) => {
-                        let bytes = serde_json::to_vec(v).map_err(io)?;
-                        t.insert(key.as_str(), bytes.as_slice()).map_err(io)?;
-                    }
-                    None => {
-                        t.remove(key.as_str()).map_err(io)?;
-                    }
-                }
-            }
-            Ok(())
-        }
-        let txn = self.db.begin_write().map_err(io)?;
-        write(&txn, POLICIES, policies)?;
-        let deployments: Vec<(String, Option<&Deployment>)> = deployments
-            .iter()
-            .map(|(k, v)| (k.clone(), Some(v)))
-            .collect();
-        write(&txn, DEPLOYMENTS, &deployments)?;
-        write(&txn, ROLES, roles)?;
-        write(&txn, GROUPS, groups)?;
-        txn.open_table(META)
-            .map_err(io)?
-            .insert(EPOCH, epoch)
-            .map_err(io)?;
-        // Durability::Immediate (redb's default): fsync'd before commit returns.
-        txn.commit().map_err(io)
-    }
-
-    fn apply(
-        &self,
-        current: &Snapshot,
-        epoch: u64,
-        policies: Vec<(String, Option<Policy>)>,
-        deployments: Vec<(String, Deployment)>,
-        roles: Vec<(String, Option<CustomRole>)>,
-        groups: Vec<(String, Option<Group>)>,
-    ) -> Snapshot {
+    /// `current` with `changes` applied, at `epoch`.
+    fn apply(&self, current: &Snapshot, epoch: u64, changes: Changes) -> Snapshot {
+        let Changes {
+            policies,
+            deployments,
+            roles,
+            groups,
+        } = changes;
         let roles_changed = !roles.is_empty();
         let mut custom = current.roles.clone();
         for (name, role) in roles {

@@ -289,7 +289,146 @@ pub struct Server {
     pub config: Config,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     task: Option<tokio::task::JoinHandle<Result<(), server::ServerError>>>,
-    _dir: Option<Arc<tempfile::TempDir>>,
+    _dir: Option<Arc<TestStore>>,
+}
+
+/// Whether this suite runs against PostgreSQL: each suite file is compiled a second time as
+/// `<suite>_postgres` (see the `*_postgres.rs` files), and that copy picks the PostgreSQL store.
+pub fn postgres_suite() -> bool {
+    env!("CARGO_CRATE_NAME").ends_with("_postgres")
+}
+
+/// The PostgreSQL server tests use: `VERIFYIAM_TEST_DATABASE_URL`, by default the local one.
+pub fn database_server_url() -> String {
+    std::env::var("VERIFYIAM_TEST_DATABASE_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".to_owned())
+}
+
+/// Whether a missing PostgreSQL server fails the tests (CI) rather than skipping them.
+pub fn postgres_required() -> bool {
+    std::env::var("VERIFYIAM_REQUIRE_POSTGRES").is_ok_and(|v| v == "1")
+}
+
+/// A fresh database on the test server, dropped (with its connections) when this is dropped.
+pub struct TestDatabase {
+    pub name: String,
+    /// The URL of this database.
+    pub url: String,
+}
+
+impl TestDatabase {
+    /// Creates a database with a unique name; `None` (after saying so loudly) when the server
+    /// cannot be reached and `VERIFYIAM_REQUIRE_POSTGRES` is not `1`.
+    pub async fn create() -> Option<TestDatabase> {
+        static NEXT: AtomicUsize = AtomicUsize::new(0);
+        let server = database_server_url();
+        let name = format!(
+            "verifyiam_test_{}_{}_{}",
+            std::process::id(),
+            NEXT.fetch_add(1, Ordering::SeqCst),
+            SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .unwrap()
+                .subsec_nanos()
+        );
+        let created = async {
+            let (client, connection) =
+                tokio_postgres::connect(&server, tokio_postgres::NoTls).await?;
+            tokio::spawn(connection);
+            client
+                .batch_execute(&format!("CREATE DATABASE {name}"))
+                .await
+        };
+        match tokio::time::timeout(Duration::from_secs(30), created).await {
+            Ok(Ok(())) => {}
+            outcome => {
+                let why = match outcome {
+                    Ok(Err(e)) => e.to_string(),
+                    _ => "timed out".to_owned(),
+                };
+                if postgres_required() {
+                    panic!(
+                        "PostgreSQL at {server} is required (VERIFYIAM_REQUIRE_POSTGRES=1) but not usable: {why}"
+                    );
+                }
+                // Straight to stderr: the test harness's capture would swallow `eprintln!`.
+                use std::io::Write as _;
+                let _ = writeln!(
+                    std::io::stderr(),
+                    "\n**************************************************************\n\
+                     * PostgreSQL at {server} is not usable: {why}\n\
+                     * SKIPPING the PostgreSQL tests. Set VERIFYIAM_TEST_DATABASE_URL to a\n\
+                     * server, or VERIFYIAM_REQUIRE_POSTGRES=1 to fail instead.\n\
+                     **************************************************************\n"
+                );
+                return None;
+            }
+        }
+        let mut url = url::Url::parse(&server).unwrap();
+        url.set_path(&format!("/{name}"));
+        Some(TestDatabase {
+            name,
+            url: url.to_string(),
+        })
+    }
+}
+
+impl Drop for TestDatabase {
+    fn drop(&mut self) {
+        let (server, name) = (database_server_url(), self.name.clone());
+        // Its own thread and runtime: drop may run inside (or outside) any runtime.
+        let _ = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async {
+                if let Ok((client, connection)) =
+                    tokio_postgres::connect(&server, tokio_postgres::NoTls).await
+                {
+                    tokio::spawn(connection);
+                    let _ = client
+                        .batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+                        .await;
+                }
+            });
+        })
+        .join();
+    }
+}
+
+/// Where a test server keeps its policies: a temporary directory, and for the PostgreSQL
+/// suites a fresh database.
+pub struct TestStore {
+    pub dir: tempfile::TempDir,
+    pub database: Option<TestDatabase>,
+}
+
+impl TestStore {
+    /// The store this suite runs against. In a PostgreSQL suite with no server reachable (and
+    /// not required) the whole suite is skipped: the process ends successfully here.
+    pub async fn for_suite() -> TestStore {
+        let database = if postgres_suite() {
+            match TestDatabase::create().await {
+                Some(db) => Some(db),
+                None => std::process::exit(0),
+            }
+        } else {
+            None
+        };
+        TestStore {
+            dir: tempfile::tempdir().unwrap(),
+            database,
+        }
+    }
+
+    /// The value of `iam.store`.
+    pub fn location(&self) -> String {
+        match &self.database {
+            Some(db) => db.url.clone(),
+            None => self.dir.path().display().to_string(),
+        }
+    }
 }
 
 #[derive(Default)]
@@ -302,7 +441,7 @@ pub struct Options {
     pub deadline: String,
     /// Lines added to the `[iam]` table (e.g. `strict_deployments = true`).
     pub iam_extra: String,
-    pub store: Option<Arc<tempfile::TempDir>>,
+    pub store: Option<Arc<TestStore>>,
     pub upstream: Option<Upstream>,
 }
 
@@ -321,9 +460,10 @@ impl Server {
                 u
             }
         };
-        let dir = options
-            .store
-            .unwrap_or_else(|| Arc::new(tempfile::tempdir().unwrap()));
+        let dir = match options.store {
+            Some(store) => store,
+            None => Arc::new(TestStore::for_suite().await),
+        };
         let text = format!(
             r#"
 [server]
@@ -339,7 +479,7 @@ issuer = "{ISSUER}"
 jwks_uri = "{jwks}"
 {extra}
 "#,
-            store = dir.path().display(),
+            store = dir.location(),
             jwks = upstream.url("/jwks"),
             extra = options.extra,
             server_extra = options.server_extra,
@@ -375,21 +515,36 @@ jwks_uri = "{jwks}"
         s
     }
 
-    async fn wait_ready(&self) {
-        for _ in 0..200 {
-            if let Ok(r) = reqwest::get(format!("http://{}/readyz", self.admin)).await {
-                if r.status().is_success() {
-                    return;
-                }
-            }
-            tokio::task::yield_now().await;
-            tokio::time::sleep(Duration::from_millis(10)).await;
+    /// A handle on a server running elsewhere (another process), for its clients.
+    pub fn external(
+        extauthz: SocketAddr,
+        admin: SocketAddr,
+        upstream: Upstream,
+        config: Config,
+    ) -> Server {
+        Server {
+            extauthz,
+            admin,
+            upstream,
+            config,
+            stop: None,
+            task: None,
+            _dir: None,
         }
-        panic!("server did not become ready");
     }
 
-    /// Stops the server and waits for it; returns the store directory for a restart.
-    pub async fn stop(mut self) -> Arc<tempfile::TempDir> {
+    async fn wait_ready(&self) {
+        if self.config.server.tls.is_some() {
+            // A plaintext health probe cannot reach a TLS listener; /readyz follows the same
+            // freshness as the ext_authz port's health.
+            wait_readyz(self.admin).await;
+        } else {
+            wait_ready(self.admin, self.extauthz).await;
+        }
+    }
+
+    /// Stops the server and waits for it; returns the store for a restart.
+    pub async fn stop(mut self) -> Arc<TestStore> {
         if let Some(tx) = self.stop.take() {
             let _ = tx.send(());
         }
@@ -545,6 +700,61 @@ jwks_uri = "{jwks}"
             .await;
         assert_eq!(s, 200, "{v}");
     }
+}
+
+/// Waits (generously: a PostgreSQL store connects, migrates and loads first) until `/readyz`
+/// answers 200 and the ext_authz port's gRPC health says SERVING.
+pub async fn wait_ready(admin: SocketAddr, extauthz: SocketAddr) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    let mut ready = false;
+    while tokio::time::Instant::now() < deadline {
+        if !ready {
+            if let Ok(r) = reqwest::get(format!("http://{admin}/readyz")).await {
+                ready = r.status().is_success();
+            }
+        }
+        if ready && serving(extauthz).await {
+            return;
+        }
+        tokio::task::yield_now().await;
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("server did not become ready");
+}
+
+/// Waits until `/readyz` answers 200.
+pub async fn wait_readyz(admin: SocketAddr) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while tokio::time::Instant::now() < deadline {
+        if let Ok(r) = reqwest::get(format!("http://{admin}/readyz")).await {
+            if r.status().is_success() {
+                return;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("server did not become ready");
+}
+
+/// Whether the ext_authz port's gRPC health reports SERVING.
+pub async fn serving(extauthz: SocketAddr) -> bool {
+    let Ok(channel) = Channel::from_shared(format!("http://{extauthz}"))
+        .unwrap()
+        .connect()
+        .await
+    else {
+        return false;
+    };
+    let mut health = tonic_health::pb::health_client::HealthClient::new(channel);
+    health
+        .check(tonic_health::pb::HealthCheckRequest {
+            service: "envoy.service.auth.v3.Authorization".into(),
+        })
+        .await
+        .is_ok_and(|r| {
+            r.into_inner().status
+                == tonic_health::pb::health_check_response::ServingStatus::Serving as i32
+        })
 }
 
 /// An Envoy-shaped CheckRequest with lowercased headers, as Envoy sends them.

@@ -1,0 +1,716 @@
+//! Several `verifyiam serve` processes on one PostgreSQL database: started together on an empty
+//! database, changes made through one replica applied by another, etags spent once across the
+//! fleet, concurrent CLI writers through different replicas, a replica killed mid-write-storm,
+//! and a replica cut off from the database (through a TCP proxy the test controls).
+//!
+//! Each test creates its own database; with no PostgreSQL server reachable they say so and pass,
+//! unless `VERIFYIAM_REQUIRE_POSTGRES=1`.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use common::*;
+use serde_json::{Value, json};
+use tokio::io::{AsyncBufReadExt as _, BufReader};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::process::{Child, Command};
+
+const BIN: &str = env!("CARGO_BIN_EXE_verifyiam");
+const ALICE: &str = "alice@example.com";
+
+/// A `verifyiam serve` process.
+struct Replica {
+    child: Child,
+    server: Server,
+    /// Every line it has logged so far.
+    logs: Arc<Mutex<Vec<String>>>,
+    _config: tempfile::TempDir,
+}
+
+/// The config every replica of a test shares, but for the store URL and `extra` `[iam]` keys.
+fn config_text(upstream: &Upstream, store: &str, iam_extra: &str) -> String {
+    format!(
+        r#"
+[server]
+extauthz_addr = "127.0.0.1:0"
+admin_addr = "127.0.0.1:0"
+check_deadline = "2s"
+[iam]
+project = "{PROJECT}"
+store = "{store}"
+bootstrap_admins = ["user:{ADMIN}"]
+{iam_extra}
+[[token.jwt]]
+issuer = "{ISSUER}"
+jwks_uri = "{jwks}"
+"#,
+        jwks = upstream.url("/jwks"),
+    )
+}
+
+impl Replica {
+    /// Starts a replica and waits until it has said where it listens (not until it is ready).
+    async fn spawn(upstream: &Upstream, store: &str, iam_extra: &str) -> Replica {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("verifyiam.toml");
+        let text = config_text(upstream, store, iam_extra);
+        std::fs::write(&path, &text).unwrap();
+        let mut child = Command::new(BIN)
+            .arg("serve")
+            .arg("--config")
+            .arg(&path)
+            .env("NO_COLOR", "1")
+            .env("RUST_LOG", "info")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap();
+        let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+        let (extauthz, admin) = loop {
+            let line = tokio::time::timeout(Duration::from_secs(60), lines.next_line())
+                .await
+                .expect("replica logs its addresses")
+                .unwrap()
+                .expect("replica exited before serving");
+            if line.contains("serving") {
+                let addrs: Vec<SocketAddr> = line
+                    .split(|c: char| !(c.is_ascii_digit() || c == '.' || c == ':'))
+                    .filter(|w| w.starts_with("127.0.0.1:"))
+                    .filter_map(|w| w.parse().ok())
+                    .collect();
+                assert_eq!(addrs.len(), 2, "{line}");
+                break (addrs[0], addrs[1]);
+            }
+        };
+        // Keep draining its log so the process never blocks on a full pipe.
+        let logs: Arc<Mutex<Vec<String>>> = Default::default();
+        let kept = logs.clone();
+        tokio::spawn(async move {
+            while let Ok(Some(line)) = lines.next_line().await {
+                if std::env::var("VERIFYIAM_TEST_SHOW_REPLICA_LOGS").is_ok() {
+                    eprintln!("[{admin}] {line}");
+                }
+                kept.lock().unwrap().push(line);
+            }
+        });
+        let server = Server::external(
+            extauthz,
+            admin,
+            upstream.clone(),
+            verifyiam::config::Config::parse(&text).unwrap(),
+        );
+        Replica {
+            child,
+            server,
+            logs,
+            _config: dir,
+        }
+    }
+
+    async fn ready(&self) {
+        wait_ready(self.server.admin, self.server.extauthz).await;
+    }
+
+    fn logged(&self, text: &str) -> bool {
+        self.logs.lock().unwrap().iter().any(|l| l.contains(text))
+    }
+}
+
+impl std::ops::Deref for Replica {
+    type Target = Server;
+    fn deref(&self) -> &Server {
+        &self.server
+    }
+}
+
+async fn upstream() -> Upstream {
+    let u = Upstream::start().await;
+    u.publish(&[rsa(), ec()]);
+    u
+}
+
+fn dep_path(api: &str, verb: &str) -> String {
+    format!("/v1/organizations/{PROJECT}/environments/prod/deployments/{api}:{verb}")
+}
+
+async fn set_policy(s: &Server, api: &str, policy: Value) -> (u16, Value) {
+    s.post(
+        &dep_path(api, "setIamPolicy"),
+        Some(&token(ADMIN)),
+        &json!({ "policy": policy }).to_string(),
+    )
+    .await
+}
+
+fn invokers(members: &[&str]) -> Value {
+    json!({"bindings": [{"role": INVOKER, "members": members}]})
+}
+
+/// Polls `check` until it returns `want`; the time it took.
+async fn until(what: &str, mut check: impl AsyncFnMut() -> bool) -> Duration {
+    let start = Instant::now();
+    while start.elapsed() < Duration::from_secs(60) {
+        if check().await {
+            return start.elapsed();
+        }
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    panic!("{what}: not within 60 s");
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
+}
+
+#[tokio::test]
+async fn three_replicas_started_together_on_an_empty_database_all_serve() {
+    let Some(db) = TestDatabase::create().await else {
+        return;
+    };
+    let up = upstream().await;
+    let (a, b, c) = tokio::join!(
+        Replica::spawn(&up, &db.url, ""),
+        Replica::spawn(&up, &db.url, ""),
+        Replica::spawn(&up, &db.url, ""),
+    );
+    tokio::join!(a.ready(), b.ready(), c.ready());
+    a.grant_deployment("prod", "orders", &format!("user:{ALICE}"), INVOKER)
+        .await;
+    let bearer = format!("Bearer {}", token(ALICE));
+    for r in [&a, &b, &c] {
+        until("grant visible on every replica", async || {
+            r.check(Some(&bearer), "prod", "orders").await.allowed()
+        })
+        .await;
+    }
+}
+
+#[tokio::test]
+async fn changes_through_one_replica_apply_on_another_within_a_second() {
+    let Some(db) = TestDatabase::create().await else {
+        return;
+    };
+    let up = upstream().await;
+    let (a, b) = tokio::join!(
+        Replica::spawn(&up, &db.url, ""),
+        Replica::spawn(&up, &db.url, "")
+    );
+    tokio::join!(a.ready(), b.ready());
+    let bearer = format!("Bearer {}", token(ALICE));
+    let alice = format!("user:{ALICE}");
+    let mut client = b.client().await;
+    let mut check_b = async || {
+        let mut req = check_request(Some(&bearer), "api.example.com", "/");
+        let ext = &mut req.attributes.as_mut().unwrap().context_extensions;
+        ext.insert("environment".into(), "prod".into());
+        ext.insert("deployment".into(), "orders".into());
+        Outcome::from(client.check(req).await.unwrap().into_inner()).allowed()
+    };
+    assert!(!check_b().await);
+    // 120 changes: 60 grants each followed by a revoke.
+    let mut lags = Vec::new();
+    for i in 0..120 {
+        let grant = i % 2 == 0;
+        let policy = if grant {
+            invokers(&[&alice])
+        } else {
+            json!({})
+        };
+        let (status, v) = set_policy(&a, "orders", policy).await;
+        assert_eq!(status, 200, "{v}");
+        let written = Instant::now();
+        until("change applied on the other replica", async || {
+            check_b().await == grant
+        })
+        .await;
+        lags.push(written.elapsed());
+    }
+    let first: Vec<Duration> = {
+        let mut v = lags[..20].to_vec();
+        v.sort();
+        v
+    };
+    lags.sort();
+    println!(
+        "propagation A→B over the first 20 changes: p50 {:?}, max {:?}",
+        percentile(&first, 0.5),
+        first.last().unwrap()
+    );
+    println!(
+        "propagation A→B over {} changes: p50 {:?}, p99 {:?}, max {:?}",
+        lags.len(),
+        percentile(&lags, 0.5),
+        percentile(&lags, 0.99),
+        lags.last().unwrap()
+    );
+}
+
+#[tokio::test]
+async fn an_etag_read_on_one_replica_is_spent_once_across_the_fleet() {
+    let Some(db) = TestDatabase::create().await else {
+        return;
+    };
+    let up = upstream().await;
+    let (a, b) = tokio::join!(
+        Replica::spawn(&up, &db.url, ""),
+        Replica::spawn(&up, &db.url, "")
+    );
+    tokio::join!(a.ready(), b.ready());
+    let (status, read) = a
+        .post(
+            &dep_path("orders", "getIamPolicy"),
+            Some(&token(ADMIN)),
+            "{}",
+        )
+        .await;
+    assert_eq!(status, 200, "{read}");
+    let etag = read["etag"].as_str().unwrap().to_owned();
+    let mut policy = invokers(&["user:bob@example.com"]);
+    policy["etag"] = json!(etag);
+    let (status, v) = set_policy(&b, "orders", policy.clone()).await;
+    assert_eq!(status, 200, "{v}");
+    let (status, v) = set_policy(&a, "orders", policy).await;
+    assert_eq!(status, 409, "{v}");
+    assert_eq!(v["error"]["status"], "ABORTED", "{v}");
+}
+
+#[tokio::test]
+async fn two_cli_processes_through_two_replicas_keep_all_thirty_bindings() {
+    let Some(db) = TestDatabase::create().await else {
+        return;
+    };
+    let up = upstream().await;
+    let (a, b) = tokio::join!(
+        Replica::spawn(&up, &db.url, ""),
+        Replica::spawn(&up, &db.url, "")
+    );
+    tokio::join!(a.ready(), b.ready());
+    let admin = token(ADMIN);
+    let writer = |replica: &Replica, who: &'static str| {
+        let url = format!("http://{}", replica.admin);
+        let admin = admin.clone();
+        async move {
+            for i in 0..15 {
+                let member = format!("user:{who}-{i}@example.com");
+                let out = Command::new(BIN)
+                    .args([
+                        "deployments",
+                        "add-iam-policy-binding",
+                        "orders",
+                        "--organization",
+                        PROJECT,
+                        "--environment",
+                        "prod",
+                        "--member",
+                        &member,
+                        "--role",
+                        INVOKER,
+                        "--admin-url",
+                        &url,
+                    ])
+                    .env("VERIFYIAM_TOKEN", &admin)
+                    .output()
+                    .await
+                    .unwrap();
+                assert!(
+                    out.status.success(),
+                    "{}",
+                    String::from_utf8_lossy(&out.stderr)
+                );
+            }
+        }
+    };
+    tokio::join!(writer(&a, "a"), writer(&b, "b"));
+    for r in [&a, &b] {
+        until("all 30 bindings on each replica", async || {
+            let (_, p) = r
+                .post(&dep_path("orders", "getIamPolicy"), Some(&admin), "{}")
+                .await;
+            p["bindings"][0]["members"]
+                .as_array()
+                .is_some_and(|m| m.len() == 30)
+        })
+        .await;
+    }
+}
+
+#[tokio::test]
+async fn a_replica_killed_during_a_write_storm_loses_no_acknowledged_write() {
+    let Some(db) = TestDatabase::create().await else {
+        return;
+    };
+    let up = upstream().await;
+    let (mut a, b) = tokio::join!(
+        Replica::spawn(&up, &db.url, ""),
+        Replica::spawn(&up, &db.url, "")
+    );
+    tokio::join!(a.ready(), b.ready());
+    // Eight writers, each on its own deployment, writing generation after generation through A.
+    let acked: Arc<Mutex<Vec<u32>>> = Arc::new(Mutex::new(vec![0; 8]));
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut writers = Vec::new();
+    for w in 0..8usize {
+        let (acked, stop, admin_url) = (acked.clone(), stop.clone(), a.admin_url(""));
+        writers.push(tokio::spawn(async move {
+            let http = reqwest::Client::new();
+            let admin = token(ADMIN);
+            for generation in 1u32.. {
+                if stop.load(Ordering::SeqCst) {
+                    break;
+                }
+                let body =
+                    json!({"policy": invokers(&[&format!("user:w{w}-g{generation}@example.com")])});
+                let sent = http
+                    .post(format!(
+                        "{admin_url}{}",
+                        dep_path(&format!("api{w}"), "setIamPolicy")
+                    ))
+                    .bearer_auth(&admin)
+                    .json(&body)
+                    .send()
+                    .await;
+                match sent {
+                    Ok(r) if r.status() == 200 => acked.lock().unwrap()[w] = generation,
+                    _ => break,
+                }
+            }
+        }));
+    }
+    until("a few writes acknowledged", async || {
+        acked.lock().unwrap().iter().all(|g| *g >= 3)
+    })
+    .await;
+    a.child.start_kill().unwrap(); // SIGKILL
+    a.child.wait().await.unwrap();
+    stop.store(true, Ordering::SeqCst);
+    for w in writers {
+        w.await.unwrap();
+    }
+    let acked = acked.lock().unwrap().clone();
+    let admin = token(ADMIN);
+    for (w, generation) in acked.iter().enumerate() {
+        let (status, p) = b
+            .post(
+                &dep_path(&format!("api{w}"), "getIamPolicy"),
+                Some(&admin),
+                "{}",
+            )
+            .await;
+        assert_eq!(status, 200, "{p}");
+        let member = p["bindings"][0]["members"][0].as_str().unwrap_or("");
+        // The acknowledged generation, or one in flight when A died (committed, unacknowledged).
+        let stored: u32 = member
+            .trim_start_matches(&format!("user:w{w}-g"))
+            .trim_end_matches("@example.com")
+            .parse()
+            .unwrap_or(0);
+        assert!(
+            stored == *generation || stored == generation + 1,
+            "writer {w}: acknowledged generation {generation}, stored {member:?}"
+        );
+    }
+}
+
+/// A TCP proxy in front of PostgreSQL that the test can cut (every connection dropped, new ones
+/// closed at once) and heal.
+struct Proxy {
+    addr: SocketAddr,
+    open: Arc<AtomicBool>,
+    conns: Arc<Mutex<Vec<tokio::task::AbortHandle>>>,
+}
+
+impl Proxy {
+    async fn start(target: SocketAddr) -> Proxy {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let proxy = Proxy {
+            addr: listener.local_addr().unwrap(),
+            open: Arc::new(AtomicBool::new(true)),
+            conns: Default::default(),
+        };
+        let (open, conns) = (proxy.open.clone(), proxy.conns.clone());
+        tokio::spawn(async move {
+            while let Ok((mut inbound, _)) = listener.accept().await {
+                if !open.load(Ordering::SeqCst) {
+                    drop(inbound);
+                    continue;
+                }
+                let task = tokio::spawn(async move {
+                    if let Ok(mut outbound) = TcpStream::connect(target).await {
+                        let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                    }
+                });
+                conns.lock().unwrap().push(task.abort_handle());
+            }
+        });
+        proxy
+    }
+
+    fn cut(&self) {
+        self.open.store(false, Ordering::SeqCst);
+        for c in self.conns.lock().unwrap().drain(..) {
+            c.abort();
+        }
+    }
+
+    fn heal(&self) {
+        self.open.store(true, Ordering::SeqCst);
+    }
+}
+
+#[tokio::test]
+async fn a_replica_cut_off_from_the_database_fails_static_then_closed_and_catches_up() {
+    let Some(db) = TestDatabase::create().await else {
+        return;
+    };
+    let mut url = url::Url::parse(&db.url).unwrap();
+    let target: SocketAddr = format!("{}:{}", url.host_str().unwrap(), url.port().unwrap_or(5432))
+        .parse()
+        .expect("the test server is addressed by IP");
+    let proxy = Proxy::start(target).await;
+    url.set_port(Some(proxy.addr.port())).unwrap();
+    let up = upstream().await;
+    let (a, b) = tokio::join!(
+        Replica::spawn(&up, url.as_str(), "max_staleness = \"8s\""),
+        Replica::spawn(&up, &db.url, "")
+    );
+    tokio::join!(a.ready(), b.ready());
+    let alice = format!("user:{ALICE}");
+    let bearer = format!("Bearer {}", token(ALICE));
+    b.grant_deployment("prod", "orders", &alice, INVOKER).await;
+    until("grant reaches A", async || {
+        a.check(Some(&bearer), "prod", "orders").await.allowed()
+    })
+    .await;
+
+    proxy.cut();
+    // Known decisions are still answered from the snapshot.
+    assert!(a.check(Some(&bearer), "prod", "orders").await.allowed());
+    // Writes through the cut-off replica fail with 503, promptly.
+    let started = Instant::now();
+    let (status, v) = set_policy(&a, "other", invokers(&[&alice])).await;
+    assert_eq!(status, 503, "{v}");
+    assert_eq!(v["error"]["status"], "UNAVAILABLE", "{v}");
+    println!(
+        "write through a cut-off replica answered 503 after {:?}",
+        started.elapsed()
+    );
+    // A revoke through the other replica meanwhile.
+    let (status, v) = set_policy(&b, "orders", json!({})).await;
+    assert_eq!(status, 200, "{v}");
+    // Past max_staleness the cut-off replica refuses Checks that need the store, and is not ready.
+    until("stale replica answers 503", async || {
+        a.check(Some(&bearer), "prod", "orders").await.http == 503
+    })
+    .await;
+    let (status, _) = a.get("/readyz", None).await;
+    assert_eq!(status, 503);
+
+    proxy.heal();
+    let lag = until("revoke applied after the cut heals", async || {
+        let o = a.check(Some(&bearer), "prod", "orders").await;
+        !o.allowed() && o.http == 403
+    })
+    .await;
+    println!("revoke made during the cut applied {lag:?} after it healed");
+    let (status, _) = a.get("/readyz", None).await;
+    assert_eq!(status, 200);
+    let (_, metrics) = a.get("/metrics", None).await;
+    let metrics = metrics.as_str().unwrap_or_default().to_owned();
+    for name in [
+        "verifyiam_store_revision",
+        "verifyiam_store_staleness_seconds",
+        "verifyiam_store_notifications_total",
+        "verifyiam_store_connection_errors_total",
+    ] {
+        assert!(metrics.contains(name), "{name} missing from /metrics");
+    }
+}
+
+#[tokio::test]
+async fn an_unreachable_database_at_start_is_retried_until_it_answers() {
+    let Some(db) = TestDatabase::create().await else {
+        return;
+    };
+    let mut url = url::Url::parse(&db.url).unwrap();
+    let target: SocketAddr = format!("{}:{}", url.host_str().unwrap(), url.port().unwrap_or(5432))
+        .parse()
+        .unwrap();
+    let proxy = Proxy::start(target).await;
+    proxy.cut();
+    url.set_port(Some(proxy.addr.port())).unwrap();
+    let up = upstream().await;
+    let mut a = Replica::spawn(&up, url.as_str(), "").await;
+    until("the failed attempt is logged", async || {
+        a.logged("cannot load the policy store from PostgreSQL yet")
+    })
+    .await;
+    // Still running, not ready, and Checks that need the store are 503, never allowed.
+    assert!(a.child.try_wait().unwrap().is_none());
+    let (status, body) = a.get("/readyz", None).await;
+    assert_eq!(status, 503, "{body}");
+    assert!(!serving(a.extauthz).await);
+    let bearer = format!("Bearer {}", token(ALICE));
+    assert_eq!(a.check(Some(&bearer), "prod", "orders").await.http, 503);
+    proxy.heal();
+    a.ready().await;
+    a.grant_deployment("prod", "orders", &format!("user:{ALICE}"), INVOKER)
+        .await;
+    assert!(a.check(Some(&bearer), "prod", "orders").await.allowed());
+}
+
+/// A server that speaks just enough of the PostgreSQL protocol to refuse every login the way
+/// PostgreSQL does (SQLSTATE 28P01), for the wrong-password case on a server that trusts all.
+async fn refusing_server() -> SocketAddr {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut socket, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                loop {
+                    let Ok(len) = socket.read_u32().await else {
+                        return;
+                    };
+                    let mut body = vec![0; (len as usize).saturating_sub(4)];
+                    if socket.read_exact(&mut body).await.is_err() {
+                        return;
+                    }
+                    if body.starts_with(&80877103u32.to_be_bytes()) {
+                        // SSLRequest: no TLS here.
+                        let _ = socket.write_all(b"N").await;
+                        continue;
+                    }
+                    let mut fields = Vec::new();
+                    for (code, text) in [
+                        (b'S', "FATAL"),
+                        (b'V', "FATAL"),
+                        (b'C', "28P01"),
+                        (b'M', "password authentication failed for user \"app\""),
+                    ] {
+                        fields.push(code);
+                        fields.extend_from_slice(text.as_bytes());
+                        fields.push(0);
+                    }
+                    fields.push(0);
+                    let mut msg = vec![b'E'];
+                    msg.extend_from_slice(&(fields.len() as u32 + 4).to_be_bytes());
+                    msg.extend_from_slice(&fields);
+                    let _ = socket.write_all(&msg).await;
+                    return;
+                }
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test]
+async fn a_refused_login_stops_serve_with_a_clear_error_without_the_password() {
+    let addr = refusing_server().await;
+    let up = upstream().await;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("verifyiam.toml");
+    let store = format!("postgres://app:Wr0ngSecret@{addr}/iam?sslmode=disable");
+    std::fs::write(&path, config_text(&up, &store, "")).unwrap();
+    for args in [&["store", "migrate"][..], &["serve"][..]] {
+        let out = Command::new(BIN)
+            .args(args)
+            .arg("--config")
+            .arg(&path)
+            .env("NO_COLOR", "1")
+            .output()
+            .await
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(3), "{args:?}: {err}");
+        assert!(
+            err.contains(&format!("PostgreSQL at app@{addr}/iam refused the login")),
+            "{args:?}: {err}"
+        );
+        assert!(err.contains("password authentication failed"), "{err}");
+        assert!(!err.contains("Wr0ngSecret"), "{args:?}: {err}");
+    }
+}
+
+#[tokio::test]
+async fn store_migrate_applies_the_schema_and_a_newer_schema_is_refused() {
+    let Some(db) = TestDatabase::create().await else {
+        return;
+    };
+    let up = upstream().await;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("verifyiam.toml");
+    std::fs::write(&path, config_text(&up, &db.url, "")).unwrap();
+    let migrate = || async {
+        Command::new(BIN)
+            .args(["store", "migrate", "--config"])
+            .arg(&path)
+            .output()
+            .await
+            .unwrap()
+    };
+    let out = migrate().await;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("applied [1]"));
+    let out = migrate().await;
+    assert!(String::from_utf8_lossy(&out.stdout).contains("already at version 1"));
+
+    let (client, connection) = tokio_postgres::connect(&db.url, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(connection);
+    client
+        .batch_execute(
+            "INSERT INTO verifyiam_schema (version, name) VALUES (999, 'from the future')",
+        )
+        .await
+        .unwrap();
+    drop(client);
+    let out = Command::new(BIN)
+        .args(["serve", "--config"])
+        .arg(&path)
+        .env("NO_COLOR", "1")
+        .output()
+        .await
+        .unwrap();
+    assert_eq!(out.status.code(), Some(3));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("schema is at version 999"), "{err}");
+}
+
+#[tokio::test]
+async fn a_malformed_store_url_is_a_config_error_naming_iam_store() {
+    let up = upstream().await;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("verifyiam.toml");
+    std::fs::write(
+        &path,
+        config_text(
+            &up,
+            "postgres://app:Wr0ngSecret@db/iam?sslmode=sometimes",
+            "",
+        ),
+    )
+    .unwrap();
+    for args in [&["config", "check"][..], &["serve", "--config"][..]] {
+        let out = Command::new(BIN)
+            .args(args)
+            .arg(&path)
+            .output()
+            .await
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {err}");
+        assert!(err.contains("iam.store"), "{err}");
+        assert!(!err.contains("Wr0ngSecret"), "{err}");
+    }
+}
