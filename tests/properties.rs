@@ -101,6 +101,7 @@ proptest! {
 
 struct Keys {
     signing: EncodingKey,
+    jwk: Jwk,
     verifier: JwtVerifier,
     runtime: tokio::runtime::Runtime,
 }
@@ -141,6 +142,7 @@ fn keys() -> &'static Keys {
         });
         Keys {
             signing,
+            jwk,
             verifier,
             runtime,
         }
@@ -731,4 +733,85 @@ proptest! {
             }
         }
     }
+}
+
+// ---- findings of the fuzz driver ---------------------------------------------------------------
+
+/// A validly signed token whose `exp` is beyond `u64` (`1e300`, `u64::MAX`) made
+/// `expires_at + leeway` overflow in the Authenticator: a panic with overflow checks on, and
+/// with them off a wrap-around that called a far-future token expired. Found by the fuzz driver
+/// (`examples/fuzz.rs`) as a panic in Check.
+#[test]
+fn a_far_future_expiry_is_not_an_overflow() {
+    let k = keys();
+    let authenticator = verifyiam::authn::Authenticator::new(
+        &TokenConfig::default(),
+        reqwest::Client::new(),
+        vec![(ISSUER.to_owned(), key_set(&k.jwk))],
+    );
+    for exp in [
+        json!(1e300),
+        json!(u64::MAX),
+        json!(i64::MAX),
+        json!(1.8446744073709552e19),
+    ] {
+        let claims = json!({"iss": ISSUER, "sub": "s", "email": "a@example.com",
+                            "email_verified": true, "scope": CLOUD_PLATFORM_SCOPE, "exp": exp});
+        let token = sign(&good_header(), &claims.to_string());
+        let principal = k
+            .runtime
+            .block_on(authenticator.authenticate(&token))
+            .unwrap_or_else(|e| panic!("exp {exp}: {e}"));
+        assert_eq!(&*principal.id, "a@example.com");
+    }
+}
+
+/// An upstream that answers every POST with `body`.
+async fn answering(body: Value) -> String {
+    let app = axum::Router::new().route(
+        "/",
+        axum::routing::post(move || async move { axum::Json(body) }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    format!("http://{addr}/")
+}
+
+/// The same sum in tokeninfo and introspection, on numbers an upstream sends: an `exp` or
+/// `expires_in` of `u64::MAX` overflowed.
+#[tokio::test]
+async fn upstream_expiries_beyond_u64_are_not_an_overflow() {
+    let max = u64::MAX.to_string();
+    for answer in [
+        json!({"exp": max, "scope": CLOUD_PLATFORM_SCOPE, "sub": "1"}),
+        json!({"expires_in": max, "scope": CLOUD_PLATFORM_SCOPE, "sub": "1"}),
+    ] {
+        let tokeninfo = verifyiam::authn::tokeninfo::Tokeninfo::new(
+            reqwest::Client::new(),
+            answering(answer.clone()).await,
+        );
+        let v = tokeninfo
+            .verify("ya29.x", CLOUD_PLATFORM_SCOPE, 30)
+            .await
+            .unwrap_or_else(|e| panic!("{answer}: {e}"));
+        assert!(v.expires_at > now() as u64, "{answer}");
+    }
+    let introspection = verifyiam::authn::introspection::Introspection::new(
+        reqwest::Client::new(),
+        verifyiam::config::IntrospectionConfig {
+            url: answering(
+                json!({"active": true, "exp": u64::MAX, "scope": CLOUD_PLATFORM_SCOPE, "sub": "1"}),
+            )
+            .await,
+            client_id: None,
+            client_secret: None,
+            email_field: "email".into(),
+        },
+    );
+    let v = introspection
+        .verify("opaque", CLOUD_PLATFORM_SCOPE, 30)
+        .await
+        .unwrap();
+    assert!(v.expires_at > now() as u64);
 }
