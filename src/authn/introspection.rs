@@ -92,7 +92,7 @@ impl Introspection {
         }
         let now = unix_now();
         let expires_at = match answer.exp.as_ref().and_then(super::tokeninfo::number) {
-            Some(exp) if exp + leeway < now => {
+            Some(exp) if exp.saturating_add(leeway) < now => {
                 return Err(AuthnError::InvalidToken("the token has expired".into()));
             }
             Some(exp) => exp,

@@ -306,7 +306,7 @@ impl Authenticator {
                 }
             }
         };
-        if principal.expires_at + self.leeway < unix_now() {
+        if principal.expires_at.saturating_add(self.leeway) < unix_now() {
             self.cache.invalidate(&key).await;
             return Err(AuthnError::InvalidToken("the token has expired".into()));
         }

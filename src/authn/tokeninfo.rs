@@ -107,9 +107,15 @@ impl Tokeninfo {
             .exp
             .as_ref()
             .and_then(number)
-            .or_else(|| answer.expires_in.as_ref().and_then(number).map(|s| now + s))
+            .or_else(|| {
+                answer
+                    .expires_in
+                    .as_ref()
+                    .and_then(number)
+                    .map(|s| now.saturating_add(s))
+            })
             .ok_or_else(|| AuthnError::Unavailable("tokeninfo: answer has no expiry".into()))?;
-        if expires_at + leeway < now {
+        if expires_at.saturating_add(leeway) < now {
             return Err(AuthnError::InvalidToken("the token has expired".into()));
         }
         let email = answer

@@ -1,0 +1,817 @@
+//! Property tests of the parsers on the Check and admin paths, through the public API: the
+//! bearer parser, JWT header and claims handling (signed with a key the verifier trusts, so the
+//! claims rules are what decides), JWK sets, members and policy JSON, and the CheckRequest
+//! reader. Path normalisation and route choice have theirs beside the code (`src/route.rs`,
+//! `src/route/path.rs`).
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, OnceLock};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use aws_lc_rs::signature::{ECDSA_P256_SHA256_FIXED_SIGNING, EcdsaKeyPair};
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use envoy_types::pb::envoy::config::core::v3::{HeaderMap as RawHeaderMap, HeaderValue};
+use envoy_types::pb::envoy::service::auth::v3::attribute_context::{
+    HttpRequest, Request as AttrRequest,
+};
+use envoy_types::pb::envoy::service::auth::v3::{AttributeContext, CheckRequest};
+use jsonwebtoken::jwk::Jwk;
+use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey};
+use proptest::prelude::*;
+use serde_json::{Value, json};
+
+use verifyiam::authn::bearer::{self, BearerError, MAX_TOKEN_LEN};
+use verifyiam::authn::jwt::JwtVerifier;
+use verifyiam::authn::keys::{Key, KeySet, KeySets, parse_key_set};
+use verifyiam::authn::{AuthnError, Verified};
+use verifyiam::config::{CLOUD_PLATFORM_SCOPE, TokenConfig};
+use verifyiam::extauthz::AuthzRequest;
+use verifyiam::iam::member::Member;
+use verifyiam::iam::policy::{Etag, MAX_GROUPS, MAX_PRINCIPALS, Policy, normalize};
+use verifyiam::iam::roles::PredefinedRoles;
+
+const ISSUER: &str = "https://issuer.test";
+const KID: &str = "k1";
+/// The default `token.leeway`.
+const LEEWAY: i64 = 30;
+
+fn now() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}
+
+// ---- the bearer parser ------------------------------------------------------------------------
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(2000))]
+
+    /// Whatever the value, a token that comes out is a non-empty b64token, within the length
+    /// limit, and a piece of the value.
+    #[test]
+    fn bearer_tokens_are_b64tokens_taken_from_the_value(value in "\\PC{0,80}|[Bb][Ee][Aa][Rr][Ee][Rr][ \t]{0,2}[ -~]{0,40}") {
+        if let Ok(token) = bearer::parse(&value) {
+            prop_assert!(!token.is_empty());
+            prop_assert!(token.len() <= MAX_TOKEN_LEN);
+            prop_assert!(value.contains(token));
+            let body = token.trim_end_matches('=');
+            prop_assert!(!body.is_empty());
+            prop_assert!(body.bytes().all(|b| b.is_ascii_alphanumeric() || b"-._~+/".contains(&b)), "{token:?}");
+        }
+    }
+
+    /// Every spelling of the scheme and of the whitespace around it yields the token itself.
+    #[test]
+    fn bearer_round_trips_any_scheme_case_and_whitespace(
+        token in "[A-Za-z0-9._~+/-]{1,200}={0,2}",
+        upper in proptest::collection::vec(any::<bool>(), 6),
+        lead in "[ \t]{0,3}", gap in "[ \t]{1,3}", trail in "[ \t]{0,3}",
+    ) {
+        let scheme: String = "bearer".chars().zip(upper)
+            .map(|(c, u)| if u { c.to_ascii_uppercase() } else { c })
+            .collect();
+        let value = format!("{lead}{scheme}{gap}{token}{trail}");
+        prop_assert_eq!(bearer::parse(&value), Ok(token.as_str()));
+    }
+
+    /// Two credentials joined as Envoy joins repeated headers are never one token.
+    #[test]
+    fn bearer_joined_values_are_refused(
+        a in "[A-Za-z0-9._~+/-]{1,50}", b in "[A-Za-z0-9._~+/-]{1,50}", sep in ",[ \t]{0,2}",
+    ) {
+        let joined = format!("Bearer {a}{sep}Bearer {b}");
+        prop_assert_eq!(bearer::parse(&joined), Err(BearerError::Multiple));
+    }
+
+    /// A character outside the alphabet anywhere in the token refuses it.
+    #[test]
+    fn bearer_foreign_characters_are_refused(
+        token in "[A-Za-z0-9._~+/-]{2,60}", at in any::<proptest::sample::Index>(),
+        bad in "[^A-Za-z0-9._~+/=, \t-]",
+    ) {
+        let i = at.index(token.len() + 1);
+        let spoiled = format!("{}{bad}{}", &token[..i], &token[i..]);
+        prop_assert!(bearer::parse(&format!("Bearer {spoiled}")).is_err(), "{spoiled:?}");
+    }
+}
+
+// ---- JWT header and claims --------------------------------------------------------------------
+
+struct Keys {
+    signing: EncodingKey,
+    jwk: Jwk,
+    verifier: JwtVerifier,
+    runtime: tokio::runtime::Runtime,
+}
+
+/// A key set holding the one trusted key.
+fn key_set(jwk: &Jwk) -> Arc<KeySet> {
+    Arc::new(KeySet::fixed(vec![(
+        KID.to_owned(),
+        Key {
+            decoding: DecodingKey::from_jwk(jwk).unwrap(),
+            alg: Some(Algorithm::ES256),
+        },
+    )]))
+}
+
+fn keys() -> &'static Keys {
+    static KEYS: OnceLock<Keys> = OnceLock::new();
+    KEYS.get_or_init(|| {
+        let pkcs8 = EcdsaKeyPair::generate_pkcs8(
+            &ECDSA_P256_SHA256_FIXED_SIGNING,
+            &aws_lc_rs::rand::SystemRandom::new(),
+        )
+        .unwrap();
+        let signing = EncodingKey::from_ec_der(pkcs8.as_ref());
+        let jwk = Jwk::from_encoding_key(&signing, Algorithm::ES256).unwrap();
+        let set = key_set(&jwk);
+        let config = TokenConfig::default();
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let verifier = runtime.block_on(async {
+            JwtVerifier::new(
+                &config,
+                KeySets::new(reqwest::Client::new(), &config),
+                vec![(ISSUER.to_owned(), set)],
+            )
+        });
+        Keys {
+            signing,
+            jwk,
+            verifier,
+            runtime,
+        }
+    })
+}
+
+fn sign(header: &str, claims: &str) -> String {
+    let message = format!(
+        "{}.{}",
+        URL_SAFE_NO_PAD.encode(header),
+        URL_SAFE_NO_PAD.encode(claims)
+    );
+    let signature =
+        jsonwebtoken::crypto::sign(message.as_bytes(), &keys().signing, Algorithm::ES256).unwrap();
+    format!("{message}.{signature}")
+}
+
+fn verify(token: &str) -> Result<Verified, AuthnError> {
+    let k = keys();
+    k.runtime
+        .block_on(k.verifier.verify(token, CLOUD_PLATFORM_SCOPE))
+}
+
+fn good_header() -> String {
+    json!({"alg": "ES256", "kid": KID}).to_string()
+}
+
+/// A claim's value: absent, or one of several shapes, right and wrong.
+fn claim(options: Vec<Value>) -> impl Strategy<Value = Option<Value>> {
+    proptest::option::of(proptest::sample::select(options))
+}
+
+fn time_values(n: i64) -> Vec<Value> {
+    vec![
+        json!(n),
+        json!(n + 600),
+        json!(n - 600),
+        json!(n + 10),
+        json!(n - 10),
+        json!(n as f64 + 600.5),
+        json!(0),
+        json!(-1),
+        json!(1e300),
+        json!(-1e300),
+        json!(i64::MAX),
+        json!(u64::MAX),
+        json!((n + 600).to_string()),
+        json!(null),
+        json!([n + 600]),
+    ]
+}
+
+/// A claims object drawn from the claims verifyiam reads.
+fn claims() -> impl Strategy<Value = BTreeMap<&'static str, Value>> {
+    let n = now();
+    (
+        // Mostly the trusted issuer and some expiry, so that many cases get as far as the rules.
+        proptest::option::weighted(
+            0.9,
+            proptest::sample::select(vec![
+                json!(ISSUER),
+                json!(ISSUER),
+                json!(ISSUER),
+                json!("https://other.test"),
+                json!(7),
+                json!(null),
+            ]),
+        ),
+        proptest::option::weighted(0.9, proptest::sample::select(time_values(n))),
+        claim(time_values(n)),
+        claim(time_values(n)),
+        claim(vec![
+            json!(CLOUD_PLATFORM_SCOPE),
+            json!(format!("openid {CLOUD_PLATFORM_SCOPE}")),
+            json!("openid"),
+            json!([CLOUD_PLATFORM_SCOPE]),
+            json!(5),
+        ]),
+        claim(vec![
+            json!([CLOUD_PLATFORM_SCOPE]),
+            json!(CLOUD_PLATFORM_SCOPE),
+            json!(["openid"]),
+            json!([1]),
+        ]),
+        claim(vec![
+            json!("a@example.com"),
+            json!("A@Example.com"),
+            json!("a@example.com\r\nx: y"),
+            json!(["a@example.com"]),
+        ]),
+        claim(vec![
+            json!(true),
+            json!("true"),
+            json!(false),
+            json!("yes"),
+            json!(1),
+        ]),
+        claim(vec![json!("s-1"), json!("s\u{7}"), json!(17), json!("")]),
+        claim(vec![json!("x"), json!(["x", 1]), json!({}), json!(5)]),
+    )
+        .prop_map(
+            |(iss, exp, nbf, iat, scope, scp, email, verified, sub, aud)| {
+                let mut m = BTreeMap::new();
+                for (k, v) in [
+                    ("iss", iss),
+                    ("exp", exp),
+                    ("nbf", nbf),
+                    ("iat", iat),
+                    ("scope", scope),
+                    ("scp", scp),
+                    ("email", email),
+                    ("email_verified", verified),
+                    ("sub", sub),
+                    ("aud", aud),
+                ] {
+                    if let Some(v) = v {
+                        m.insert(k, v);
+                    }
+                }
+                m
+            },
+        )
+}
+
+/// Arbitrary JSON, for parsers that must refuse what they do not understand.
+fn any_json() -> impl Strategy<Value = Value> {
+    let leaf = prop_oneof![
+        Just(Value::Null),
+        any::<bool>().prop_map(Value::from),
+        any::<i64>().prop_map(Value::from),
+        any::<f64>().prop_map(|f| json!(f)),
+        "\\PC{0,20}".prop_map(Value::from),
+        proptest::sample::select(vec![
+            "roles/apigee.deploymentInvoker",
+            "roles/owner",
+            "user:a@example.com",
+            "group:g@example.com",
+            "allUsers",
+            "BwYT8i40Vwo=",
+            "ES256",
+            "EC",
+            "P-256",
+        ])
+        .prop_map(Value::from),
+    ];
+    leaf.prop_recursive(4, 40, 6, |inner| {
+        prop_oneof![
+            proptest::collection::vec(inner.clone(), 0..6).prop_map(Value::Array),
+            proptest::collection::btree_map(
+                proptest::sample::select(vec![
+                    "version",
+                    "etag",
+                    "bindings",
+                    "auditConfigs",
+                    "role",
+                    "members",
+                    "condition",
+                    "expression",
+                    "title",
+                    "keys",
+                    "kty",
+                    "crv",
+                    "x",
+                    "y",
+                    "n",
+                    "e",
+                    "kid",
+                    "alg",
+                    "use",
+                    "other",
+                ])
+                .prop_map(str::to_owned),
+                inner,
+                0..6,
+            )
+            .prop_map(|m| Value::Object(m.into_iter().collect())),
+        ]
+    })
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(600))]
+
+    /// Signed by the trusted key, a token verifies exactly when its claims are well-formed and
+    /// current; what comes out is what the claims say.
+    #[test]
+    fn jwt_claims_decide_validity(claims in claims()) {
+        let n = now() as f64;
+        let number = |k: &str| claims.get(k).map(|v| v.as_f64());
+        let text = |k: &str| claims.get(k).map(|v| v.as_str());
+        let result = verify(&sign(&good_header(), &serde_json::to_string(&claims).unwrap()));
+        // Shapes the claims decoder refuses outright (`null` reads as absent).
+        let typed = |k: &str, ok: fn(&Value) -> bool| claims.get(k).is_none_or(|v| v.is_null() || ok(v));
+        let well_typed = ["exp", "nbf", "iat"].iter().all(|k| typed(k, Value::is_number))
+            && ["iss", "scope", "email", "sub"].iter().all(|k| typed(k, Value::is_string))
+            && typed("scp", |v| {
+                v.is_string() || v.as_array().is_some_and(|a| a.iter().all(Value::is_string))
+            });
+        let exp = number("exp").flatten();
+        let current = exp.is_some_and(|e| e + LEEWAY as f64 >= n)
+            && number("nbf").flatten().is_none_or(|v| v <= n + LEEWAY as f64)
+            && number("iat").flatten().is_none_or(|v| v <= n + LEEWAY as f64);
+        let identity_clean = [text("email"), text("sub")]
+            .into_iter()
+            .flatten()
+            .flatten()
+            .all(|s| !s.chars().any(char::is_control));
+        let trusted = text("iss") == Some(Some(ISSUER));
+        // Clear of the clock's edge (a second's drift between here and the verifier).
+        let near_edge = [number("exp"), number("nbf"), number("iat")]
+            .into_iter()
+            .flatten()
+            .flatten()
+            .any(|v| (v - n).abs() <= LEEWAY as f64 + 2.0 && (v - n).abs() >= LEEWAY as f64 - 2.0);
+        match &result {
+            Ok(v) => {
+                // Control characters in identity claims are refused one stage later, when the
+                // verified claims become a principal, in the Authenticator.
+                prop_assert!(well_typed && trusted && current, "accepted {claims:?}");
+                prop_assert_eq!(&v.issuer, ISSUER);
+                let vouched = matches!(claims.get("email_verified"), Some(Value::Bool(true)))
+                    || claims.get("email_verified") == Some(&json!("true"));
+                prop_assert_eq!(v.email.is_some(), vouched && text("email").is_some(), "{:?}", v);
+                let scoped = text("scope").flatten().is_some_and(|s| s.split(' ').any(|x| x == CLOUD_PLATFORM_SCOPE))
+                    || match claims.get("scp") {
+                        Some(Value::String(s)) => s.split(' ').any(|x| x == CLOUD_PLATFORM_SCOPE),
+                        Some(Value::Array(a)) => a.iter().any(|x| x == CLOUD_PLATFORM_SCOPE),
+                        _ => false,
+                    };
+                prop_assert_eq!(v.has_scope, scoped);
+            }
+            Err(e) => {
+                prop_assert!(matches!(e, AuthnError::InvalidToken(_)), "{e:?}");
+                prop_assert!(
+                    near_edge || !(well_typed && trusted && current && identity_clean),
+                    "refused well-formed current claims {claims:?}: {e}"
+                );
+            }
+        }
+    }
+
+    /// Only the trusted key's algorithm under its kid (or no kid, with one key) verifies.
+    #[test]
+    fn jwt_header_decides_the_key_and_algorithm(header in any_json(), alg in proptest::sample::select(vec![
+        "ES256", "ES384", "RS256", "PS256", "HS256", "none", "EdDSA", "es256", "",
+    ]), kid in proptest::option::of(proptest::sample::select(vec![KID, "other", ""])), with_alg in any::<bool>()) {
+        let mut h = match header {
+            Value::Object(m) => m,
+            _ => serde_json::Map::new(),
+        };
+        h.remove("kid");
+        h.remove("alg");
+        if with_alg { h.insert("alg".into(), json!(alg)); }
+        if let Some(k) = kid { h.insert("kid".into(), json!(k)); }
+        let n = now();
+        let claims = json!({"iss": ISSUER, "sub": "s", "scope": CLOUD_PLATFORM_SCOPE, "exp": n + 600, "iat": n});
+        let result = verify(&sign(&Value::Object(h.clone()).to_string(), &claims.to_string()));
+        if result.is_ok() {
+            prop_assert!(with_alg && alg == "ES256", "accepted header {h:?}");
+            prop_assert!(kid.is_none() || kid == Some(KID), "accepted header {h:?}");
+        }
+    }
+
+    /// A validly signed token with any one byte changed, or cut anywhere, never verifies.
+    #[test]
+    fn jwt_any_edit_breaks_the_signature(at in any::<proptest::sample::Index>(), byte in any::<u8>(), cut in any::<bool>()) {
+        let n = now();
+        let claims = json!({"iss": ISSUER, "sub": "s", "scope": CLOUD_PLATFORM_SCOPE, "exp": n + 600, "iat": n});
+        let token = sign(&good_header(), &claims.to_string());
+        prop_assert!(verify(&token).is_ok());
+        let i = at.index(token.len());
+        let edited = if cut {
+            token[..i].to_owned()
+        } else {
+            let mut b = token.clone().into_bytes();
+            if b[i] == byte { return Ok(()); }
+            b[i] = byte;
+            String::from_utf8_lossy(&b).into_owned()
+        };
+        let result = verify(&edited);
+        // Flipping the unused low bits of a segment's last character changes no decoded byte;
+        // the base64 decoder refuses it as non-canonical, so any success is a finding.
+        prop_assert!(result.is_err(), "{edited:?} verified");
+    }
+
+    /// Arbitrary text, and arbitrary JSON in each part, is refused without a panic.
+    #[test]
+    fn jwt_garbage_is_refused(text in "\\PC{0,200}", header in any_json(), claims in any_json(), sig in "[A-Za-z0-9_-]{0,100}") {
+        prop_assert!(verify(&text).is_err());
+        let token = format!("{}.{}.{sig}", URL_SAFE_NO_PAD.encode(header.to_string()), URL_SAFE_NO_PAD.encode(claims.to_string()));
+        prop_assert!(verify(&token).is_err());
+    }
+
+    /// A JWK set parser fed any JSON answers without a panic, and a set it accepts has keys
+    /// only from entries that name a key type.
+    #[test]
+    fn jwk_sets_never_panic(body in any_json(), bytes in proptest::collection::vec(any::<u8>(), 0..200)) {
+        let _ = parse_key_set(&bytes);
+        if let Ok(set) = parse_key_set(body.to_string().as_bytes()) {
+            let named = body.get("keys").and_then(Value::as_array).map_or(0, |k| k.iter().filter(|k| k.get("kty").is_some()).count());
+            prop_assert!(set.len() <= named.max(body.as_object().map_or(0, |o| o.len())));
+        }
+    }
+}
+
+// ---- members and policies ---------------------------------------------------------------------
+
+fn member_text() -> impl Strategy<Value = String> {
+    prop_oneof![
+        "\\PC{0,40}",
+        (
+            proptest::sample::select(vec![
+                "user:",
+                "serviceAccount:",
+                "group:",
+                "domain:",
+                "principal://",
+                "principalSet://",
+                "User:",
+                "",
+            ]),
+            "[A-Za-z0-9.@_+-]{0,30}",
+        )
+            .prop_map(|(p, r)| format!("{p}{r}")),
+        proptest::sample::select(vec![
+            "allUsers",
+            "allAuthenticatedUsers",
+            "allusers",
+            "user:A@Example.COM",
+            "domain:example.com",
+            "user:a@b",
+            "user:@example.com",
+            "user:a@-x.com",
+        ])
+        .prop_map(str::to_owned),
+    ]
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(3000))]
+
+    /// A member that parses has one canonical form, and that form parses to the same member.
+    #[test]
+    fn members_have_a_stable_canonical_form(text in member_text()) {
+        if let Ok(m) = Member::parse(&text) {
+            let canonical = m.to_string();
+            prop_assert_eq!(Member::parse(&canonical), Ok(m.clone()));
+            prop_assert_eq!(Member::parse(&canonical).map(|m| m.to_string()), Ok(canonical.clone()));
+            prop_assert!(!canonical.chars().any(|c| c.is_whitespace() || c.is_control()));
+            if matches!(m, Member::User(_) | Member::ServiceAccount(_) | Member::Group(_) | Member::Domain(_)) {
+                prop_assert_eq!(canonical.split_once(':').map(|(_, v)| v.to_ascii_lowercase()), canonical.split_once(':').map(|(_, v)| v.to_owned()));
+            }
+        }
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(1000))]
+
+    /// Any JSON as a policy: refused with a message, or normalised to the stored form, which
+    /// keeps every rule and is a fixed point of normalisation and of a JSON round trip.
+    #[test]
+    fn policy_json_normalises_to_a_fixed_point(body in any_json()) {
+        let Ok(policy) = serde_json::from_value::<Policy>(body) else { return Ok(()); };
+        check_policy(policy)?;
+    }
+
+    /// Policies made of plausible parts: the same rules.
+    #[test]
+    fn policy_bindings_normalise_to_a_fixed_point(
+        bindings in proptest::collection::vec((
+            proptest::sample::select(vec![
+                "roles/apigee.deploymentInvoker", "roles/owner", "roles/viewer", "roles/nope", "",
+            ]),
+            proptest::collection::vec(member_text(), 0..6),
+            proptest::option::of(Just(json!({"expression": "true"}))),
+        ), 0..5),
+        version in proptest::sample::select(vec![0, 1, 3, 2, -1]),
+        etag in proptest::option::of(proptest::collection::vec(any::<u8>(), 0..10)),
+    ) {
+        let bindings: Vec<Value> = bindings.into_iter().map(|(role, members, condition)| {
+            let mut b = json!({"role": role, "members": members});
+            if let Some(c) = condition { b["condition"] = c; }
+            b
+        }).collect();
+        let mut body = json!({"version": version, "bindings": bindings});
+        if let Some(e) = etag { body["etag"] = json!(Etag(e).to_string()); }
+        let policy: Policy = serde_json::from_value(body).unwrap();
+        check_policy(policy)?;
+    }
+
+    /// Etags round-trip through their base64 JSON form; other text is refused, not mangled.
+    #[test]
+    fn etags_round_trip(bytes in proptest::collection::vec(any::<u8>(), 0..40), text in "\\PC{0,20}") {
+        let e = Etag(bytes);
+        prop_assert_eq!(serde_json::from_value::<Etag>(json!(e.to_string())).unwrap(), e);
+        if let Ok(parsed) = serde_json::from_value::<Etag>(json!(text)) {
+            let printed = parsed.to_string();
+            prop_assert_eq!(printed.trim_end_matches('='), text.trim_end_matches('='));
+        }
+    }
+}
+
+fn check_policy(policy: Policy) -> Result<(), TestCaseError> {
+    let input = policy.clone();
+    let Ok(stored) = normalize(policy, &PredefinedRoles) else {
+        return Ok(());
+    };
+    prop_assert_eq!(stored.version, 1);
+    prop_assert!(stored.audit_configs.is_empty());
+    prop_assert!(input.bindings.iter().all(|b| b.condition.is_none()));
+    let mut roles = std::collections::HashSet::new();
+    let mut principals = 0;
+    let mut groups = 0;
+    for b in &stored.bindings {
+        prop_assert!(roles.insert(b.role.clone()), "role {} twice", b.role);
+        prop_assert!(b.condition.is_none());
+        prop_assert!(!b.members.is_empty());
+        for m in &b.members {
+            let canonical = Member::parse(m).map(|p| p.to_string());
+            prop_assert_eq!(canonical.as_deref(), Ok(m.as_str()));
+            principals += 1;
+            groups += usize::from(m.starts_with("group:"));
+        }
+    }
+    prop_assert!(principals <= MAX_PRINCIPALS && groups <= MAX_GROUPS);
+    // Every member granted before is granted after, and nothing else.
+    let pairs = |p: &Policy| -> std::collections::HashSet<(String, String)> {
+        p.bindings
+            .iter()
+            .flat_map(|b| {
+                b.members.iter().map(|m| {
+                    let canonical = Member::parse(m).map(|p| p.to_string()).unwrap_or_default();
+                    (b.role.clone(), canonical)
+                })
+            })
+            .collect()
+    };
+    prop_assert_eq!(pairs(&input), pairs(&stored));
+    let again = normalize(stored.clone(), &PredefinedRoles);
+    prop_assert_eq!(again.as_ref(), Ok(&stored));
+    let json = serde_json::to_string(&stored).unwrap();
+    prop_assert_eq!(serde_json::from_str::<Policy>(&json).unwrap(), stored);
+    Ok(())
+}
+
+// ---- the CheckRequest reader ------------------------------------------------------------------
+
+fn header_name() -> impl Strategy<Value = String> {
+    proptest::sample::select(vec![
+        "authorization",
+        "Authorization",
+        "AUTHORIZATION",
+        ":path",
+        ":PATH",
+        ":authority",
+        "host",
+        "Host",
+        "x-request-id",
+        "authorization ",
+        "x-other",
+    ])
+    .prop_map(str::to_owned)
+}
+
+fn header_value() -> impl Strategy<Value = String> {
+    prop_oneof![
+        "\\PC{0,30}",
+        "[Bb]earer [A-Za-z0-9._~+/-]{1,30}".prop_map(|s| s),
+        Just("/orders/1".to_owned()),
+    ]
+}
+
+#[derive(Debug, Clone)]
+struct Raw {
+    key: String,
+    value: String,
+    bytes: Option<Vec<u8>>,
+}
+
+fn raw_header() -> impl Strategy<Value = Raw> {
+    (
+        header_name(),
+        header_value(),
+        proptest::option::of(proptest::collection::vec(any::<u8>(), 1..20)),
+    )
+        .prop_map(|(key, value, bytes)| Raw { key, value, bytes })
+}
+
+fn raw_text(r: &Raw) -> String {
+    match &r.bytes {
+        None => r.value.clone(),
+        Some(b) => String::from_utf8(b.clone()).unwrap_or_else(|_| "\u{fffd}".to_owned()),
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(3000))]
+
+    /// The reader finds a token only when the request carries exactly one Authorization value
+    /// (in either header form, whatever the case of its name), and reads host, path and
+    /// context extensions from where Envoy puts them.
+    #[test]
+    fn check_requests_are_read_as_envoy_sends_them(
+        headers in proptest::collection::hash_map(header_name(), header_value(), 0..6),
+        raw in proptest::option::of(proptest::collection::vec(raw_header(), 0..4)),
+        host in proptest::option::of("[a-z.:0-9]{0,20}"),
+        path in proptest::option::of("[ -~]{0,20}"),
+        extensions in proptest::collection::hash_map("[a-z]{0,12}", "\\PC{0,10}", 0..4),
+        shape in 0..4u8,
+    ) {
+        let http = HttpRequest {
+            host: host.clone().unwrap_or_default(),
+            path: path.clone().unwrap_or_default(),
+            headers: headers.clone(),
+            header_map: raw.as_ref().map(|r| RawHeaderMap {
+                headers: r.iter().map(|h| HeaderValue {
+                    key: h.key.clone(),
+                    value: h.value.clone(),
+                    raw_value: h.bytes.clone().unwrap_or_default(),
+                }).collect(),
+            }),
+            ..Default::default()
+        };
+        let check = CheckRequest {
+            attributes: (shape != 0).then(|| AttributeContext {
+                request: (shape != 1).then(|| AttrRequest {
+                    http: (shape != 2).then_some(http),
+                    ..Default::default()
+                }),
+                context_extensions: extensions.clone(),
+                ..Default::default()
+            }),
+        };
+        let read = AuthzRequest::from_check(&check);
+        if shape != 0 {
+            for (k, v) in &extensions {
+                prop_assert_eq!(read.extension(k), Some(v.as_str()));
+            }
+        }
+        prop_assert_eq!(read.extension("\u{0}absent"), None);
+        if shape != 3 {
+            prop_assert_eq!(read.token, Err(BearerError::Missing));
+            prop_assert_eq!((read.host, read.path), ("", ""));
+            return Ok(());
+        }
+        // Every value of a name, in both forms.
+        let values = |name: &str| -> Vec<String> {
+            let mut v: Vec<String> = headers.iter()
+                .filter(|(k, _)| k.eq_ignore_ascii_case(name))
+                .map(|(_, v)| v.clone())
+                .collect();
+            v.extend(raw.iter().flatten().filter(|h| h.key.eq_ignore_ascii_case(name)).map(raw_text));
+            v
+        };
+        let auth = values("authorization");
+        match auth.as_slice() {
+            [] => prop_assert_eq!(read.token, Err(BearerError::Missing)),
+            [one] => prop_assert_eq!(read.token, bearer::parse(one)),
+            _ => prop_assert_eq!(read.token, Err(BearerError::Multiple)),
+        }
+        if let Ok(t) = read.token {
+            prop_assert!(auth[0].contains(t));
+        }
+        match path.filter(|p| !p.is_empty()) {
+            Some(p) => prop_assert_eq!(read.path, p.as_str()),
+            None => {
+                let candidates = values(":path");
+                prop_assert!(
+                    (candidates.is_empty() && read.path.is_empty())
+                        || candidates.iter().any(|c| c == read.path),
+                    "path {:?} from {candidates:?}", read.path
+                );
+            }
+        }
+        match host.filter(|h| !h.is_empty()) {
+            Some(h) => prop_assert_eq!(read.host, h.as_str()),
+            None => {
+                let mut candidates = values(":authority");
+                if candidates.is_empty() {
+                    candidates = values("host");
+                }
+                prop_assert!(
+                    (candidates.is_empty() && read.host.is_empty())
+                        || candidates.iter().any(|c| c == read.host),
+                    "host {:?} from {candidates:?}", read.host
+                );
+            }
+        }
+    }
+}
+
+// ---- findings of the fuzz driver ---------------------------------------------------------------
+
+/// A validly signed token whose `exp` is beyond `u64` (`1e300`, `u64::MAX`) made
+/// `expires_at + leeway` overflow in the Authenticator: a panic with overflow checks on, and
+/// with them off a wrap-around that called a far-future token expired. Found by the fuzz driver
+/// (`examples/fuzz.rs`) as a panic in Check.
+#[test]
+fn a_far_future_expiry_is_not_an_overflow() {
+    let k = keys();
+    let authenticator = verifyiam::authn::Authenticator::new(
+        &TokenConfig::default(),
+        reqwest::Client::new(),
+        vec![(ISSUER.to_owned(), key_set(&k.jwk))],
+    );
+    for exp in [
+        json!(1e300),
+        json!(u64::MAX),
+        json!(i64::MAX),
+        json!(1.8446744073709552e19),
+    ] {
+        let claims = json!({"iss": ISSUER, "sub": "s", "email": "a@example.com",
+                            "email_verified": true, "scope": CLOUD_PLATFORM_SCOPE, "exp": exp});
+        let token = sign(&good_header(), &claims.to_string());
+        let principal = k
+            .runtime
+            .block_on(authenticator.authenticate(&token))
+            .unwrap_or_else(|e| panic!("exp {exp}: {e}"));
+        assert_eq!(&*principal.id, "a@example.com");
+    }
+}
+
+/// An upstream that answers every POST with `body`.
+async fn answering(body: Value) -> String {
+    let app = axum::Router::new().route(
+        "/",
+        axum::routing::post(move || async move { axum::Json(body) }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    format!("http://{addr}/")
+}
+
+/// The same sum in tokeninfo and introspection, on numbers an upstream sends: an `exp` or
+/// `expires_in` of `u64::MAX` overflowed.
+#[tokio::test]
+async fn upstream_expiries_beyond_u64_are_not_an_overflow() {
+    let max = u64::MAX.to_string();
+    for answer in [
+        json!({"exp": max, "scope": CLOUD_PLATFORM_SCOPE, "sub": "1"}),
+        json!({"expires_in": max, "scope": CLOUD_PLATFORM_SCOPE, "sub": "1"}),
+    ] {
+        let tokeninfo = verifyiam::authn::tokeninfo::Tokeninfo::new(
+            reqwest::Client::new(),
+            answering(answer.clone()).await,
+        );
+        let v = tokeninfo
+            .verify("ya29.x", CLOUD_PLATFORM_SCOPE, 30)
+            .await
+            .unwrap_or_else(|e| panic!("{answer}: {e}"));
+        assert!(v.expires_at > now() as u64, "{answer}");
+    }
+    let introspection = verifyiam::authn::introspection::Introspection::new(
+        reqwest::Client::new(),
+        verifyiam::config::IntrospectionConfig {
+            url: answering(
+                json!({"active": true, "exp": u64::MAX, "scope": CLOUD_PLATFORM_SCOPE, "sub": "1"}),
+            )
+            .await,
+            client_id: None,
+            client_secret: None,
+            email_field: "email".into(),
+        },
+    );
+    let v = introspection
+        .verify("opaque", CLOUD_PLATFORM_SCOPE, 30)
+        .await
+        .unwrap();
+    assert!(v.expires_at > now() as u64);
+}
