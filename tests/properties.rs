@@ -110,10 +110,7 @@ struct Keys {
 fn key_set(jwk: &Jwk) -> Arc<KeySet> {
     Arc::new(KeySet::fixed(vec![(
         KID.to_owned(),
-        Key {
-            decoding: DecodingKey::from_jwk(jwk).unwrap(),
-            alg: Some(Algorithm::ES256),
-        },
+        Key::new(DecodingKey::from_jwk(jwk).unwrap(), Some(Algorithm::ES256)),
     )]))
 }
 
