@@ -229,18 +229,7 @@ async fn time_claims_are_enforced_with_leeway() {
 
 #[tokio::test]
 async fn wrong_issuer_and_wrong_audience_are_invalid_token() {
-    let up = Upstream::start().await;
-    up.publish(&[rsa(), ec()]);
-    let extra = format!(
-        "[[token.jwt]]\nissuer = \"https://aud.test\"\njwks_uri = \"{}\"\naudiences = [\"verifyiam\"]\n",
-        up.url("/jwks")
-    );
-    let s = Server::start_with(Options {
-        extra,
-        upstream: Some(up),
-        ..Default::default()
-    })
-    .await;
+    let s = Server::start_with_issuer("https://aud.test", &["verifyiam"]).await;
     s.grant_project("allAuthenticatedUsers", INVOKER).await;
     let mut c = claims("alice@example.com");
     c["iss"] = json!("https://evil.test");

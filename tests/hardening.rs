@@ -12,18 +12,7 @@ use serde_json::json;
 
 /// A server with an issuer that requires the audience `verifyiam`.
 async fn audience_server() -> Server {
-    let up = Upstream::start().await;
-    up.publish(&[rsa(), ec()]);
-    let extra = format!(
-        "[[token.jwt]]\nissuer = \"https://aud.test\"\njwks_uri = \"{}\"\naudiences = [\"verifyiam\"]\n",
-        up.url("/jwks")
-    );
-    let s = Server::start_with(Options {
-        extra,
-        upstream: Some(up),
-        ..Default::default()
-    })
-    .await;
+    let s = Server::start_with_issuer("https://aud.test", &["verifyiam"]).await;
     s.grant_project("allAuthenticatedUsers", INVOKER).await;
     s
 }
@@ -225,10 +214,11 @@ async fn a_service_account_without_keys_is_an_invalid_token_remembered_not_an_ou
         // A new token each time: the token-level negative cache is not what answers.
         let c = json!({"iss": ghost, "sub": ghost, "scope": SCOPE, "iat": n - status as u64, "exp": n + 600});
         let mut client = s.client().await;
-        let mut req = check_request(Some(&format!("Bearer {}", sa_key.sign(&c))), "h", "/");
-        let ext = &mut req.attributes.as_mut().unwrap().context_extensions;
-        ext.insert("environment".into(), "prod".into());
-        ext.insert("deployment".into(), "orders".into());
+        let req = routed_request(
+            Some(&format!("Bearer {}", sa_key.sign(&c))),
+            "prod",
+            "orders",
+        );
         // on_dependency_failure = "error": an outage would be a gRPC error; this is a reply.
         let o = Outcome::from(
             client
@@ -264,10 +254,11 @@ async fn a_service_account_without_keys_is_an_invalid_token_remembered_not_an_ou
     );
     let n = now();
     let c = json!({"iss": other, "sub": other, "scope": SCOPE, "iat": n, "exp": n + 600});
-    let mut req = check_request(Some(&format!("Bearer {}", sa_key.sign(&c))), "h", "/");
-    let ext = &mut req.attributes.as_mut().unwrap().context_extensions;
-    ext.insert("environment".into(), "prod".into());
-    ext.insert("deployment".into(), "orders".into());
+    let req = routed_request(
+        Some(&format!("Bearer {}", sa_key.sign(&c))),
+        "prod",
+        "orders",
+    );
     let err = s.client().await.check(req).await.expect_err("unavailable");
     assert_eq!(err.code(), tonic::Code::Unavailable);
 }
@@ -426,10 +417,7 @@ async fn opaque_lookups_in_flight_are_capped() {
     for i in 0..20 {
         let mut client = client.clone();
         tasks.push(tokio::spawn(async move {
-            let mut req = check_request(Some(&format!("Bearer ya29.random-{i}")), "h", "/");
-            let ext = &mut req.attributes.as_mut().unwrap().context_extensions;
-            ext.insert("environment".into(), "prod".into());
-            ext.insert("deployment".into(), "orders".into());
+            let req = routed_request(Some(&format!("Bearer ya29.random-{i}")), "prod", "orders");
             Outcome::from(client.check(req).await.unwrap().into_inner())
         }));
     }
@@ -541,18 +529,7 @@ async fn control_characters_in_identity_claims_make_the_token_invalid() {
 
 #[tokio::test]
 async fn a_principal_known_only_by_subject_is_shown_with_its_issuer() {
-    let up = Upstream::start().await;
-    up.publish(&[rsa(), ec()]);
-    let extra = format!(
-        "[[token.jwt]]\nissuer = \"https://other.test\"\njwks_uri = \"{}\"\n",
-        up.url("/jwks")
-    );
-    let s = Server::start_with(Options {
-        extra,
-        upstream: Some(up),
-        ..Default::default()
-    })
-    .await;
+    let s = Server::start_with_issuer("https://other.test", &[]).await;
     s.grant_project("allAuthenticatedUsers", INVOKER).await;
     let mut seen = Vec::new();
     for iss in [ISSUER, "https://other.test"] {

@@ -76,14 +76,11 @@ async fn dependency_failure_can_be_a_grpc_error_for_envoys_failure_policy() {
         ..Default::default()
     })
     .await;
-    let mut req = check_request(
+    let req = routed_request(
         Some(&format!("Bearer {}", token("a@example.com"))),
-        "h",
-        "/",
+        "prod",
+        "orders",
     );
-    let ext = &mut req.attributes.as_mut().unwrap().context_extensions;
-    ext.insert("environment".into(), "prod".into());
-    ext.insert("deployment".into(), "orders".into());
     let err = s
         .client()
         .await
@@ -125,10 +122,7 @@ async fn concurrent_first_checks_of_one_token_make_one_upstream_call() {
     for _ in 0..100 {
         let mut client = client.clone();
         tasks.push(tokio::spawn(async move {
-            let mut req = check_request(Some("Bearer ya29.a0-opaque-token"), "h", "/");
-            let ext = &mut req.attributes.as_mut().unwrap().context_extensions;
-            ext.insert("environment".into(), "prod".into());
-            ext.insert("deployment".into(), "orders".into());
+            let req = routed_request(Some("Bearer ya29.a0-opaque-token"), "prod", "orders");
             Outcome::from(client.check(req).await.unwrap().into_inner())
         }));
     }
@@ -163,10 +157,7 @@ async fn unknown_kids_make_a_bounded_number_of_key_set_fetches() {
         let mut client = client.clone();
         let t = rsa().sign_as(&format!("kid-{i}"), &claims(&format!("u{i}@example.com")));
         tasks.push(tokio::spawn(async move {
-            let mut req = check_request(Some(&format!("Bearer {t}")), "h", "/");
-            let ext = &mut req.attributes.as_mut().unwrap().context_extensions;
-            ext.insert("environment".into(), "prod".into());
-            ext.insert("deployment".into(), "orders".into());
+            let req = routed_request(Some(&format!("Bearer {t}")), "prod", "orders");
             Outcome::from(client.check(req).await.unwrap().into_inner())
         }));
     }

@@ -205,10 +205,7 @@ async fn changes_through_one_replica_apply_on_another_within_a_second() {
     let alice = format!("user:{ALICE}");
     let mut client = b.client().await;
     let mut check_b = async || {
-        let mut req = check_request(Some(&bearer), "api.example.com", "/");
-        let ext = &mut req.attributes.as_mut().unwrap().context_extensions;
-        ext.insert("environment".into(), "prod".into());
-        ext.insert("deployment".into(), "orders".into());
+        let req = routed_request(Some(&bearer), "prod", "orders");
         Outcome::from(client.check(req).await.unwrap().into_inner()).allowed()
     };
     assert!(!check_b().await);

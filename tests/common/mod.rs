@@ -451,6 +451,23 @@ impl Server {
         Self::start_with(Options::default()).await
     }
 
+    /// A server that also trusts `issuer`, with the same keys (the upstream's `/jwks`) and
+    /// `audiences`.
+    pub async fn start_with_issuer(issuer: &str, audiences: &[&str]) -> Server {
+        let up = Upstream::start().await;
+        up.publish(&[rsa(), ec()]);
+        let extra = format!(
+            "[[token.jwt]]\nissuer = \"{issuer}\"\njwks_uri = \"{}\"\naudiences = {audiences:?}\n",
+            up.url("/jwks")
+        );
+        Self::start_with(Options {
+            extra,
+            upstream: Some(up),
+            ..Default::default()
+        })
+        .await
+    }
+
     pub async fn start_with(options: Options) -> Server {
         let upstream = match options.upstream {
             Some(u) => u,
@@ -562,11 +579,7 @@ jwks_uri = "{jwks}"
 
     /// Checks a request with the given `Authorization` header(s) against `env/api`.
     pub async fn check(&self, authorization: Option<&str>, env: &str, api: &str) -> Outcome {
-        let mut req = check_request(authorization, "api.example.com", "/");
-        let ext = &mut req.attributes.as_mut().unwrap().context_extensions;
-        ext.insert("environment".into(), env.into());
-        ext.insert("deployment".into(), api.into());
-        self.send(req).await
+        self.send(routed_request(authorization, env, api)).await
     }
 
     pub async fn send(&self, req: CheckRequest) -> Outcome {
@@ -784,6 +797,15 @@ pub fn check_request(authorization: Option<&str>, host: &str, path: &str) -> Che
             ..Default::default()
         }),
     }
+}
+
+/// A CheckRequest whose Envoy route names `env/api` in its `context_extensions`.
+pub fn routed_request(authorization: Option<&str>, env: &str, api: &str) -> CheckRequest {
+    let mut req = check_request(authorization, "api.example.com", "/");
+    let ext = &mut req.attributes.as_mut().unwrap().context_extensions;
+    ext.insert("environment".into(), env.into());
+    ext.insert("deployment".into(), api.into());
+    req
 }
 
 /// A CheckResponse, read the way Envoy reads it.
