@@ -1192,6 +1192,10 @@ fn b64_json(v: &Value) -> String {
 }
 
 /// One mutation of a token; `other` is material for splicing.
+/// The most a repetition may grow an input to (bodies beyond the server's limits are refused
+/// by size anyway).
+const MAX_REPEATED: usize = 256 * 1024;
+
 fn mutate_token(rng: &mut Rng, token: &str, other: &str) -> String {
     let mut b = token.as_bytes().to_vec();
     let len = b.len().max(1);
@@ -1281,8 +1285,11 @@ fn mutate_token(rng: &mut Rng, token: &str, other: &str) -> String {
             }
         }
         10 => {
-            // Huge.
-            let n = 1 + rng.below(40);
+            // Huge, within a bound: mutations compound (a body is mutated up to four times),
+            // and unbounded repetition made the driver itself run out of memory.
+            let n = (1 + rng.below(40))
+                .min(MAX_REPEATED / token.len().max(1))
+                .max(1);
             return token.repeat(n);
         }
         11 => {
