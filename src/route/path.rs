@@ -68,39 +68,31 @@ pub fn normalize(raw: &str) -> Result<String, PathError> {
     if raw.first() != Some(&b'/') {
         return Err(PathError::NotAbsolute);
     }
-    // First pass: decode into segments of lower-case text, refusing what has no single reading.
-    let mut segments: Vec<String> = Vec::new();
-    let mut current = String::new();
+    // One pass, one allocation: each segment is decoded straight into `out` after its '/', then
+    // kept, dropped (empty, `.`) or applied (`..`) when it ends.
+    let mut out = String::with_capacity(end + 1);
+    let mut start = out.len();
+    out.push('/');
     // Whether the current segment's last character is (encoded) whitespace.
     let mut ends_in_space = false;
-    let mut i = 1;
     let mut trailing_slash = false;
-    let close = |current: &mut String,
-                 ends_in_space: bool,
-                 segments: &mut Vec<String>|
-     -> Result<(), PathError> {
-        let segment = std::mem::take(current);
-        match segment.as_str() {
-            "" | "." => {}
-            ".." => {
-                segments.pop();
-            }
-            s if s.ends_with('.') => return Err(PathError::TrailingDot),
-            _ if ends_in_space => return Err(PathError::TrailingSpace),
-            _ => segments.push(segment),
+    let mut i = 1;
+    loop {
+        let Some(b) = raw.get(i).copied() else {
+            close(&mut out, start, ends_in_space)?;
+            break;
+        };
+        if b == b'/' {
+            close(&mut out, start, ends_in_space)?;
+            start = out.len();
+            out.push('/');
+            ends_in_space = false;
+            trailing_slash = true;
+            i += 1;
+            continue;
         }
-        Ok(())
-    };
-    while i < raw.len() {
-        let b = raw[i];
+        trailing_slash = false;
         match b {
-            b'/' => {
-                close(&mut current, ends_in_space, &mut segments)?;
-                ends_in_space = false;
-                trailing_slash = true;
-                i += 1;
-                continue;
-            }
             b'%' => {
                 let (Some(h), Some(l)) = (
                     raw.get(i + 1).copied().and_then(hex),
@@ -116,11 +108,11 @@ pub fn normalize(raw: &str) -> Result<String, PathError> {
                     b'%' => return Err(PathError::EncodedPercent),
                     0..0x20 | 0x7f => return Err(PathError::Control),
                     d if unreserved(d) => {
-                        current.push(d.to_ascii_lowercase() as char);
+                        out.push(d.to_ascii_lowercase() as char);
                         ends_in_space = false;
                     }
                     d => {
-                        let _ = write!(current, "%{d:02x}");
+                        let _ = write!(out, "%{d:02x}");
                         ends_in_space = d == b' ';
                     }
                 }
@@ -130,23 +122,34 @@ pub fn normalize(raw: &str) -> Result<String, PathError> {
             b';' => return Err(PathError::Parameters),
             0..=0x20 | 0x7f.. => return Err(PathError::Control),
             b => {
-                current.push(b.to_ascii_lowercase() as char);
+                out.push(b.to_ascii_lowercase() as char);
                 ends_in_space = false;
                 i += 1;
             }
         }
-        trailing_slash = false;
-    }
-    close(&mut current, ends_in_space, &mut segments)?;
-    let mut out = String::with_capacity(end + 1);
-    for s in &segments {
-        out.push('/');
-        out.push_str(s);
     }
     if out.is_empty() || trailing_slash {
         out.push('/');
     }
     Ok(out)
+}
+
+/// Ends the segment written at `out[start..]` (its leading '/' included): keeps it, drops it
+/// (empty, `.`), applies it (`..`: drops it and the segment before, never above the root), or
+/// refuses it (ending in `.` or whitespace).
+fn close(out: &mut String, start: usize, ends_in_space: bool) -> Result<(), PathError> {
+    match &out[start + 1..] {
+        "" | "." => out.truncate(start),
+        ".." => {
+            out.truncate(start);
+            let previous = out.rfind('/').unwrap_or(0);
+            out.truncate(previous);
+        }
+        s if s.ends_with('.') => return Err(PathError::TrailingDot),
+        _ if ends_in_space => return Err(PathError::TrailingSpace),
+        _ => {}
+    }
+    Ok(())
 }
 
 #[cfg(test)]
