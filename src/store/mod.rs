@@ -278,7 +278,23 @@ pub struct Draft<'a> {
     changes: Changes,
 }
 
-impl Draft<'_> {
+impl<'a> Draft<'a> {
+    /// Runs a write's closure against `current` as the write of `epoch`: its result and the
+    /// changes it recorded. Both stores write this way; only how the changes are kept differs.
+    pub(crate) fn record<R, E>(
+        current: &'a Snapshot,
+        epoch: u64,
+        change: impl FnOnce(&mut Draft<'a>) -> Result<R, E>,
+    ) -> Result<(R, Changes), E> {
+        let mut draft = Draft {
+            current,
+            etag: Etag::from_version(epoch),
+            changes: Changes::default(),
+        };
+        let out = change(&mut draft)?;
+        Ok((out, draft.changes))
+    }
+
     /// The etag every record written by this write carries.
     pub fn etag(&self) -> Etag {
         self.etag.clone()
@@ -669,13 +685,7 @@ impl PolicyStore {
             .map_err(|_| E::from(io("writer lock poisoned")))?;
         let current = self.snapshot.load_full();
         let epoch = current.epoch + 1;
-        let mut draft = Draft {
-            current: &current,
-            etag: Etag::from_version(epoch),
-            changes: Changes::default(),
-        };
-        let out = change(&mut draft)?;
-        let Draft { changes, .. } = draft;
+        let (out, changes) = Draft::record(&current, epoch, change)?;
         if changes.is_empty() {
             return Ok(out);
         }

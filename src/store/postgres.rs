@@ -18,7 +18,6 @@ use tokio_postgres::{AsyncMessage, Client, Row};
 use tokio_util::sync::CancellationToken;
 
 use super::{Changes, Draft, PolicyStore, StoreError, decode, migrations};
-use crate::iam::policy::Etag;
 
 mod url;
 pub use url::{PgUrl, SslMode};
@@ -196,13 +195,7 @@ where
         ))));
     }
     let epoch = current.epoch + 1;
-    let mut draft = Draft {
-        current: &current,
-        etag: Etag::from_version(epoch),
-        changes: Changes::default(),
-    };
-    let out = change(&mut draft)?;
-    let Draft { changes, .. } = draft;
+    let (out, changes) = Draft::record(&current, epoch, change)?;
     if changes.is_empty() {
         // Dropping the transaction rolls it back.
         return Ok(out);
