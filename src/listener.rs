@@ -21,6 +21,7 @@ use http_body_util::Limited;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 use tokio::time::{Instant, Sleep};
@@ -323,6 +324,41 @@ fn connection_builder(kind: Kind, limits: &Limits) -> auto::Builder<TokioExecuto
     builder
 }
 
+/// A connection that says it takes no vectored writes. HTTP/2 then copies every frame under
+/// 1 KiB into its write buffer (only those under 256 bytes otherwise), so the answers of many
+/// streams leave in one write where each larger one would be flushed on its own: an allowed
+/// answer with its dynamic metadata, or a denial with its JSON body, is a few hundred bytes.
+struct Unvectored<T>(T);
+
+impl<T: AsyncRead + Unpin> AsyncRead for Unvectored<T> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.0).poll_read(cx, buf)
+    }
+}
+
+impl<T: AsyncWrite + Unpin> AsyncWrite for Unvectored<T> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.0).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.0).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.0).poll_shutdown(cx)
+    }
+    // `is_write_vectored` keeps its default: false.
+}
+
 struct Connection {
     name: &'static str,
     builder: Arc<auto::Builder<TokioExecutor>>,
@@ -343,12 +379,15 @@ impl Connection {
     {
         let head_deadline = Instant::now() + self.limits.header_read_timeout;
         match tls {
-            None => self.drive(TokioIo::new(tcp), service, head_deadline).await,
+            None => {
+                self.drive(TokioIo::new(Unvectored(tcp)), service, head_deadline)
+                    .await
+            }
             Some(tls) => {
                 let handshake = tls.acceptor().accept(tcp);
                 match tokio::time::timeout_at(head_deadline, handshake).await {
                     Ok(Ok(stream)) => {
-                        self.drive(TokioIo::new(stream), service, head_deadline)
+                        self.drive(TokioIo::new(Unvectored(stream)), service, head_deadline)
                             .await
                     }
                     Ok(Err(e)) => {

@@ -15,12 +15,12 @@ use crate::authn::dev::{DevIssuer, DevKeyError};
 use crate::authz::Authorizer;
 use crate::authz::google::GoogleSource;
 use crate::config::{AuthzMode, Config, ServerConfig, TlsConfig};
+use crate::extauthz::grpc::AuthorizationServer;
 use crate::extauthz::{CheckService, Checker};
 use crate::listener::{self, Kind, Limits};
 use crate::route::Router;
 use crate::store::{PolicyStore, StoreError};
 use crate::tls::{Alpn, Reloading, TlsError};
-use envoy_types::ext_authz::v3::pb::AuthorizationServer;
 
 /// Why the service could not start or stopped.
 #[derive(Debug, thiserror::Error)]
@@ -173,7 +173,7 @@ async fn set_health(health: &tonic_health::server::HealthReporter, serving: bool
     };
     health
         .set_service_status(
-            <AuthorizationServer<CheckService> as tonic::server::NamedService>::NAME,
+            <AuthorizationServer as tonic::server::NamedService>::NAME,
             status,
         )
         .await;

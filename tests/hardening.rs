@@ -652,3 +652,38 @@ async fn apigee_admin_cannot_manage_roles_or_widen_its_own() {
         .await;
     assert_eq!(code, 200, "{body}");
 }
+
+/// Bytes that are not a `CheckRequest` earn a denial (400 `INVALID_ARGUMENT`), never a gRPC
+/// error: Envoy turns a failed Check into its failure policy, which may allow.
+#[tokio::test]
+async fn undecodable_check_requests_are_denied_not_failed() {
+    let server = Server::start().await;
+    let cases: [(&[u8], &str); 6] = [
+        (&[0x0a, 0x05, 0x00], "a length past the end"),
+        (&[0x08, 0x01], "attributes as a varint"),
+        (&[0x00], "field number 0"),
+        (&[0x0f], "an unknown wire type"),
+        (&[0x13], "a group never closed"),
+        // attributes { request { http { host: "\xff" } } }: a string that is not UTF-8.
+        (
+            &[0x0a, 0x07, 0x22, 0x05, 0x12, 0x03, 0x2a, 0x01, 0xff],
+            "a host that is not UTF-8",
+        ),
+    ];
+    for (bytes, what) in cases {
+        let outcome = server
+            .send_bytes(bytes.to_vec())
+            .await
+            .unwrap_or_else(|e| panic!("{what}: a gRPC error instead of a denial: {e:?}"));
+        outcome.assert_denied(INVALID_ARGUMENT, 400, None);
+        assert!(
+            outcome.message().contains("not a valid CheckRequest"),
+            "{what}: {outcome:#?}"
+        );
+        assert_eq!(outcome.metadata["decision"], "deny", "{what}");
+    }
+    // An empty message is a valid, empty CheckRequest: nothing routes it.
+    let empty = server.send_bytes(Vec::new()).await.unwrap();
+    empty.assert_denied(PERMISSION_DENIED, 403, None);
+    assert_eq!(empty.metadata["reason"], "no_route");
+}

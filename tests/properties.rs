@@ -675,6 +675,10 @@ proptest! {
             }),
         };
         let read = AuthzRequest::from_check(&check);
+        // The gRPC path reads the same from the message's bytes.
+        let bytes = prost::Message::encode_to_vec(&check);
+        let wire = AuthzRequest::from_wire(&bytes).expect("an encoded CheckRequest reads");
+        same_reading(&read, &wire, extensions.keys())?;
         if shape != 0 {
             for (k, v) in &extensions {
                 prop_assert_eq!(read.extension(k), Some(v.as_str()));
@@ -728,6 +732,165 @@ proptest! {
                     "host {:?} from {candidates:?}", read.host
                 );
             }
+        }
+    }
+}
+
+/// Two readings of one request agree on everything a decision uses.
+fn same_reading<'k>(
+    a: &AuthzRequest<'_>,
+    b: &AuthzRequest<'_>,
+    keys: impl IntoIterator<Item = &'k String>,
+) -> Result<(), TestCaseError> {
+    prop_assert_eq!(&a.token, &b.token);
+    prop_assert_eq!(a.authorization, b.authorization);
+    prop_assert_eq!(
+        (a.host, a.path, a.request_id),
+        (b.host, b.path, b.request_id)
+    );
+    for k in keys.into_iter().map(String::as_str).chain([
+        "environment",
+        "deployment",
+        "organization",
+        "backend_audience",
+        "",
+    ]) {
+        prop_assert_eq!(a.extension(k), b.extension(k), "extension {:?}", k);
+    }
+    Ok(())
+}
+
+/// A `CheckRequest` as Envoy might send it, with headers in both forms.
+fn any_check() -> impl Strategy<Value = CheckRequest> {
+    (
+        proptest::collection::hash_map(header_name(), header_value(), 0..5),
+        proptest::option::of(proptest::collection::vec(raw_header(), 0..3)),
+        "[a-z.:0-9]{0,12}",
+        "[ -~]{0,16}",
+        "[a-z0-9-]{0,8}",
+        proptest::collection::hash_map(
+            prop_oneof![
+                Just("environment".to_owned()),
+                Just("deployment".to_owned()),
+                "[a-z]{0,6}"
+            ],
+            "[a-z0-9]{0,6}",
+            0..4,
+        ),
+    )
+        .prop_map(|(headers, raw, host, path, id, extensions)| CheckRequest {
+            attributes: Some(AttributeContext {
+                request: Some(AttrRequest {
+                    http: Some(HttpRequest {
+                        id,
+                        host,
+                        path,
+                        method: "GET".into(),
+                        headers,
+                        header_map: raw.map(|r| RawHeaderMap {
+                            headers: r
+                                .into_iter()
+                                .map(|h| HeaderValue {
+                                    key: h.key,
+                                    value: h.value,
+                                    raw_value: h.bytes.unwrap_or_default(),
+                                })
+                                .collect(),
+                        }),
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                }),
+                context_extensions: extensions,
+                ..Default::default()
+            }),
+        })
+}
+
+/// Damage to an encoding: a byte changed, bytes cut or inserted, a stretch repeated.
+#[derive(Debug, Clone)]
+enum Damage {
+    Set(usize, u8),
+    Cut(usize, usize),
+    Insert(usize, Vec<u8>),
+    Repeat(usize, usize),
+}
+
+fn damage() -> impl Strategy<Value = Damage> {
+    prop_oneof![
+        (any::<usize>(), any::<u8>()).prop_map(|(i, b)| Damage::Set(i, b)),
+        (any::<usize>(), 1..8usize).prop_map(|(i, n)| Damage::Cut(i, n)),
+        (any::<usize>(), proptest::collection::vec(any::<u8>(), 1..6))
+            .prop_map(|(i, b)| Damage::Insert(i, b)),
+        (any::<usize>(), 1..40usize).prop_map(|(i, n)| Damage::Repeat(i, n)),
+    ]
+}
+
+fn apply(bytes: &mut Vec<u8>, d: &Damage) {
+    if bytes.is_empty() {
+        return;
+    }
+    let at = |i: usize| i % bytes.len();
+    match d {
+        Damage::Set(i, b) => {
+            let i = at(*i);
+            bytes[i] = *b;
+        }
+        Damage::Cut(i, n) => {
+            let i = at(*i);
+            let end = (i + n).min(bytes.len());
+            bytes.drain(i..end);
+        }
+        Damage::Insert(i, b) => {
+            let i = at(*i);
+            bytes.splice(i..i, b.iter().copied());
+        }
+        Damage::Repeat(i, n) => {
+            let i = at(*i);
+            let end = (i + n).min(bytes.len());
+            let stretch = bytes[i..end].to_vec();
+            bytes.splice(end..end, stretch);
+        }
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(4000))]
+
+    /// Whatever bytes a full protobuf decoder accepts as a `CheckRequest`, the borrowing reader
+    /// accepts too and reads the same; where the decoder refuses, the reader may refuse or read,
+    /// but never panics.
+    #[test]
+    fn check_request_bytes_read_as_a_full_decoder_reads_them(
+        check in any_check(),
+        damages in proptest::collection::vec(damage(), 0..4),
+        noise in proptest::collection::vec(any::<u8>(), 0..64),
+        shape in 0..3u8,
+    ) {
+        let mut bytes = prost::Message::encode_to_vec(&check);
+        match shape {
+            // Damaged encodings.
+            0 => damages.iter().for_each(|d| apply(&mut bytes, d)),
+            // Two messages concatenated: the decoder merges them.
+            1 => {
+                let mut second = prost::Message::encode_to_vec(&check);
+                damages.iter().for_each(|d| apply(&mut second, d));
+                bytes.extend(second);
+            }
+            // Noise.
+            _ => bytes = noise,
+        }
+        let wire = AuthzRequest::from_wire(&bytes);
+        if let Ok(decoded) = <CheckRequest as prost::Message>::decode(bytes.as_slice()) {
+            let Ok(wire) = wire else {
+                return Err(TestCaseError::fail(format!("the decoder read {bytes:?}, the reader refused: {wire:?}", wire = wire.err())));
+            };
+            let keys: Vec<String> = decoded
+                .attributes
+                .iter()
+                .flat_map(|a| a.context_extensions.keys().cloned())
+                .collect();
+            same_reading(&AuthzRequest::from_check(&decoded), &wire, &keys)?;
         }
     }
 }

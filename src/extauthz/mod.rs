@@ -5,14 +5,18 @@
 //! outcome is a reply; the gRPC call itself never fails, so Envoy's failure policy is never what
 //! decides.
 
+pub mod grpc;
 pub mod request;
 pub mod response;
+pub mod wire;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use envoy_types::ext_authz::v3::pb::{Authorization, CheckRequest, CheckResponse};
-use tonic::{Request, Response, Status};
+use bytes::Bytes;
+use envoy_types::ext_authz::v3::pb::{CheckRequest, CheckResponse};
+use prost::Message as _;
+use tonic::Status;
 use tracing::Instrument as _;
 
 use crate::authn::{Authenticator, AuthnError};
@@ -326,14 +330,47 @@ impl CheckService {
         }
     }
 
-    /// One Check, as the gRPC method runs it (also used in-process by benchmarks).
+    /// One decoded Check (in-process: benchmarks and tests).
     pub async fn check_one(&self, check: &CheckRequest) -> CheckResponse {
-        self.decide_and_answer(check).await.1
+        let (_, answer) = self
+            .decide_and_answer(AuthzRequest::from_check(check))
+            .await;
+        answer.into_response(self.checker.scope())
     }
 
-    async fn decide_and_answer(&self, check: &CheckRequest) -> (Option<Reason>, CheckResponse) {
+    /// One Check as the gRPC method runs it: the request's protobuf bytes in, the answer to
+    /// encode out. Bytes that are not a `CheckRequest` earn a denial (400), not a gRPC error, so
+    /// Envoy's failure policy never turns them into an allow. A gRPC error only when a
+    /// dependency is down and `on_dependency_failure = "error"` asks for one.
+    pub async fn check_wire(&self, bytes: &[u8]) -> Result<Answer, Status> {
+        let (reason, answer) = match AuthzRequest::from_wire(bytes) {
+            Ok(req) => self.decide_and_answer(req).await,
+            Err(e) => {
+                let decision = Decision::deny(
+                    Reason::MalformedRequest,
+                    format!("The request is not a valid CheckRequest: {e}."),
+                );
+                self.metrics
+                    .denied(Reason::MalformedRequest, false)
+                    .increment(1);
+                tracing::debug!(error = %e, "undecodable CheckRequest");
+                (
+                    Some(Reason::MalformedRequest),
+                    Answer::Response(response::check_response(&decision, self.checker.scope())),
+                )
+            }
+        };
+        if reason == Some(Reason::Unavailable) && self.on_failure == OnDependencyFailure::Error {
+            // Envoy's own failure policy (failure_mode_allow, status_on_error) decides.
+            return Err(Status::unavailable(
+                "authorization dependencies are unavailable",
+            ));
+        }
+        Ok(answer)
+    }
+
+    async fn decide_and_answer(&self, req: AuthzRequest<'_>) -> (Option<Reason>, Answer) {
         let started = Instant::now();
-        let req = AuthzRequest::from_check(check);
         // Debug level: at the default `info` a span per Check would cost its formatting on
         // every request; `RUST_LOG=verifyiam=debug` shows each Check with its request id.
         let span = tracing::debug_span!("check", request_id = req.request_id);
@@ -364,31 +401,65 @@ impl CheckService {
         self.metrics
             .duration
             .record(started.elapsed().as_secs_f64());
-        let mut response = match decision {
-            Decision::Deny(d) if continues => response::continued(d),
-            _ => response::check_response(decision, self.checker.scope()),
+        let answer = match (verdict.decision, &verdict.id_token) {
+            // The common answer, written straight from what it names.
+            (Decision::Allow { principal, target }, None) => Answer::Allowed { principal, target },
+            (decision, id_token) => {
+                let mut response = match &decision {
+                    Decision::Deny(d) if continues => response::continued(d),
+                    _ => response::check_response(&decision, self.checker.scope()),
+                };
+                if let Some(id_token) = id_token {
+                    response::add_backend_identity(&mut response, id_token, req.authorization);
+                }
+                Answer::Response(response)
+            }
         };
-        if let Some(id_token) = &verdict.id_token {
-            response::add_backend_identity(&mut response, id_token, req.authorization);
-        }
         // A continued denial is an OK answer: never turned into an error for Envoy.
-        (reason.filter(|_| !continues), response)
+        (reason.filter(|_| !continues), answer)
     }
 }
 
-#[tonic::async_trait]
-impl Authorization for CheckService {
-    async fn check(
-        &self,
-        request: Request<CheckRequest>,
-    ) -> Result<Response<CheckResponse>, Status> {
-        let (reason, response) = self.decide_and_answer(request.get_ref()).await;
-        if reason == Some(Reason::Unavailable) && self.on_failure == OnDependencyFailure::Error {
-            // Envoy's own failure policy (failure_mode_allow, status_on_error) decides.
-            return Err(Status::unavailable(
-                "authorization dependencies are unavailable",
-            ));
+/// A Check's answer, ready to be written: an allow (without backend credentials) is encoded
+/// straight from its principal and deployment, anything else from its `CheckResponse`.
+#[derive(Debug)]
+pub enum Answer {
+    /// Allowed: [`response::check_response`]'s allow, never built as a message.
+    Allowed {
+        /// The caller.
+        principal: Arc<crate::authn::Principal>,
+        /// The deployment.
+        target: crate::route::Target,
+    },
+    /// Any other answer.
+    Response(CheckResponse),
+}
+
+impl Answer {
+    /// Writes the answer's protobuf encoding.
+    pub fn encode(&self, out: &mut impl bytes::BufMut) {
+        match self {
+            Answer::Allowed { principal, target } => {
+                response::encode_allow(&principal.id, &target.name, out)
+            }
+            Answer::Response(r) => r.encode_raw(out),
         }
-        Ok(Response::new(response))
+    }
+
+    /// The answer's protobuf encoding.
+    pub fn to_bytes(&self) -> Bytes {
+        let mut out = bytes::BytesMut::new();
+        self.encode(&mut out);
+        out.freeze()
+    }
+
+    /// The answer as a message; `scope` is the required scope (named on `insufficient_scope`).
+    pub fn into_response(self, scope: &str) -> CheckResponse {
+        match self {
+            Answer::Allowed { principal, target } => {
+                response::check_response(&Decision::Allow { principal, target }, scope)
+            }
+            Answer::Response(r) => r,
+        }
     }
 }

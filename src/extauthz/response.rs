@@ -4,6 +4,7 @@
 
 use std::collections::HashMap;
 
+use bytes::BufMut;
 use envoy_types::ext_authz::v3::pb::{
     CheckResponse, DeniedHttpResponse, HeaderAppendAction, HeaderValue, HeaderValueOption,
     HttpResponse, HttpStatus, HttpStatusCode, OkHttpResponse,
@@ -70,9 +71,36 @@ fn metadata(
     Struct { fields }
 }
 
-/// Google's JSON error body.
+/// Google's JSON error body, written in one string (a denial is answered often).
 pub fn error_body(http: u16, status: &str, message: &str) -> String {
-    serde_json::json!({"error": {"code": http, "message": message, "status": status}}).to_string()
+    use std::fmt::Write as _;
+    let mut body = String::with_capacity(64 + message.len() + status.len());
+    let _ = write!(body, "{{\"error\":{{\"code\":{http},\"message\":");
+    json_string(&mut body, message);
+    body.push_str(",\"status\":");
+    json_string(&mut body, status);
+    body.push_str("}}");
+    body
+}
+
+/// Appends `s` as a JSON string.
+fn json_string(out: &mut String, s: &str) {
+    use std::fmt::Write as _;
+    out.push('"');
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            c if c.is_control() => {
+                let _ = write!(out, "\\u{:04x}", c as u32);
+            }
+            c => out.push(c),
+        }
+    }
+    out.push('"');
 }
 
 /// Quotes a value for an auth-param, dropping what cannot appear in a quoted-string.
@@ -105,6 +133,57 @@ pub fn check_response(decision: &Decision, scope: &str) -> CheckResponse {
             )),
         },
         Decision::Deny(denial) => denied(denial, scope),
+    }
+}
+
+/// What [`check_response`] builds for an allow, written straight into `out` as protobuf bytes:
+/// no message, map or string is made on the way.
+pub fn encode_allow(principal: &str, deployment: &str, out: &mut impl BufMut) {
+    use prost::encoding::{WireType, encode_key, encode_varint, encoded_len_varint, key_len};
+    fn str_len(tag: u32, s: &str) -> usize {
+        key_len(tag) + encoded_len_varint(s.len() as u64) + s.len()
+    }
+    fn msg_len(tag: u32, inner: usize) -> usize {
+        key_len(tag) + encoded_len_varint(inner as u64) + inner
+    }
+    fn put_head(tag: u32, len: usize, out: &mut impl BufMut) {
+        encode_key(tag, WireType::LengthDelimited, out);
+        encode_varint(len as u64, out);
+    }
+    fn put_str(tag: u32, s: &str, out: &mut impl BufMut) {
+        put_head(tag, s.len(), out);
+        out.put_slice(s.as_bytes());
+    }
+    let fields = [
+        ("decision", "allow"),
+        ("reason", "ok"),
+        ("principal", principal),
+        ("deployment", deployment),
+    ];
+    // HeaderValueOption { header: HeaderValue { key, value }, append_action }.
+    let header = str_len(1, PRINCIPAL_HEADER) + str_len(2, principal);
+    let option = msg_len(1, header) + key_len(3) + 1;
+    let ok = msg_len(2, option) + str_len(5, RESULT_HEADER) + str_len(5, REASON_HEADER);
+    // Struct { fields: map<string, Value { string_value }> }.
+    let entry = |(k, v): (&str, &str)| str_len(1, k) + msg_len(2, str_len(3, v));
+    let metadata: usize = fields.iter().map(|f| msg_len(1, entry(*f))).sum();
+    // status: an empty google.rpc.Status (code OK).
+    put_head(1, 0, out);
+    put_head(3, ok, out);
+    put_head(2, option, out);
+    put_head(1, header, out);
+    put_str(1, PRINCIPAL_HEADER, out);
+    put_str(2, principal, out);
+    encode_key(3, WireType::Varint, out);
+    encode_varint(HeaderAppendAction::OverwriteIfExistsOrAdd as u64, out);
+    put_str(5, RESULT_HEADER, out);
+    put_str(5, REASON_HEADER, out);
+    put_head(4, metadata, out);
+    for (k, v) in fields {
+        put_head(1, entry((k, v)), out);
+        put_str(1, k, out);
+        put_head(2, str_len(3, v), out);
+        put_str(3, v, out);
     }
 }
 
@@ -237,5 +316,61 @@ fn denied(d: &Denial, scope: &str) -> CheckResponse {
             d.principal.as_ref().map(|p| &*p.id),
             d.target.as_ref().map(|t| &*t.name),
         )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use prost::Message as _;
+
+    use super::*;
+    use crate::authn::Principal;
+    use crate::route::Target;
+
+    #[test]
+    fn the_allow_written_directly_is_the_allow_built_as_a_message() {
+        for (id, deployment) in [
+            ("alice@example.com", ("org", "prod", "orders")),
+            ("https://issuer.example#12345", ("o", "e", "d")),
+            (
+                &*"x".repeat(300),
+                ("a-long-organization", "staging", &*"y".repeat(200)),
+            ),
+        ] {
+            let principal = Arc::new(Principal {
+                id: id.into(),
+                key: [0; 32],
+                members: Vec::new(),
+                expires_at: 0,
+                has_scope: true,
+            });
+            let target = Target::new(deployment.0, deployment.1, deployment.2);
+            let mut out = Vec::new();
+            encode_allow(&principal.id, &target.name, &mut out);
+            let written = CheckResponse::decode(out.as_slice()).unwrap();
+            let built = check_response(&Decision::Allow { principal, target }, "scope");
+            assert_eq!(written, built);
+            assert_eq!(out.len(), built.encoded_len());
+        }
+    }
+
+    #[test]
+    fn error_bodies_are_the_json_they_say() {
+        for message in [
+            "plain",
+            "quotes \" and \\ backslashes",
+            "lines\nand\ttabs\r",
+            "control \u{1} \u{7f} and \u{2028} and ünïcödé",
+            "",
+        ] {
+            let body = error_body(403, "PERMISSION_DENIED", message);
+            let parsed: serde_json::Value = serde_json::from_str(&body).unwrap();
+            assert_eq!(
+                parsed,
+                serde_json::json!({"error": {"code": 403, "message": message, "status": "PERMISSION_DENIED"}})
+            );
+        }
     }
 }

@@ -592,6 +592,23 @@ jwks_uri = "{jwks}"
         Outcome::from(response.into_inner())
     }
 
+    /// Sends `body` as a Check's message bytes, whatever they are; the answer read as a
+    /// `CheckResponse`, or the gRPC status.
+    pub async fn send_bytes(&self, body: Vec<u8>) -> Result<Outcome, tonic::Status> {
+        let channel = Channel::from_shared(format!("http://{}", self.extauthz))
+            .unwrap()
+            .connect()
+            .await
+            .unwrap();
+        let mut grpc = tonic::client::Grpc::new(channel);
+        grpc.ready().await.unwrap();
+        let path =
+            http::uri::PathAndQuery::from_static("/envoy.service.auth.v3.Authorization/Check");
+        grpc.unary(tonic::Request::new(body), path, RawRequest)
+            .await
+            .map(|r| Outcome::from(r.into_inner()))
+    }
+
     pub fn admin_url(&self, path: &str) -> String {
         format!("http://{}{path}", self.admin)
     }
@@ -917,3 +934,51 @@ pub const PERMISSION_DENIED: i32 = 7;
 pub const UNAVAILABLE: i32 = 14;
 pub const UNAUTHENTICATED: i32 = 16;
 pub const INVALID_ARGUMENT: i32 = 3;
+
+/// A client codec that sends bytes as they are and reads a `CheckResponse`.
+#[derive(Default)]
+pub struct RawRequest;
+
+impl tonic::codec::Codec for RawRequest {
+    type Encode = Vec<u8>;
+    type Decode = CheckResponse;
+    type Encoder = RawRequest;
+    type Decoder = RawRequest;
+
+    fn encoder(&mut self) -> RawRequest {
+        RawRequest
+    }
+
+    fn decoder(&mut self) -> RawRequest {
+        RawRequest
+    }
+}
+
+impl tonic::codec::Encoder for RawRequest {
+    type Item = Vec<u8>;
+    type Error = tonic::Status;
+
+    fn encode(
+        &mut self,
+        item: Vec<u8>,
+        dst: &mut tonic::codec::EncodeBuf<'_>,
+    ) -> Result<(), tonic::Status> {
+        use bytes::BufMut as _;
+        dst.put_slice(&item);
+        Ok(())
+    }
+}
+
+impl tonic::codec::Decoder for RawRequest {
+    type Item = CheckResponse;
+    type Error = tonic::Status;
+
+    fn decode(
+        &mut self,
+        src: &mut tonic::codec::DecodeBuf<'_>,
+    ) -> Result<Option<CheckResponse>, tonic::Status> {
+        <CheckResponse as prost::Message>::decode(src)
+            .map(Some)
+            .map_err(|e| tonic::Status::internal(e.to_string()))
+    }
+}
