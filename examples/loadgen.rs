@@ -73,6 +73,37 @@ enum Command {
         #[arg(long)]
         json_out: Option<PathBuf>,
     },
+    /// Measure how soon a policy change written through one replica is applied by another:
+    /// alternately grant and revoke invoke on one deployment through `--admin`, and after each
+    /// write is acknowledged, Check through `--check` until the answer turns.
+    Propagation(PropagationArgs),
+}
+
+#[derive(clap::Args)]
+struct PropagationArgs {
+    /// The writing replica's admin listener (`http://host:port`).
+    #[arg(long)]
+    admin: String,
+    /// A bearer token allowed to set IAM policies there.
+    #[arg(long)]
+    admin_token: String,
+    /// The reading replica's ext_authz listener (`host:port`).
+    #[arg(long)]
+    check: String,
+    /// Where the development issuer's key is (as for `run`).
+    #[arg(long)]
+    data_dir: PathBuf,
+    /// The project; deployments live under the organization of the same name.
+    #[arg(long)]
+    project: String,
+    /// Changes to make (grants and revocations alternately).
+    #[arg(long, default_value_t = 120)]
+    changes: usize,
+    /// The longest one change may take to show before it counts as lost.
+    #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
+    limit: Duration,
+    #[arg(long)]
+    json_out: Option<PathBuf>,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -176,6 +207,7 @@ fn main() {
             json_out,
         } => rs256_verify_rate(&key, duration, &scenario, json_out.as_deref()),
         Command::Run(args) => runtime(args.threads).block_on(run(*args)),
+        Command::Propagation(args) => runtime(None).block_on(propagation(args)),
     };
     std::process::exit(code);
 }
@@ -625,4 +657,126 @@ async fn run(args: RunArgs) -> i32 {
     }
     emit(&line, args.json_out.as_deref());
     0
+}
+
+/// The principal and deployment whose grant `propagation` flips.
+const PROPAGATION_MEMBER: &str = "propagation@propagation.example";
+const PROPAGATION_DEPLOYMENT: &str = "propagation";
+
+async fn propagation(args: PropagationArgs) -> i32 {
+    let minter = match Minter::new(&args.data_dir, None) {
+        Ok(m) => m,
+        Err(e) => {
+            eprintln!("loadgen propagation: {e}");
+            return 2;
+        }
+    };
+    let token = match minter.dev_token(PROPAGATION_MEMBER) {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("loadgen propagation: {e}");
+            return 2;
+        }
+    };
+    let request = engine::envoy_request(
+        &format!("Bearer {token}"),
+        engine::ENVIRONMENT,
+        PROPAGATION_DEPLOYMENT,
+    );
+    let mut client = match engine::connect(&args.check, 1).await {
+        Ok(mut c) => c.remove(0),
+        Err(e) => {
+            eprintln!("loadgen propagation: {}: {e}", args.check);
+            return 3;
+        }
+    };
+    let http = reqwest::Client::new();
+    let url = format!(
+        "{}/v1/organizations/{}/environments/{}/deployments/{PROPAGATION_DEPLOYMENT}:setIamPolicy",
+        args.admin.trim_end_matches('/'),
+        args.project,
+        engine::ENVIRONMENT
+    );
+    // Applied (µs from the write's acknowledgement to the first Check that shows it), and the
+    // writes' own round trips.
+    let (mut applied, mut writes, mut lost) = (Vec::new(), Vec::new(), 0usize);
+    for i in 0..args.changes {
+        let grant = i % 2 == 0;
+        let members: Vec<String> = if grant {
+            vec![format!("user:{PROPAGATION_MEMBER}")]
+        } else {
+            Vec::new()
+        };
+        let body = json!({"policy": {"bindings": if grant {
+            json!([{"role": "roles/apigee.deploymentInvoker", "members": members}])
+        } else {
+            json!([])
+        }}});
+        let sent = Instant::now();
+        let written = http
+            .post(&url)
+            .bearer_auth(&args.admin_token)
+            .json(&body)
+            .send()
+            .await;
+        match written {
+            Ok(r) if r.status().is_success() => {}
+            Ok(r) => {
+                eprintln!("loadgen propagation: the write answered {}", r.status());
+                return 3;
+            }
+            Err(e) => {
+                eprintln!("loadgen propagation: the write failed: {e}");
+                return 3;
+            }
+        }
+        let acked = Instant::now();
+        writes.push(acked.duration_since(sent).as_secs_f64() * 1e6);
+        loop {
+            let allowed = match client.check(request.clone()).await {
+                Ok(r) => r.get_ref().status.as_ref().is_some_and(|s| s.code == 0),
+                Err(e) => {
+                    eprintln!("loadgen propagation: Check failed: {e}");
+                    return 3;
+                }
+            };
+            if allowed == grant {
+                applied.push(acked.elapsed().as_secs_f64() * 1e6);
+                break;
+            }
+            if acked.elapsed() > args.limit {
+                lost += 1;
+                break;
+            }
+        }
+    }
+    let quantile = |v: &[f64], q: f64| -> f64 {
+        let mut v = v.to_vec();
+        v.sort_by(|a, b| a.total_cmp(b));
+        v.get(((v.len() as f64 - 1.0) * q).round() as usize)
+            .copied()
+            .unwrap_or(f64::NAN)
+    };
+    let line = json!({
+        "scenario": "propagation",
+        "server": "verifyiam-postgres",
+        "changes": args.changes,
+        "applied": applied.len(),
+        "lost": lost,
+        "p50_us": quantile(&applied, 0.5),
+        "p99_us": quantile(&applied, 0.99),
+        "max_us": quantile(&applied, 1.0),
+        "write_p50_us": quantile(&writes, 0.5),
+        "write_p99_us": quantile(&writes, 0.99),
+    });
+    eprintln!(
+        "propagation: {} changes, p50 {:.0} µs, p99 {:.0} µs, max {:.0} µs after the write's acknowledgement ({lost} not seen within {:?})",
+        applied.len(),
+        line["p50_us"].as_f64().unwrap_or(f64::NAN),
+        line["p99_us"].as_f64().unwrap_or(f64::NAN),
+        line["max_us"].as_f64().unwrap_or(f64::NAN),
+        args.limit
+    );
+    emit(&line, args.json_out.as_deref());
+    if lost > 0 { 4 } else { 0 }
 }
