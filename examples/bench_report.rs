@@ -429,7 +429,7 @@ fn main() {
              zeroed after a warm-up, while h2load sends the Checks (cold: the load generator, \
              every Check a new RS256 token); *in process*: `examples/check_instructions.rs`, the \
              gRPC method's own code from request bytes to answer bytes, without the HTTP/2 \
-             server (the marginal count of N more Checks). valgrind hides the CPU's SHA and \
+             server (only the measured Checks are counted, not start-up nor the first Check). valgrind hides the CPU's SHA and \
              wide-multiply extensions, so hashing and RSA weigh more here than in the time they \
              take.\n"
         );
