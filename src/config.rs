@@ -293,7 +293,8 @@ fn default_check_deadline() -> Duration {
 }
 
 /// `[iam]`
-#[derive(Debug, Clone, Deserialize)]
+/// Shown by `{:?}` without the store URL's password.
+#[derive(Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct IamConfig {
     /// The project id whose policy is the project-level policy.
@@ -510,8 +511,9 @@ pub struct TokeninfoConfig {
     pub url: String,
 }
 
-/// `[token.introspection]`: an RFC 7662 token introspection endpoint.
-#[derive(Debug, Clone, Deserialize)]
+/// `[token.introspection]`: an RFC 7662 token introspection endpoint. Shown by `{:?}` without
+/// its client secret.
+#[derive(Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct IntrospectionConfig {
     /// The introspection endpoint.
@@ -525,6 +527,42 @@ pub struct IntrospectionConfig {
     /// The answer's field holding the caller's email, when the server provides one.
     #[serde(default = "default_email_field")]
     pub email_field: String,
+}
+
+impl std::fmt::Debug for IntrospectionConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("IntrospectionConfig")
+            .field("url", &self.url)
+            .field("client_id", &self.client_id)
+            .field(
+                "client_secret",
+                &self.client_secret.as_ref().map(|_| "<redacted>"),
+            )
+            .field("email_field", &self.email_field)
+            .finish()
+    }
+}
+
+impl std::fmt::Debug for IamConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let text = self.store.to_string_lossy();
+        let store = if crate::store::PgUrl::is_postgres(&text) {
+            crate::store::PgUrl::parse(&text)
+                .map(|u| u.to_string())
+                .unwrap_or_else(|_| "<a PostgreSQL URL that does not parse>".to_owned())
+        } else {
+            text.into_owned()
+        };
+        f.debug_struct("IamConfig")
+            .field("project", &self.project)
+            .field("organization", &self.organization)
+            .field("store", &store)
+            .field("max_staleness", &self.max_staleness)
+            .field("bootstrap_admins", &self.bootstrap_admins)
+            .field("strict_deployments", &self.strict_deployments)
+            .field("groups", &self.groups)
+            .finish()
+    }
 }
 
 fn default_email_field() -> String {
@@ -1224,5 +1262,22 @@ deployment = "orders"
         let text = "[iam]\nproject = \"demo\"\n[[iam.groups]]\nemail = \"ops\"\n";
         let err = Config::parse(text).unwrap_err();
         assert!(err.to_string().starts_with("iam.groups[0].email"), "{err}");
+    }
+
+    /// `{:?}` of a configuration never shows a password or a client secret.
+    #[test]
+    fn debug_output_holds_no_secret() {
+        let config = Config::parse(
+            "[iam]\nproject = \"p\"\nstore = \"postgres://app:s3cret-pw@db.example:5432/iam\"\n\
+             [token.introspection]\nurl = \"https://auth.example/introspect\"\n\
+             client_id = \"verifyiam\"\nclient_secret = \"hunter2-secret\"\n",
+        )
+        .unwrap();
+        let shown = format!("{config:?} {config:#?}");
+        assert!(!shown.contains("s3cret-pw"), "{shown}");
+        assert!(!shown.contains("hunter2-secret"), "{shown}");
+        // What is not secret is still there to debug with.
+        assert!(shown.contains("app@db.example:5432/iam"), "{shown}");
+        assert!(shown.contains("verifyiam"), "{shown}");
     }
 }
