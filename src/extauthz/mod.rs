@@ -350,14 +350,8 @@ impl CheckService {
                     Reason::MalformedRequest,
                     format!("The request is not a valid CheckRequest: {e}."),
                 );
-                self.metrics
-                    .denied(Reason::MalformedRequest, false)
-                    .increment(1);
-                tracing::debug!(error = %e, "undecodable CheckRequest");
-                (
-                    Some(Reason::MalformedRequest),
-                    Answer::Response(response::check_response(&decision, self.checker.scope())),
-                )
+                let span = tracing::debug_span!("check");
+                self.answer(Instant::now(), &span, decision.into(), None)
             }
         };
         if reason == Some(Reason::Unavailable) && self.on_failure == OnDependencyFailure::Error {
@@ -375,6 +369,18 @@ impl CheckService {
         // every request; `RUST_LOG=verifyiam=debug` shows each Check with its request id.
         let span = tracing::debug_span!("check", request_id = req.request_id);
         let verdict = self.checker.decide(&req).instrument(span.clone()).await;
+        self.answer(started, &span, verdict, req.authorization)
+    }
+
+    /// Counts, logs and answers a verdict reached since `started`; `authorization` is the
+    /// caller's own header, forwarded when the backend gets the gateway's ID token.
+    fn answer(
+        &self,
+        started: Instant,
+        span: &tracing::Span,
+        verdict: Verdict,
+        authorization: Option<&str>,
+    ) -> (Option<Reason>, Answer) {
         let decision = &verdict.decision;
         // Continue on error: a denial that Envoy forwards, marked.
         let continues = self.checker.continues(decision);
@@ -410,7 +416,7 @@ impl CheckService {
                     _ => response::check_response(&decision, self.checker.scope()),
                 };
                 if let Some(id_token) = id_token {
-                    response::add_backend_identity(&mut response, id_token, req.authorization);
+                    response::add_backend_identity(&mut response, id_token, authorization);
                 }
                 Answer::Response(response)
             }
