@@ -156,6 +156,37 @@ impl Body for LimitedBody {
     }
 }
 
+/// What a listener serves: a tower service that answers every bounded request (never an error),
+/// cloned for each connection.
+pub trait Served<B>:
+    tower::Service<
+        Request<LimitedBody>,
+        Response = Response<B>,
+        Error = Infallible,
+        Future: Send + 'static,
+    > + Clone
+    + Send
+    + 'static
+{
+}
+
+impl<S, B> Served<B> for S where
+    S: tower::Service<
+            Request<LimitedBody>,
+            Response = Response<B>,
+            Error = Infallible,
+            Future: Send + 'static,
+        > + Clone
+        + Send
+        + 'static
+{
+}
+
+/// A response body a listener can send.
+pub trait ServedBody: Body<Data = Bytes, Error: Into<BoxError>> + Send + 'static {}
+
+impl<B> ServedBody for B where B: Body<Data = Bytes, Error: Into<BoxError>> + Send + 'static {}
+
 /// The per-connection adapter from hyper to the tower service: bounds the body and notes that
 /// a complete request head has arrived.
 struct PerConnection<S> {
@@ -164,13 +195,10 @@ struct PerConnection<S> {
     head_seen: Arc<AtomicBool>,
 }
 
+// `Response = Response<B>` spelled out: it is what ties `B` to `S` here.
 impl<S, B> hyper::service::Service<Request<Incoming>> for PerConnection<S>
 where
-    S: tower::Service<Request<LimitedBody>, Response = Response<B>, Error = Infallible>
-        + Clone
-        + Send
-        + 'static,
-    S::Future: Send + 'static,
+    S: Served<B> + tower::Service<Request<LimitedBody>, Response = Response<B>>,
 {
     type Response = Response<B>;
     type Error = Infallible;
@@ -194,13 +222,8 @@ pub async fn serve<S, B>(
     service: S,
     stop: CancellationToken,
 ) where
-    S: tower::Service<Request<LimitedBody>, Response = Response<B>, Error = Infallible>
-        + Clone
-        + Send
-        + 'static,
-    S::Future: Send + 'static,
-    B: Body<Data = Bytes> + Send + 'static,
-    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    S: Served<B>,
+    B: ServedBody,
 {
     let name = kind.name();
     let builder = Arc::new(connection_builder(kind, &limits));
@@ -369,13 +392,8 @@ struct Connection {
 impl Connection {
     async fn run<S, B>(self, tcp: TcpStream, tls: Option<Arc<Reloading>>, service: S)
     where
-        S: tower::Service<Request<LimitedBody>, Response = Response<B>, Error = Infallible>
-            + Clone
-            + Send
-            + 'static,
-        S::Future: Send + 'static,
-        B: Body<Data = Bytes> + Send + 'static,
-        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+        S: Served<B>,
+        B: ServedBody,
     {
         let head_deadline = Instant::now() + self.limits.header_read_timeout;
         match tls {
@@ -408,13 +426,8 @@ impl Connection {
     async fn drive<I, S, B>(&self, io: I, service: S, head_deadline: Instant)
     where
         I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
-        S: tower::Service<Request<LimitedBody>, Response = Response<B>, Error = Infallible>
-            + Clone
-            + Send
-            + 'static,
-        S::Future: Send + 'static,
-        B: Body<Data = Bytes> + Send + 'static,
-        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+        S: Served<B>,
+        B: ServedBody,
     {
         let head_seen = Arc::new(AtomicBool::new(false));
         let service = PerConnection {
