@@ -287,3 +287,14 @@ fn slugs_follow_github() {
         ["a", "a-1", "a-2"].map(String::from)
     );
 }
+
+#[test]
+fn configuration_page_quotes_the_complete_example_verbatim() {
+    let page = std::fs::read_to_string(root().join("docs/configuration.md")).unwrap();
+    let example = verifyiam::config::EXAMPLE.trim_end();
+    assert!(
+        toml_fences(&page).iter().any(|f| f.trim_end() == example),
+        "docs/configuration.md must quote `verifyiam config example` verbatim in a toml fence \
+         under \"Complete example\"; paste src/config/example.toml there"
+    );
+}
