@@ -1,7 +1,7 @@
 //! The audit log: one structured event on [`AUDIT_TARGET`] per admin write that changed
 //! something — who did what to which resource, the etags before and after, and the pairs granted
-//! and taken away. [`super::operation`] logs it after the write is durable; each operation only
-//! says what it changed ([`Change`]).
+//! and taken away. The shared write step (`operation`) logs it once the write is durable; each
+//! operation only says what it changed ([`Change`]).
 
 use serde::Serialize;
 

@@ -110,7 +110,7 @@ impl AdminState {
 /// The whole admin listener: gRPC requests (`content-type: application/grpc…`) go to the
 /// `google.iam.v1.IAMPolicy` service, everything else to the REST [`router`]. Outside the
 /// unauthenticated endpoints, the caller's bearer token is verified before anything reads the
-/// request body ([`authenticate_first`]).
+/// request body (`authenticate_first`).
 pub fn service(state: Arc<AdminState>) -> Router {
     let grpc = tonic::service::Routes::new(grpc::server(state.clone())).prepare();
     router(state.clone())

@@ -102,8 +102,10 @@ impl AdminState {
             }
             Ok(draft.put_role(role))
         };
-        op.write("createRole", change, |stored| role_change(None, Some(stored)))
-            .await
+        op.write("createRole", change, |stored| {
+            role_change(None, Some(stored))
+        })
+        .await
     }
 
     /// One custom role (`iam.roles.get`).
