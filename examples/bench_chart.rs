@@ -3,7 +3,7 @@
 //! font files are needed.
 //!
 //! ```sh
-//! cargo run --release --example bench_chart -- --results bench/results.jsonl --out bench/latency.svg
+//! cargo run --release --example bench_chart -- --results benches/results.jsonl --out benches/latency.svg
 //! ```
 
 use std::collections::BTreeMap;

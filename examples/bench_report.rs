@@ -3,8 +3,8 @@
 //! and the targets, each judged from the numbers. Nothing in the report is typed by hand.
 //!
 //! ```sh
-//! cargo run --release --example bench_report -- --results bench/results.jsonl \
-//!     --meta bench/meta.env --chart bench/latency.svg --out BENCHMARKS.md
+//! cargo run --release --example bench_report -- --results benches/results.jsonl \
+//!     --meta benches/meta.env --chart benches/latency.svg --out BENCHMARKS.md
 //! ```
 
 use std::collections::BTreeMap;
@@ -22,10 +22,10 @@ struct Args {
     #[arg(long)]
     meta: PathBuf,
     /// The chart, as linked from the report.
-    #[arg(long, default_value = "bench/latency.svg")]
+    #[arg(long, default_value = "benches/latency.svg")]
     chart: String,
     /// The results file, as linked from the report.
-    #[arg(long, default_value = "bench/results.jsonl")]
+    #[arg(long, default_value = "benches/results.jsonl")]
     results_link: String,
     #[arg(long)]
     out: PathBuf,
@@ -189,7 +189,7 @@ fn main() {
     let _ = writeln!(md, "# Benchmarks\n");
     let _ = writeln!(
         md,
-        "Written by `bash bench/run.sh{}` from [`{}`]({}); regenerate rather than edit. \
+        "Written by `bash benches/run.sh{}` from [`{}`]({}); regenerate rather than edit. \
          verifyiam and a no-op Check server built from this repository (`examples/noop_server.rs`, \
          same tonic + envoy-types stack) are measured in the same run, alternating, by the load \
          generator `examples/loadgen.rs` and by h2load over real gRPC on 127.0.0.1. The load \
@@ -204,7 +204,7 @@ fn main() {
         let _ = writeln!(
             md,
             "> **Quick run**: short windows and fewer tokens; the targets' verdicts below are \
-             indicative only. Run `bash bench/run.sh` for the full measurement.\n"
+             indicative only. Run `bash benches/run.sh` for the full measurement.\n"
         );
     }
     let _ = writeln!(md, "| | |\n|---|---|");
@@ -666,7 +666,7 @@ fn main() {
         }
         None => Verdict {
             target: "10-minute soak at 5,000 Checks/s: no error, RSS growth < 10%",
-            measured: "not measured in this run (`bash bench/run.sh --soak 10m`)".into(),
+            measured: "not measured in this run (`bash benches/run.sh --soak 10m`)".into(),
             met: None,
         },
     });

@@ -11,7 +11,7 @@
 //!
 //! Token mixes: `hot`, `cold:K`, `rs256:K`, `invalid[:K]`, `deployments:N` (see `engine::Mix`);
 //! all tokens are minted before the clock starts. Each run prints a human summary on stderr and
-//! one JSON line on stdout (also appended to `--json-out`). `bench/run.sh` drives it.
+//! one JSON line on stdout (also appended to `--json-out`). `benches/run.sh` drives it.
 
 #[path = "loadgen/engine.rs"]
 mod engine;

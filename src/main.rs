@@ -1,119 +1,26 @@
 //! The `verifyiam` binary: parses arguments, sets up logging, binds, and hands over to the
-//! library. Exit codes: 0 success (for `check`: allowed), 1 `check` denied, 2 usage or
-//! configuration error, 3 runtime failure (for `backend-token`: no token); the management
-//! commands add 4 to 7 (see [`verifyiam::client::exit`]).
+//! library ([`verifyiam::cli`] runs the commands and names the exit codes).
 
 #![forbid(unsafe_code)]
 
 use std::process::ExitCode;
 
-use std::io::Write as _;
-
 use clap::Parser;
 use tokio::net::TcpListener;
 
-use verifyiam::cli::{Cli, Command, ConfigCommand, ServeArgs, StoreCommand, TokenCommand};
-use verifyiam::config::Config;
+use verifyiam::cli::{Cli, Command, ServeArgs};
 use verifyiam::server::{self, Listeners};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
-        Command::Config(ConfigCommand::Check { file }) => match Config::load(&file) {
-            Ok(_) => {
-                println!("{}: ok", file.display());
-                ExitCode::SUCCESS
-            }
-            Err(e) => {
-                eprintln!("{}: {e}", file.display());
-                ExitCode::from(2)
-            }
-        },
-        Command::Store(StoreCommand::Migrate { config, store }) => {
-            verifyiam::telemetry::init_logging(false);
-            let loaded = match Config::load(&config).and_then(|mut c| {
-                verifyiam::cli::override_store(&mut c, store)?;
-                Ok(c)
-            }) {
-                Ok(c) => c,
-                Err(e) => {
-                    eprintln!("{}: {e}", config.display());
-                    return ExitCode::from(2);
-                }
-            };
-            runtime().block_on(async {
-                match verifyiam::cli::migrate(&loaded).await {
-                    Ok(report) => {
-                        print!("{report}");
-                        ExitCode::SUCCESS
-                    }
-                    Err(e) => {
-                        eprintln!("store migrate: {e}");
-                        ExitCode::from(3)
-                    }
-                }
-            })
-        }
-        Command::Token(TokenCommand::Mint {
-            email,
-            scope,
-            lifetime,
-            data_dir,
-        }) => match verifyiam::cli::mint(&email, &scope, lifetime, &data_dir) {
-            Ok(token) => {
-                println!("{token}");
-                ExitCode::SUCCESS
-            }
-            Err(e) => {
-                eprintln!("token mint: {e}");
-                ExitCode::from(2)
-            }
-        },
-        Command::Check(args) => runtime().block_on(async {
-            match verifyiam::cli::check(&args).await {
-                Ok(outcome) => {
-                    print!("{}", outcome.report);
-                    if outcome.allowed {
-                        ExitCode::SUCCESS
-                    } else {
-                        ExitCode::from(1)
-                    }
-                }
-                Err(e) => {
-                    eprintln!("check: {e}");
-                    ExitCode::from(3)
-                }
-            }
-        }),
         Command::Serve(args) => serve(args),
-        Command::BackendToken(args) => runtime().block_on(async {
-            match verifyiam::cli::backend_token(&args).await {
-                Ok(out) => {
-                    print!("{}", out.stdout);
-                    eprint!("{}", out.stderr);
-                    ExitCode::SUCCESS
-                }
-                Err((code, reason)) => {
-                    eprintln!("backend-token: {reason}");
-                    ExitCode::from(code)
-                }
+        command => {
+            if let Command::Store(_) = command {
+                verifyiam::telemetry::init_logging(false);
             }
-        }),
-        management => runtime().block_on(async {
-            match verifyiam::cli::manage(management).await {
-                Ok(printed) => {
-                    print!("{}", printed.stdout);
-                    if let Some(note) = printed.note {
-                        eprintln!("{note}");
-                    }
-                    ExitCode::SUCCESS
-                }
-                Err(e) => {
-                    eprintln!("ERROR: {}", e.message);
-                    ExitCode::from(e.code)
-                }
-            }
-        }),
+            runtime().block_on(verifyiam::cli::run(command))
+        }
     }
 }
 
@@ -126,25 +33,13 @@ fn runtime() -> tokio::runtime::Runtime {
 
 fn serve(args: ServeArgs) -> ExitCode {
     verifyiam::telemetry::init_logging(args.log_json);
-    let mut config = match (&args.config, args.dev) {
-        (Some(path), _) => match Config::load(path).and_then(|mut c| {
-            verifyiam::cli::override_store(&mut c, args.store.clone())?;
-            Ok(c)
-        }) {
-            Ok(c) => c,
-            Err(e) => {
-                eprintln!("{}: {e}", path.display());
-                return ExitCode::from(2);
-            }
-        },
-        (None, _) => verifyiam::cli::dev_config(&args.data_dir),
+    let config = match verifyiam::cli::serve_config(&args) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("{e}");
+            return ExitCode::from(2);
+        }
     };
-    if let Some(a) = args.extauthz_addr {
-        config.server.extauthz_addr = a;
-    }
-    if let Some(a) = args.admin_addr {
-        config.server.admin_addr = a;
-    }
     runtime().block_on(async move {
         let bind = |addr| async move {
             TcpListener::bind(addr)
@@ -172,13 +67,8 @@ fn serve(args: ServeArgs) -> ExitCode {
                 return ExitCode::from(3);
             }
         };
-        if args.dev {
-            if let (Some(e), Some(a)) = (ext, adm) {
-                // A closed stdout (the reader went away) must not take the service down.
-                let banner = verifyiam::cli::dev_banner(e, a, &args.data_dir);
-                let mut out = std::io::stdout().lock();
-                let _ = writeln!(out, "{banner}").and_then(|()| out.flush());
-            }
+        if let (Some(e), Some(a)) = (ext, adm) {
+            verifyiam::cli::print_dev_banner(&args, e, a);
         }
         tracing::info!(extauthz = ?ext, admin = ?adm, "serving");
         match server::serve(listeners, app, shutdown_signal()).await {

@@ -74,7 +74,7 @@ impl App {
         let store = Arc::new(PolicyStore::from_config(&config.iam)?);
         // Management data: `[[iam.groups]]` seeds group memberships at start (with PostgreSQL,
         // once the first load is in).
-        admin::service::seed_groups(&store, &config.iam.groups)?;
+        admin::groups::seed_groups(&store, &config.iam.groups)?;
         let http = http_for(config.token.fetch_timeout)?;
         let dev = match &config.token.dev {
             Some(d) => Some(Arc::new(DevIssuer::load_or_create(&d.issuer, &d.key_file)?)),

@@ -1,5 +1,5 @@
 //! The `verifyiam` binary as a user runs it: `serve --dev`, `token mint`, `check`, `config check`,
-//! `backend-token`.
+//! `config example`, `backend-token`.
 
 mod common;
 
@@ -213,6 +213,21 @@ async fn config_check_validates_without_serving() {
     let (code, _, err) = run(&["config", "check", "/no/such/file.toml"]).await;
     assert_eq!(code, 2);
     assert!(err.contains("cannot read"), "{err}");
+}
+
+/// `config example` prints the whole example, and what it prints is a configuration `config check`
+/// accepts as it stands.
+#[tokio::test]
+async fn config_example_prints_a_configuration_that_checks() {
+    let (code, out, err) = run(&["config", "example"]).await;
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(out, verifyiam::config::EXAMPLE);
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("example.toml");
+    std::fs::write(&file, &out).unwrap();
+    let (code, out, err) = run(&["config", "check", file.to_str().unwrap()]).await;
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("ok"), "{out}");
 }
 
 #[tokio::test]

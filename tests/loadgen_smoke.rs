@@ -1,6 +1,6 @@
 //! Smoke test of the load generator (examples/loadgen): its engine drives a real verifyiam and
 //! the no-op baseline over gRPC on 127.0.0.1, closed and open loop, and every Check it sends is
-//! accounted for. Counts only: timings belong to `bench/run.sh` and BENCHMARKS.md, not to tests.
+//! accounted for. Counts only: timings belong to `benches/run.sh` and BENCHMARKS.md, not to tests.
 
 mod common;
 #[path = "../examples/loadgen/engine.rs"]

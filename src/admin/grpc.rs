@@ -1,6 +1,7 @@
-//! `google.iam.v1.IAMPolicy` over gRPC: the same operations as the REST API ([`super::service`]),
-//! with the caller's token in the `authorization` metadata and errors mapped to status codes in
-//! [`super::error`]. Messages are converted to and from the [`crate::iam::policy`] model here.
+//! `google.iam.v1.IAMPolicy` over gRPC: the same operations as the REST API (on
+//! [`super::AdminState`]), with the caller's token in the `authorization` metadata and errors
+//! mapped to status codes in [`super::error`]. Messages are converted to and from the
+//! [`crate::iam::policy`] model here.
 
 use std::sync::Arc;
 

@@ -1,13 +1,34 @@
 //! The admin listener: the Google-shaped management REST API ([`rest`]) and the
-//! `google.iam.v1.IAMPolicy` gRPC service ([`grpc`]) on one port, routed by content type, both
-//! over the same operations ([`service`]); `/healthz`, `/readyz`, `/metrics` and, in
-//! development, the dev issuer's JWK set. Callers authenticate with the same token validation as
-//! Checks, and are authorized by the same IAM rules.
+//! `google.iam.v1.IAMPolicy` gRPC service ([`grpc`]) on one port, routed by content type;
+//! `/healthz`, `/readyz`, `/metrics` and, in development, the dev issuer's JWK set. Callers
+//! authenticate with the same token validation as Checks, and are authorized by the same IAM
+//! rules.
+//!
+//! Both surfaces only decode a request, call one operation on [`AdminState`] and encode the
+//! answer, so they share semantics and errors ([`error`]). The operations are transport-neutral,
+//! one file per resource family:
+//!
+//! | file | owns |
+//! |---|---|
+//! | [`policies`] | `getIamPolicy`, `setIamPolicy`, `testIamPermissions` |
+//! | [`deployments`] | list, describe, deploy, undeploy, update |
+//! | [`roles`] | custom roles |
+//! | [`groups`] | group membership, and its seeding from configuration |
+//! | `operation` | the steps every operation shares, written once: load the state, require the permission, write, audit |
+//! | [`audit`] | the audit event each write logs |
+//!
+//! The troubleshooter and analyzer will live beside them in `explain.rs`, answering from the
+//! same evaluation that decides a Check.
 
+pub mod audit;
+pub mod deployments;
 pub mod error;
+pub mod groups;
 pub mod grpc;
+mod operation;
+pub mod policies;
 pub mod rest;
-pub mod service;
+pub mod roles;
 
 use std::sync::Arc;
 
@@ -89,7 +110,7 @@ impl AdminState {
 /// The whole admin listener: gRPC requests (`content-type: application/grpc…`) go to the
 /// `google.iam.v1.IAMPolicy` service, everything else to the REST [`router`]. Outside the
 /// unauthenticated endpoints, the caller's bearer token is verified before anything reads the
-/// request body ([`authenticate_first`]).
+/// request body (`authenticate_first`).
 pub fn service(state: Arc<AdminState>) -> Router {
     let grpc = tonic::service::Routes::new(grpc::server(state.clone())).prepare();
     router(state.clone())

@@ -2,7 +2,7 @@
 //! `:setIamPolicy`, `:testIamPermissions`) on `projects/{p}`, `organizations/{o}/environments/{e}`
 //! and `…/deployments/{api}`; Apigee's deployments (list, describe, deploy, undeploy, update);
 //! the IAM API's custom roles; and groups. Each handler decodes HTTP, calls one operation of
-//! [`super::service`], and encodes the answer.
+//! [`super::AdminState`], and encodes the answer.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -16,7 +16,9 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{any, get};
 use serde::{Deserialize, Serialize};
 
-use super::service::{RoleFields, check_bool};
+use super::deployments::{DeploymentView, check_bool};
+use super::groups::GroupView;
+use super::roles::RoleFields;
 use super::{AdminState, ApiError};
 use crate::iam::eval::Resource;
 use crate::iam::policy::Policy;
@@ -275,7 +277,7 @@ async fn policy_method(
 #[derive(Serialize)]
 struct DeploymentList {
     #[serde(skip_serializing_if = "Vec::is_empty")]
-    deployments: Vec<super::service::DeploymentView>,
+    deployments: Vec<DeploymentView>,
 }
 
 async fn list_deployments(
@@ -394,7 +396,7 @@ async fn role(
 #[derive(Serialize)]
 struct GroupList {
     #[serde(skip_serializing_if = "Vec::is_empty")]
-    groups: Vec<super::service::GroupView>,
+    groups: Vec<GroupView>,
 }
 
 async fn list_groups(

@@ -1,13 +1,13 @@
 #!/usr/bin/env bash
 # The benchmark, in one command: builds in release, starts verifyiam (generated config, its own
 # store, a local RS256 JWK-set server, the development issuer) and the no-op baseline on 127.0.0.1,
-# runs the scenarios alternating the two servers, and writes BENCHMARKS.md and bench/latency.svg.
+# runs the scenarios alternating the two servers, and writes BENCHMARKS.md and benches/latency.svg.
 #
-#   bash bench/run.sh              # full run (about 15 minutes on 2 cores, a cold release build included)
-#   bash bench/run.sh --quick      # short windows, fewer tokens (about 3 minutes)
-#   bash bench/run.sh --soak 10m   # also the soak at 5,000 Checks/s (RSS every 10 s); --soak 60s for a short one
+#   bash benches/run.sh              # full run (about 15 minutes on 2 cores, a cold release build included)
+#   bash benches/run.sh --quick      # short windows, fewer tokens (about 3 minutes)
+#   bash benches/run.sh --soak 10m   # also the soak at 5,000 Checks/s (RSS every 10 s); --soak 60s for a short one
 #
-# Other flags: --out FILE (default BENCHMARKS.md), --chart FILE (default bench/latency.svg),
+# Other flags: --out FILE (default BENCHMARKS.md), --chart FILE (default benches/latency.svg),
 # --no-h2load (skip the h2load rounds), --bin-dir DIR (measure binaries already built there,
 # e.g. a copy of an earlier commit's target/release, instead of building),
 # --only LIST (comma-separated sections: closed, h2load, open, cold, invalid, deployments,
@@ -20,7 +20,7 @@ ROOT=$PWD
 QUICK=0
 SOAK=""
 OUT=BENCHMARKS.md
-CHART=bench/latency.svg
+CHART=benches/latency.svg
 H2LOAD=1
 BIN_DIR=""
 ONLY=""
@@ -34,7 +34,7 @@ while [ $# -gt 0 ]; do
         --bin-dir) BIN_DIR=${2:?}; shift ;;
         --only) ONLY=${2:?}; shift ;;
         -h|--help) sed -n '2,16p' "$0"; exit 0 ;;
-        *) echo "bench/run.sh: unknown flag $1 (see --help)" >&2; exit 2 ;;
+        *) echo "benches/run.sh: unknown flag $1 (see --help)" >&2; exit 2 ;;
     esac
     shift
 done
@@ -81,7 +81,7 @@ if [ "$H2LOAD" = 1 ] && ! command -v h2load >/dev/null 2>&1; then
         timeout 300 env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nghttp2-client >/dev/null 2>&1 || true
     fi
     command -v h2load >/dev/null 2>&1 ||
-        echo "bench/run.sh: h2load is not installed and could not be (needs root and apt-get): the h2load cross-check is skipped" >&2
+        echo "benches/run.sh: h2load is not installed and could not be (needs root and apt-get): the h2load cross-check is skipped" >&2
 fi
 
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/verifyiam-bench.XXXXXX")
@@ -113,7 +113,7 @@ read -r P_EXT P_ADM P_NOOP <<<"$PORTS"
     >"$WORK/jwks.log" 2>&1 &
 PIDS+=($!)
 for _ in $(seq 1 200); do [ -s "$WORK/jwks.port" ] && break; sleep 0.1; done
-[ -s "$WORK/jwks.port" ] || { echo "bench/run.sh: the JWK-set server did not start" >&2; cat "$WORK/jwks.log" >&2; exit 3; }
+[ -s "$WORK/jwks.port" ] || { echo "benches/run.sh: the JWK-set server did not start" >&2; cat "$WORK/jwks.log" >&2; exit 3; }
 P_JWKS=$(cat "$WORK/jwks.port")
 
 ADMIN_EMAIL=admin@bench-admin.example
@@ -150,7 +150,7 @@ start_verifyiam() {
         kill -0 "$VI_PID" 2>/dev/null || break
         sleep 0.1
     done
-    echo "bench/run.sh: verifyiam did not become ready" >&2
+    echo "benches/run.sh: verifyiam did not become ready" >&2
     cat "$WORK/verifyiam.log" >&2
     exit 3
 }
@@ -257,7 +257,7 @@ h2load_round() {
             "$scenario" "$label" "$H2_CONNECTIONS" "$H2_STREAMS" "$rps" "${done_n:-0}" "${ok:-0}" "$(( ${done_n:-0} - ${ok:-0} ))" "$cpu" >>"$RESULTS"
         echo "h2load [$label]: $rps req/s ($ok of $done_n answered 2xx), server CPU $cpu%" >&2
     else
-        echo "bench/run.sh: h2load against $label gave no result:" >&2
+        echo "benches/run.sh: h2load against $label gave no result:" >&2
         printf '%s\n' "$out" | tail -5 >&2
     fi
 }
@@ -341,7 +341,7 @@ count_checks() {
             "${name%%-*}" "${name#*-}" "$n" "$total" >>"$RESULTS"
         echo "instructions [$name]: $(( total / n )) per Check ($total over $n)" >&2
     else
-        echo "bench/run.sh: no callgrind totals for $name" >&2
+        echo "benches/run.sh: no callgrind totals for $name" >&2
     fi
     rm -f "$dump"
 }
@@ -431,7 +431,7 @@ if { want postgres || want propagation; } && command -v psql >/dev/null 2>&1 && 
         PIDS+=($!)
         eval "PID_$1=$!"
         for _ in $(seq 1 300); do curl -fsS "http://127.0.0.1:$3/readyz" >/dev/null 2>&1 && return 0; sleep 0.1; done
-        echo "bench/run.sh: replica $1 did not become ready" >&2
+        echo "benches/run.sh: replica $1 did not become ready" >&2
         cat "$WORK/$1.log" >&2
         exit 3
     }
@@ -465,7 +465,7 @@ if { want postgres || want propagation; } && command -v psql >/dev/null 2>&1 && 
             --changes "$PROP_N" --json-out "$RESULTS" >/dev/null
     fi
 elif want postgres || want propagation; then
-    echo "bench/run.sh: no PostgreSQL at $PG_URL (set VERIFYIAM_BENCH_DATABASE_URL): the PostgreSQL store is not measured" >&2
+    echo "benches/run.sh: no PostgreSQL at $PG_URL (set VERIFYIAM_BENCH_DATABASE_URL): the PostgreSQL store is not measured" >&2
 fi
 
 if want memory; then
@@ -493,10 +493,10 @@ if [ -n "$ONLY" ]; then
 fi
 
 log "writing $OUT and $CHART"
-cp "$RESULTS" bench/results.jsonl
-cp "$META" bench/meta.env
-"$BIN/examples/bench_chart" --results bench/results.jsonl --out "$CHART" \
+cp "$RESULTS" benches/results.jsonl
+cp "$META" benches/meta.env
+"$BIN/examples/bench_chart" --results benches/results.jsonl --out "$CHART" \
     --subtitle "$(grep '^cpu=' "$META" | cut -d= -f2-), $(nproc) cores shared by server and load generator; $(grep '^date=' "$META" | cut -d= -f2-) UTC"
-"$BIN/examples/bench_report" --results bench/results.jsonl --meta bench/meta.env \
+"$BIN/examples/bench_report" --results benches/results.jsonl --meta benches/meta.env \
     --chart "$CHART" --out "$OUT"
-echo "bench/run.sh: done; see $OUT" >&2
+echo "benches/run.sh: done; see $OUT" >&2

@@ -1,0 +1,122 @@
+//! `serve`: its arguments, the configuration it runs with (a file, or `--dev`'s), and the banner
+//! `--dev` prints once it listens. The binary binds the listeners and runs [`crate::server`].
+
+use std::io::Write as _;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use clap::Args;
+
+use crate::authn::dev::{DEV_ISSUER, KEY_FILE};
+use crate::config::{
+    AuthzConfig, BackendAuthConfig, BackendTokenSource, Config, DevIssuerConfig, IamConfig,
+    ServerConfig, TokenConfig,
+};
+
+/// `serve`
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// The TOML configuration file.
+    #[arg(long, conflicts_with = "dev", required_unless_present = "dev")]
+    pub config: Option<PathBuf>,
+    /// Run with no config: local store, development issuer, loopback only.
+    #[arg(long)]
+    pub dev: bool,
+    /// Data directory for `--dev`.
+    #[arg(long, default_value = ".verifyiam-dev")]
+    pub data_dir: PathBuf,
+    /// Overrides `server.extauthz_addr` (port 0 picks a free port; the banner shows it).
+    #[arg(long)]
+    pub extauthz_addr: Option<SocketAddr>,
+    /// Overrides `server.admin_addr`.
+    #[arg(long)]
+    pub admin_addr: Option<SocketAddr>,
+    /// Overrides `iam.store` (with `--config` only), e.g. a PostgreSQL URL kept in a secret.
+    #[arg(long, env = "VERIFYIAM_STORE", hide_env_values = true)]
+    pub store: Option<String>,
+    /// Log as JSON lines instead of text.
+    #[arg(long)]
+    pub log_json: bool,
+}
+
+/// The configuration `serve` runs with: the file (with `--store` applied) or `--dev`'s, then the
+/// listener address overrides. `Err` is the message to print (exit code 2).
+pub fn serve_config(args: &ServeArgs) -> Result<Config, String> {
+    let mut config = match &args.config {
+        Some(path) => Config::load(path)
+            .and_then(|mut c| {
+                super::override_store(&mut c, args.store.clone())?;
+                Ok(c)
+            })
+            .map_err(|e| format!("{}: {e}", path.display()))?,
+        None => dev_config(&args.data_dir),
+    };
+    if let Some(a) = args.extauthz_addr {
+        config.server.extauthz_addr = a;
+    }
+    if let Some(a) = args.admin_addr {
+        config.server.admin_addr = a;
+    }
+    Ok(config)
+}
+
+/// The configuration `serve --dev` runs with.
+pub fn dev_config(data_dir: &Path) -> Config {
+    Config {
+        server: ServerConfig::default(),
+        iam: IamConfig {
+            project: "dev-project".to_owned(),
+            organization: None,
+            store: data_dir.join("store"),
+            max_staleness: Duration::from_secs(300),
+            bootstrap_admins: vec!["user:admin@example.com".to_owned()],
+            strict_deployments: false,
+            groups: Vec::new(),
+        },
+        token: TokenConfig {
+            dev: Some(DevIssuerConfig {
+                issuer: DEV_ISSUER.to_owned(),
+                key_file: data_dir.join(KEY_FILE),
+            }),
+            ..TokenConfig::default()
+        },
+        authz: AuthzConfig::default(),
+        routes: Vec::new(),
+        // Backend ID tokens signed by the development key, so `check` shows them offline.
+        backend_auth: Some(BackendAuthConfig::new(BackendTokenSource::Dev)),
+    }
+}
+
+/// What `serve --dev` prints once it listens.
+pub fn dev_banner(extauthz: SocketAddr, admin: SocketAddr, data_dir: &Path) -> String {
+    let d = data_dir.display();
+    format!(
+        "verifyiam is serving in development mode (data in {d})
+  ext_authz gRPC  {extauthz}   (Envoy: envoy.service.auth.v3.Authorization/Check)
+  admin HTTP      http://{admin}   (/v1 REST and google.iam.v1 gRPC, /metrics, /healthz, /readyz)
+  project         dev-project; admin@example.com holds roles/owner
+
+Try it (another shell, same directory):
+  ADMIN=$(cargo run -q -- token mint --email admin@example.com)
+  ALICE=$(cargo run -q -- token mint --email alice@example.com)
+  cargo run -q -- check --addr http://{extauthz} --deployment prod/orders --token \"$ALICE\"   # 403
+  curl -s 'http://{admin}/v1/organizations/dev-project/environments/prod/deployments/orders:setIamPolicy' \\
+    --header \"Authorization: Bearer $ADMIN\" --header 'Content-Type: application/json' \\
+    --data '{{\"policy\":{{\"bindings\":[{{\"members\":[\"user:alice@example.com\"],\"role\":\"roles/apigee.deploymentInvoker\"}}]}}}}'
+  cargo run -q -- check --addr http://{extauthz} --deployment prod/orders --token \"$ALICE\"   # allowed
+  cargo run -q -- check --addr http://{extauthz} --deployment prod/orders --token \"$ALICE\" \\
+    --backend-audience https://orders-7x2kq-uc.a.run.app   # allowed, with the backend's ID token
+"
+    )
+}
+
+/// With `--dev`, prints [`dev_banner`] for the addresses the listeners got.
+pub fn print_dev_banner(args: &ServeArgs, extauthz: SocketAddr, admin: SocketAddr) {
+    if args.dev {
+        // A closed stdout (the reader went away) must not take the service down.
+        let banner = dev_banner(extauthz, admin, &args.data_dir);
+        let mut out = std::io::stdout().lock();
+        let _ = writeln!(out, "{banner}").and_then(|()| out.flush());
+    }
+}
