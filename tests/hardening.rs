@@ -101,13 +101,9 @@ async fn spellings_of_a_more_specific_route_never_reach_a_less_specific_one() {
     for path in [
         "/orders/ADMIN",
         "/orders//admin",
-        "/orders/./admin",
         "/orders/%61dmin",
-        "/orders/x/../admin",
         "/orders/admin/",
         "/Orders/Admin/users",
-        "/orders/%2e/admin",
-        "/orders/x/%2E%2E/admin",
         "//orders///admin",
     ] {
         let o = s.send(check_request(Some(&bearer), "h", path)).await;
@@ -132,6 +128,10 @@ async fn spellings_of_a_more_specific_route_never_reach_a_less_specific_one() {
         ("/orders/admin%", "percent"),
         ("/orders/%252561dmin", "encoded '%'"),
         ("orders/admin", "'/'"),
+        ("/orders/./admin", "'.' or '..' segment"),
+        ("/orders/x/../admin", "'.' or '..' segment"),
+        ("/orders/%2e/admin", "'.' or '..' segment"),
+        ("/orders/x/%2E%2E/admin", "'.' or '..' segment"),
     ] {
         let o = s.send(check_request(Some(&bearer), "h", path)).await;
         assert!(!o.allowed(), "{path}: allowed");
