@@ -475,7 +475,11 @@ mod tests {
             "api.example.com:65535",
             "api.example.com.:8443",
         ] {
-            assert_eq!(resolve(&r, host, "/orders").as_deref(), Some("orders"), "{host}");
+            assert_eq!(
+                resolve(&r, host, "/orders").as_deref(),
+                Some("orders"),
+                "{host}"
+            );
         }
         for host in [
             "",
@@ -487,7 +491,11 @@ mod tests {
             "[::1]:443",
             "[2001:db8::1]",
         ] {
-            assert_eq!(resolve(&r, host, "/").as_deref(), Some("catchall"), "{host}");
+            assert_eq!(
+                resolve(&r, host, "/").as_deref(),
+                Some("catchall"),
+                "{host}"
+            );
         }
         // An IPv6 literal meets its route however it is spelled, in the table or the request.
         let v6 = Router::new(
@@ -523,7 +531,11 @@ mod tests {
             ("/api/users/alice%40example.com", "public"),
             ("/api/v1/orders:cancelled", "public"),
         ] {
-            assert_eq!(resolve(&r, "h", path).as_deref(), Some(deployment), "{path}");
+            assert_eq!(
+                resolve(&r, "h", path).as_deref(),
+                Some(deployment),
+                "{path}"
+            );
         }
     }
 
@@ -531,9 +543,17 @@ mod tests {
     fn dot_segments_on_the_table_are_refused_not_resolved() {
         let r = Router::new(
             "demo",
-            &[route(None, "/api", "public"), route(None, "/api/admin", "admin")],
+            &[
+                route(None, "/api", "public"),
+                route(None, "/api/admin", "admin"),
+            ],
         );
-        for path in ["/api/admin/..", "/api/admin/%2e%2e", "/api/admin/.%2E", "/api/./admin"] {
+        for path in [
+            "/api/admin/..",
+            "/api/admin/%2e%2e",
+            "/api/admin/.%2E",
+            "/api/./admin",
+        ] {
             assert_eq!(
                 r.resolve(|_| None, "h", path),
                 Err(RouteError::Malformed(path::PathError::DotSegment)),

@@ -728,7 +728,11 @@ async fn sub_delimiter_server() -> Server {
         )
     };
     let mut extra = route("/api", "public");
-    for prefix in ["/api/v1/orders:cancel", "/api/users/@admin", "/api/enc%2Aed"] {
+    for prefix in [
+        "/api/v1/orders:cancel",
+        "/api/users/@admin",
+        "/api/enc%2Aed",
+    ] {
         extra.push_str(&route(prefix, "secret"));
     }
     for (c, _) in SUB_DELIMITERS {
@@ -828,7 +832,12 @@ deployment = "admin"
         assert_refused(&o, path, "'.' or '..' segment");
     }
     // Dots inside a segment are data.
-    for path in ["/api/v1.2/x", "/api/.well-known", "/api/a..b", "/api/x?p=/../admin"] {
+    for path in [
+        "/api/v1.2/x",
+        "/api/.well-known",
+        "/api/a..b",
+        "/api/x?p=/../admin",
+    ] {
         let o = s.send(check_request(Some(&bearer), "h", path)).await;
         assert!(o.allowed(), "{path}: {o:#?}");
     }
@@ -914,7 +923,10 @@ deployment = "public"
     ] {
         let o = s.send(check_request(Some(&bearer), host, "/x")).await;
         o.assert_denied(PERMISSION_DENIED, 403, None);
-        assert!(o.message().contains(&format!("deployments/{deployment}")), "{host}");
+        assert!(
+            o.message().contains(&format!("deployments/{deployment}")),
+            "{host}"
+        );
     }
     for host in [
         "other.test",

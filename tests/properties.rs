@@ -982,7 +982,15 @@ async fn upstream_expiries_beyond_u64_are_not_an_overflow() {
 
 /// Segments holding every sub-delimiter a route prefix may hold raw, and plain ones.
 const ROUTE_SEGMENTS: &[&str] = &[
-    "api", "v1", "orders:cancel", "@admin", "a+b=c", "it's(1)", "x*!$&,y", "orders", "1",
+    "api",
+    "v1",
+    "orders:cancel",
+    "@admin",
+    "a+b=c",
+    "it's(1)",
+    "x*!$&,y",
+    "orders",
+    "1",
 ];
 
 /// Nested routes, some holding sub-delimiters, some of those written encoded in the table (the

@@ -1882,7 +1882,10 @@ fn expected_host(host: &str) -> Option<String> {
     if host.is_empty() {
         return Some(String::new());
     }
-    let port_ok = |port: &str| port.parse::<u16>().is_ok_and(|p| p != 0 && p.to_string() == port);
+    let port_ok = |port: &str| {
+        port.parse::<u16>()
+            .is_ok_and(|p| p != 0 && p.to_string() == port)
+    };
     if let Some(rest) = host.strip_prefix('[') {
         let (inside, after) = rest.split_once(']')?;
         let address: std::net::Ipv6Addr = inside.parse().ok()?;
@@ -1900,7 +1903,8 @@ fn expected_host(host: &str) -> Option<String> {
     let labels: Vec<&str> = name.split('.').collect();
     let label_ok = |l: &&str| {
         (1..=63).contains(&l.len())
-            && l.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+            && l.chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
     };
     if name.len() > 253 || !labels.iter().all(label_ok) {
         return None;
