@@ -371,11 +371,13 @@ impl ScriptedMetadata {
                 >| {
                     let state = state.clone();
                     async move {
-                        state
+                        let n = state
                             .fetches
                             .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
                         let mint = state.mint.lock().unwrap().clone();
                         let mut claims = mint(now());
+                        // Each answer its own token, even within one second.
+                        claims["n"] = json!(n);
                         claims["aud"] = json!(q.get("audience").cloned().unwrap_or_default());
                         claims["email"] = json!(GATEWAY);
                         claims["iss"] = json!(GOOGLE_ISSUER);
@@ -449,7 +451,11 @@ async fn an_already_expired_backend_token_is_refused_not_cached_and_asked_for_ag
     assert_eq!(fake.fetches(), 1);
     // Not cached, and not asked for again on every Check either.
     assert_refused(&check(&s, Some(&caller), Some(ORDERS)).await);
-    assert_eq!(fake.fetches(), 1, "a refused token holds the source off a while");
+    assert_eq!(
+        fake.fetches(),
+        1,
+        "a refused token holds the source off a while"
+    );
     let (_, metrics) = s.get("/metrics", None).await;
     assert!(
         metrics
@@ -504,11 +510,18 @@ async fn a_backend_token_issued_long_ago_is_served_until_its_exp_only() {
 async fn a_backend_token_without_a_readable_exp_is_refused_and_not_asked_for_on_every_check() {
     let cases: [(&str, fn(u64) -> serde_json::Value); 4] = [
         ("https://missing.example", |now| json!({"iat": now})),
-        ("https://text.example", |now| json!({"iat": now, "exp": "soon"})),
-        ("https://null.example", |now| json!({"iat": now, "exp": null})),
-        ("https://negative.example", |now| {
-            json!({"iat": now, "exp": -1})
-        }),
+        (
+            "https://text.example",
+            |now| json!({"iat": now, "exp": "soon"}),
+        ),
+        (
+            "https://null.example",
+            |now| json!({"iat": now, "exp": null}),
+        ),
+        (
+            "https://negative.example",
+            |now| json!({"iat": now, "exp": -1}),
+        ),
     ];
     let fake = ScriptedMetadata::start(|now| json!({"iat": now})).await;
     let s = serve(fake.config(), "").await;
@@ -517,6 +530,10 @@ async fn a_backend_token_without_a_readable_exp_is_refused_and_not_asked_for_on_
         fake.script(mint);
         assert_refused(&check(&s, Some(&caller), Some(audience)).await);
         assert_refused(&check(&s, Some(&caller), Some(audience)).await);
-        assert_eq!(fake.fetches(), i + 1, "{audience}: one fetch, then held off");
+        assert_eq!(
+            fake.fetches(),
+            i + 1,
+            "{audience}: one fetch, then held off"
+        );
     }
 }
