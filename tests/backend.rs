@@ -508,7 +508,8 @@ async fn a_backend_token_issued_long_ago_is_served_until_its_exp_only() {
 
 #[tokio::test]
 async fn a_backend_token_without_a_readable_exp_is_refused_and_not_asked_for_on_every_check() {
-    let cases: [(&str, fn(u64) -> serde_json::Value); 4] = [
+    type Claims = fn(u64) -> serde_json::Value;
+    let cases: [(&str, Claims); 4] = [
         ("https://missing.example", |now| json!({"iat": now})),
         (
             "https://text.example",

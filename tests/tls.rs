@@ -669,7 +669,11 @@ async fn clients_sending_an_ip_address_as_sni_are_counted_and_logged_once_a_minu
             .and_then(|v| v.trim().parse::<usize>().ok())
     };
     assert_eq!(count("ip_address"), Some(IP_HELLOS), "{metrics}");
-    assert_eq!(count("invalid_hostname"), Some(BAD_NAME_HELLOS), "{metrics}");
+    assert_eq!(
+        count("invalid_hostname"),
+        Some(BAD_NAME_HELLOS),
+        "{metrics}"
+    );
 
     // Every line it wrote, up to its end.
     child.start_kill().unwrap();
