@@ -657,9 +657,9 @@ async fn store_migrate_applies_the_schema_and_a_newer_schema_is_refused() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    assert!(String::from_utf8_lossy(&out.stdout).contains("applied [1]"));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("applied [1, 2]"));
     let out = migrate().await;
-    assert!(String::from_utf8_lossy(&out.stdout).contains("already at version 1"));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("already at version 2"));
 
     let (client, connection) = tokio_postgres::connect(&db.url, tokio_postgres::NoTls)
         .await
