@@ -753,20 +753,33 @@ async fn pg_dump(url: &str, file: &std::path::Path) {
         .output()
         .await
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 /// What an operator types to go back to a dump, and nothing more: `pg_restore --clean` under
 /// the running replicas.
 async fn pg_restore(url: &str, file: &std::path::Path) {
     let out = Command::new("pg_restore")
-        .args(["--clean", "--if-exists", "--single-transaction", "--no-owner"])
+        .args([
+            "--clean",
+            "--if-exists",
+            "--single-transaction",
+            "--no-owner",
+        ])
         .arg(format!("--dbname={url}"))
         .arg(file)
         .output()
         .await
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 /// Two replicas, two unrelated writes (revisions 1 and 2), a dump, a grant (revision 3) applied
@@ -811,7 +824,9 @@ async fn a_restored_older_dump_is_noticed_though_two_writes_pass_the_replicas_re
     }
     let as_bob = format!("Bearer {}", token("bob@example.com"));
     until("A applies the writes made after the restore", async || {
-        a.check(Some(&as_bob), "prod", "unrelated-4").await.allowed()
+        a.check(Some(&as_bob), "prod", "unrelated-4")
+            .await
+            .allowed()
     })
     .await;
     for (name, r) in [("A", &a), ("B", &b)] {
@@ -875,7 +890,11 @@ async fn a_decision_cached_before_a_restore_is_not_answered_at_the_same_revision
     )
     .await;
     let as_bob = format!("Bearer {}", token("bob@example.com"));
-    assert!(a.check(Some(&as_bob), "prod", "unrelated-3").await.allowed());
+    assert!(
+        a.check(Some(&as_bob), "prod", "unrelated-3")
+            .await
+            .allowed()
+    );
 }
 
 /// A write whose COMMIT takes longer than the write timeout (5 s): a deferred constraint

@@ -125,7 +125,7 @@ impl Changes {
 
     /// The changed records as stored: (kind, name, JSON value or `None` for a deletion), in the
     /// order they were recorded (a later entry for the same record wins).
-    pub(crate) fn rows(&self) -> Result<Vec<(&'static str, &str, Option<String>)>, StoreError> {
+    pub(crate) fn rows(&self) -> Result<Vec<Row<'_>>, StoreError> {
         fn json<T: Serialize>(value: &T) -> Result<String, StoreError> {
             serde_json::to_string(value).map_err(io)
         }
@@ -146,6 +146,9 @@ impl Changes {
     }
 }
 
+/// One stored record as the chain sees it: (kind, name, JSON value or `None` for a deletion).
+pub type Row<'a> = (&'a str, &'a str, Option<String>);
+
 /// The hash naming a revision's whole history: `H(previous chain || canonical changes)`.
 /// Revision 0 of an empty store has [`Chain::GENESIS`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -158,7 +161,7 @@ impl Chain {
     /// The chain of the revision after `self` that wrote `rows` (see [`Changes::rows`]).
     /// Canonical: the rows sorted by (kind, name) (stable, so a later write of the same record
     /// stays later), each field length-prefixed, a deletion marked apart from any value.
-    pub fn next(&self, rows: &[(&str, &str, Option<String>)]) -> Chain {
+    pub fn next(&self, rows: &[Row<'_>]) -> Chain {
         use sha2::{Digest as _, Sha256};
         let mut sorted: Vec<_> = rows.iter().collect();
         sorted.sort_by(|a, b| (a.0, a.1).cmp(&(b.0, b.1)));
@@ -886,5 +889,56 @@ impl PolicyStore {
             groups: all_groups,
             groups_of: HashMap::new(),
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row<'a>(kind: &'a str, name: &'a str, value: Option<&str>) -> Row<'a> {
+        (kind, name, value.map(str::to_owned))
+    }
+
+    #[test]
+    fn a_chain_depends_on_its_history_and_its_changes_not_their_order() {
+        let a = row("policy", "x", Some("{}"));
+        let b = row("group", "g", None);
+        let one = Chain::GENESIS.next(&[a.clone(), b.clone()]);
+        assert_eq!(one, Chain::GENESIS.next(&[b.clone(), a.clone()]));
+        assert_ne!(one, Chain::GENESIS.next(std::slice::from_ref(&a)));
+        let just_a = std::slice::from_ref(&a);
+        assert_ne!(one.next(just_a), Chain::GENESIS.next(just_a));
+        // A deletion is not an empty value, and fields do not run into each other.
+        assert_ne!(
+            Chain::GENESIS.next(&[row("policy", "x", None)]),
+            Chain::GENESIS.next(&[row("policy", "x", Some(""))])
+        );
+        assert_ne!(
+            Chain::GENESIS.next(&[row("policy", "ab", Some("c"))]),
+            Chain::GENESIS.next(&[row("policy", "a", Some("bc"))])
+        );
+        assert_ne!(Chain::unique(3), Chain::unique(3));
+    }
+
+    #[test]
+    fn the_embedded_store_keeps_each_revisions_chain_across_a_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let chain = {
+            let store = PolicyStore::open(dir.path(), "p", &[]).unwrap();
+            assert_eq!(store.snapshot().chain(), Some(Chain::GENESIS));
+            store
+                .mutate_blocking(|d: &mut Draft<'_>| {
+                    d.delete_group("g@example.com");
+                    Ok::<_, StoreError>(())
+                })
+                .unwrap();
+            let s = store.snapshot();
+            assert_eq!(s.epoch, 1);
+            s.chain().unwrap()
+        };
+        assert_ne!(chain, Chain::GENESIS);
+        let store = PolicyStore::open(dir.path(), "p", &[]).unwrap();
+        assert_eq!(store.snapshot().chain(), Some(chain));
     }
 }

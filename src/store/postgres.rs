@@ -235,9 +235,11 @@ where
     let mut turn = pg.writer.lock().await;
     // Filled just before COMMIT is sent: if it is still empty, nothing can have committed.
     let mut prepared: Option<Prepared<T>> = None;
-    let outcome =
-        tokio::time::timeout(WRITE_TIMEOUT, write(store, pg, &mut turn, change, &mut prepared))
-            .await;
+    let outcome = tokio::time::timeout(
+        WRITE_TIMEOUT,
+        write(store, pg, &mut turn, change, &mut prepared),
+    )
+    .await;
     let why = match outcome {
         Ok(Ok(Written::Unchanged(out))) => return Ok(out),
         Ok(Ok(Written::Committed)) => None,
@@ -252,7 +254,9 @@ where
         Err(_) => Some(format!("COMMIT did not answer within {WRITE_TIMEOUT:?}")),
     };
     let Some(p) = prepared else {
-        return Err(E::from(StoreError::Io("a committed write lost its changes".into())));
+        return Err(E::from(StoreError::Io(
+            "a committed write lost its changes".into(),
+        )));
     };
     if let Some(why) = why {
         // Whatever state that connection is in, the next write starts on a new one.
@@ -380,8 +384,9 @@ where
         Ok(()) => Ok(Written::Committed),
         // The server refused the COMMIT with an ERROR: the transaction rolled back.
         Err(e)
-            if e.as_db_error()
-                .is_some_and(|d| d.parsed_severity() == Some(tokio_postgres::error::Severity::Error)) =>
+            if e.as_db_error().is_some_and(|d| {
+                d.parsed_severity() == Some(tokio_postgres::error::Severity::Error)
+            }) =>
         {
             Err(E::from(pg_error(e)))
         }
