@@ -1,7 +1,8 @@
 //! Several `verifyiam serve` processes on one PostgreSQL database: started together on an empty
 //! database, changes made through one replica applied by another, etags spent once across the
 //! fleet, concurrent CLI writers through different replicas, a replica killed mid-write-storm,
-//! and a replica cut off from the database (through a TCP proxy the test controls).
+//! a replica cut off from the database (through a TCP proxy the test controls), a backup
+//! restored with pg_restore under running replicas, and a COMMIT slower than the write timeout.
 //!
 //! Each test creates its own database; with no PostgreSQL server reachable they say so and pass,
 //! unless `VERIFYIAM_REQUIRE_POSTGRES=1`.
