@@ -1,7 +1,8 @@
 //! Several `verifyiam serve` processes on one PostgreSQL database: started together on an empty
 //! database, changes made through one replica applied by another, etags spent once across the
 //! fleet, concurrent CLI writers through different replicas, a replica killed mid-write-storm,
-//! and a replica cut off from the database (through a TCP proxy the test controls).
+//! a replica cut off from the database (through a TCP proxy the test controls), a backup
+//! restored with pg_restore under running replicas, and a COMMIT slower than the write timeout.
 //!
 //! Each test creates its own database; with no PostgreSQL server reachable they say so and pass,
 //! unless `VERIFYIAM_REQUIRE_POSTGRES=1`.
@@ -657,9 +658,9 @@ async fn store_migrate_applies_the_schema_and_a_newer_schema_is_refused() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    assert!(String::from_utf8_lossy(&out.stdout).contains("applied [1]"));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("applied [1, 2]"));
     let out = migrate().await;
-    assert!(String::from_utf8_lossy(&out.stdout).contains("already at version 1"));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("already at version 2"));
 
     let (client, connection) = tokio_postgres::connect(&db.url, tokio_postgres::NoTls)
         .await
@@ -710,4 +711,233 @@ async fn a_malformed_store_url_is_a_config_error_naming_iam_store() {
         assert!(err.contains("iam.store"), "{err}");
         assert!(!err.contains("Wr0ngSecret"), "{err}");
     }
+}
+
+/// A plain SQL connection to a test database.
+async fn sql(url: &str) -> tokio_postgres::Client {
+    let (client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(connection);
+    client
+}
+
+/// Whether `pg_dump` and `pg_restore` can be run; without them the restore tests say so and
+/// pass, unless PostgreSQL is required.
+fn restore_tools() -> bool {
+    let found = ["pg_dump", "pg_restore"].iter().all(|tool| {
+        std::process::Command::new(tool)
+            .arg("--version")
+            .output()
+            .is_ok_and(|o| o.status.success())
+    });
+    if !found {
+        assert!(
+            !postgres_required(),
+            "pg_dump and pg_restore are required (VERIFYIAM_REQUIRE_POSTGRES=1) but not found"
+        );
+        use std::io::Write as _;
+        let _ = writeln!(
+            std::io::stderr(),
+            "\n*** pg_dump / pg_restore not found: SKIPPING the restore tests ***\n"
+        );
+    }
+    found
+}
+
+/// `pg_dump` of the whole database, in the custom format.
+async fn pg_dump(url: &str, file: &std::path::Path) {
+    let out = Command::new("pg_dump")
+        .arg("--format=custom")
+        .arg(format!("--file={}", file.display()))
+        .arg(format!("--dbname={url}"))
+        .output()
+        .await
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// What an operator types to go back to a dump, and nothing more: `pg_restore --clean` under
+/// the running replicas.
+async fn pg_restore(url: &str, file: &std::path::Path) {
+    let out = Command::new("pg_restore")
+        .args([
+            "--clean",
+            "--if-exists",
+            "--single-transaction",
+            "--no-owner",
+        ])
+        .arg(format!("--dbname={url}"))
+        .arg(file)
+        .output()
+        .await
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Two replicas, two unrelated writes (revisions 1 and 2), a dump, a grant (revision 3) applied
+/// by both; the dump restored; two unrelated writes through B (revisions 3 and 4 again, another
+/// history). A must drop the grant that no longer exists, in Checks and in getIamPolicy.
+#[tokio::test]
+async fn a_restored_older_dump_is_noticed_though_two_writes_pass_the_replicas_revision() {
+    let Some(db) = TestDatabase::create().await else {
+        return;
+    };
+    if !restore_tools() {
+        return;
+    }
+    let up = upstream().await;
+    let (a, b) = tokio::join!(
+        Replica::spawn(&up, &db.url, ""),
+        Replica::spawn(&up, &db.url, ""),
+    );
+    tokio::join!(a.ready(), b.ready());
+    let bob = "user:bob@example.com";
+    for api in ["unrelated-1", "unrelated-2"] {
+        assert_eq!(set_policy(&a, api, invokers(&[bob])).await.0, 200);
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let dump = dir.path().join("revision-2.dump");
+    pg_dump(&db.url, &dump).await;
+
+    let alice = format!("user:{ALICE}");
+    assert_eq!(set_policy(&a, "orders", invokers(&[&alice])).await.0, 200);
+    let as_alice = format!("Bearer {}", token(ALICE));
+    for r in [&a, &b] {
+        until("the grant applied on both replicas", async || {
+            r.check(Some(&as_alice), "prod", "orders").await.allowed()
+        })
+        .await;
+    }
+
+    pg_restore(&db.url, &dump).await;
+    for api in ["unrelated-3", "unrelated-4"] {
+        let (status, body) = set_policy(&b, api, invokers(&[bob])).await;
+        assert_eq!(status, 200, "{body}");
+    }
+    let as_bob = format!("Bearer {}", token("bob@example.com"));
+    until("A applies the writes made after the restore", async || {
+        a.check(Some(&as_bob), "prod", "unrelated-4")
+            .await
+            .allowed()
+    })
+    .await;
+    for (name, r) in [("A", &a), ("B", &b)] {
+        let outcome = r.check(Some(&as_alice), "prod", "orders").await;
+        assert!(
+            !outcome.allowed(),
+            "replica {name} still allows a grant the restore removed"
+        );
+        let (status, policy) = r
+            .get(&dep_path("orders", "getIamPolicy"), Some(&token(ADMIN)))
+            .await;
+        assert_eq!(status, 200, "{policy}");
+        assert!(
+            !policy.to_string().contains(ALICE),
+            "replica {name} shows a policy the restore removed: {policy}"
+        );
+    }
+}
+
+/// Revisions 1 and 2, a dump, a grant at revision 3 that A allows (and caches); the dump
+/// restored and one unrelated write through B: revision 3 again, naming another history. A's
+/// decision cached at the old revision 3 must not be answered.
+#[tokio::test]
+async fn a_decision_cached_before_a_restore_is_not_answered_at_the_same_revision_number() {
+    let Some(db) = TestDatabase::create().await else {
+        return;
+    };
+    if !restore_tools() {
+        return;
+    }
+    let up = upstream().await;
+    let (a, b) = tokio::join!(
+        Replica::spawn(&up, &db.url, ""),
+        Replica::spawn(&up, &db.url, ""),
+    );
+    tokio::join!(a.ready(), b.ready());
+    let bob = "user:bob@example.com";
+    for api in ["unrelated-1", "unrelated-2"] {
+        assert_eq!(set_policy(&a, api, invokers(&[bob])).await.0, 200);
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let dump = dir.path().join("revision-2.dump");
+    pg_dump(&db.url, &dump).await;
+
+    let alice = format!("user:{ALICE}");
+    assert_eq!(set_policy(&a, "orders", invokers(&[&alice])).await.0, 200);
+    let as_alice = format!("Bearer {}", token(ALICE));
+    // Decided (and cached) on A at revision 3.
+    assert!(a.check(Some(&as_alice), "prod", "orders").await.allowed());
+    until("the grant applied on B", async || {
+        b.check(Some(&as_alice), "prod", "orders").await.allowed()
+    })
+    .await;
+
+    pg_restore(&db.url, &dump).await;
+    let (status, body) = set_policy(&b, "unrelated-3", invokers(&[bob])).await;
+    assert_eq!(status, 200, "{body}");
+    until(
+        "A stops allowing the grant the restore removed (its revision 3 names another history)",
+        async || !a.check(Some(&as_alice), "prod", "orders").await.allowed(),
+    )
+    .await;
+    let as_bob = format!("Bearer {}", token("bob@example.com"));
+    assert!(
+        a.check(Some(&as_bob), "prod", "unrelated-3")
+            .await
+            .allowed()
+    );
+}
+
+/// A write whose COMMIT takes longer than the write timeout (5 s): a deferred constraint
+/// trigger makes COMMIT sleep 6 s. The write is in the database, so the caller must be told it
+/// was applied, not "not applied".
+#[tokio::test]
+async fn a_write_whose_commit_outlasts_the_write_timeout_is_acknowledged_once_committed() {
+    let Some(db) = TestDatabase::create().await else {
+        return;
+    };
+    let up = upstream().await;
+    let a = Replica::spawn(&up, &db.url, "").await;
+    a.ready().await;
+    let client = sql(&db.url).await;
+    client
+        .batch_execute(
+            "CREATE FUNCTION test_slow_commit() RETURNS trigger LANGUAGE plpgsql AS $$ \
+             BEGIN PERFORM pg_sleep(6); RETURN NULL; END $$; \
+             CREATE CONSTRAINT TRIGGER test_slow_commit AFTER UPDATE ON verifyiam_meta \
+             DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION test_slow_commit();",
+        )
+        .await
+        .unwrap();
+    let alice = format!("user:{ALICE}");
+    let (status, body) = set_policy(&a, "orders", invokers(&[&alice])).await;
+    until("the write's revision committed", async || {
+        let row = client
+            .query_one("SELECT revision FROM verifyiam_meta WHERE id = 1", &[])
+            .await
+            .unwrap();
+        row.get::<_, i64>(0) == 1
+    })
+    .await;
+    assert_eq!(
+        status, 200,
+        "answered {status} {body} though the write committed"
+    );
+    assert!(body.to_string().contains(ALICE), "{body}");
+    let as_alice = format!("Bearer {}", token(ALICE));
+    assert!(a.check(Some(&as_alice), "prod", "orders").await.allowed());
+    assert!(
+        !a.logged("not acknowledged"),
+        "a committed write was logged as not acknowledged"
+    );
 }

@@ -89,6 +89,10 @@ impl From<StoreError> for ApiError {
                         .to_owned(),
                 )
             }
+            StoreError::OutcomeUnknown(_) => {
+                tracing::warn!(error = %e, "policy write outcome unknown");
+                ApiError::Unavailable(e.to_string())
+            }
             other => {
                 tracing::error!(error = %other, "store failure");
                 ApiError::Internal("the policy store failed; the change was not applied".to_owned())
