@@ -941,3 +941,210 @@ async fn a_write_whose_commit_outlasts_the_write_timeout_is_acknowledged_once_co
         "a committed write was logged as not acknowledged"
     );
 }
+
+/// Takes the fleet-wide writer's lock (the revision row every write locks) in an open
+/// transaction of `client`, until it ends.
+async fn hold_writer_lock(client: &tokio_postgres::Client) {
+    client
+        .batch_execute("BEGIN; SELECT revision FROM verifyiam_meta WHERE id = 1 FOR UPDATE")
+        .await
+        .unwrap();
+}
+
+/// How many sessions of this database are waiting for a lock.
+async fn lock_waiters(monitor: &tokio_postgres::Client) -> i64 {
+    monitor
+        .query_one(
+            "SELECT count(*) FROM pg_stat_activity \
+             WHERE datname = current_database() AND wait_event_type = 'Lock'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0)
+}
+
+const MALLORY: &str = "mallory@example.com";
+
+/// The owner revokes mallory's `roles/apigee.admin` through B; mallory, who still holds it in
+/// A's snapshot, grants herself invoke through A. Both wait for the writer's lock (held by a
+/// test session), the revoke first. Once it is released the revoke commits first, so mallory's
+/// write must be judged on the state without her role: 403, and nothing of hers stored.
+#[tokio::test]
+async fn a_revoke_queued_before_a_self_grant_refuses_the_self_grant() {
+    let Some(db) = TestDatabase::create().await else {
+        return;
+    };
+    let up = upstream().await;
+    let (a, b) = tokio::join!(
+        Replica::spawn(&up, &db.url, ""),
+        Replica::spawn(&up, &db.url, "")
+    );
+    tokio::join!(a.ready(), b.ready());
+    let project = format!("/v1/projects/{PROJECT}:setIamPolicy");
+    let mallory = format!("user:{MALLORY}");
+    let grant =
+        json!({"policy": {"bindings": [{"role": "roles/apigee.admin", "members": [&mallory]}]}});
+    let (status, v) = a
+        .post(&project, Some(&token(ADMIN)), &grant.to_string())
+        .await;
+    assert_eq!(status, 200, "{v}");
+
+    let (holder, monitor) = (sql(&db.url).await, sql(&db.url).await);
+    hold_writer_lock(&holder).await;
+    let owner = token(ADMIN);
+    let revoke = b.post(&project, Some(&owner), r#"{"policy":{}}"#);
+    let self_grant = async {
+        until("the revoke waits for the writer's lock", async || {
+            lock_waiters(&monitor).await == 1
+        })
+        .await;
+        let body = json!({ "policy": invokers(&[&mallory]) });
+        a.post(
+            &dep_path("orders", "setIamPolicy"),
+            Some(&token(MALLORY)),
+            &body.to_string(),
+        )
+        .await
+    };
+    let release = async {
+        until("both writes wait for the writer's lock", async || {
+            lock_waiters(&monitor).await == 2
+        })
+        .await;
+        holder.batch_execute("COMMIT").await.unwrap();
+    };
+    let ((revoked, rv), (granted, gv), ()) = tokio::join!(revoke, self_grant, release);
+    assert_eq!(revoked, 200, "{rv}");
+    assert_eq!(granted, 403, "mallory's self-grant after the revoke: {gv}");
+    assert_eq!(gv["error"]["status"], "PERMISSION_DENIED", "{gv}");
+    let (status, policy) = b
+        .post(
+            &dep_path("orders", "getIamPolicy"),
+            Some(&token(ADMIN)),
+            "{}",
+        )
+        .await;
+    assert_eq!(status, 200, "{policy}");
+    assert!(!policy.to_string().contains(MALLORY), "{policy}");
+}
+
+/// A write queued behind another one that waits for the database does not wait for ever: past
+/// the bound on the writer's turn it is answered 503, saying it was not applied.
+#[tokio::test]
+async fn a_write_queued_behind_a_stuck_write_answers_503_not_applied() {
+    let Some(db) = TestDatabase::create().await else {
+        return;
+    };
+    let up = upstream().await;
+    let a = Replica::spawn(&up, &db.url, "").await;
+    a.ready().await;
+    let (holder, monitor) = (sql(&db.url).await, sql(&db.url).await);
+    hold_writer_lock(&holder).await;
+    let bob = "user:bob@example.com";
+    let first = set_policy(&a, "first", invokers(&[bob]));
+    let second = async {
+        until("the first write waits for the writer's lock", async || {
+            lock_waiters(&monitor).await == 1
+        })
+        .await;
+        let started = Instant::now();
+        let answer = set_policy(&a, "second", invokers(&[bob])).await;
+        println!("the queued write answered after {:?}", started.elapsed());
+        holder.batch_execute("ROLLBACK").await.unwrap();
+        answer
+    };
+    let ((first, fv), (status, v)) = tokio::join!(first, second);
+    println!("the first write answered {first}: {fv}");
+    assert_eq!(status, 503, "{v}");
+    assert_eq!(v["error"]["status"], "UNAVAILABLE", "{v}");
+    let message = v["error"]["message"].as_str().unwrap_or_default();
+    assert!(
+        message.contains("waited") && message.contains("not applied"),
+        "{message}"
+    );
+    let (status, policy) = a
+        .post(
+            &dep_path("second", "getIamPolicy"),
+            Some(&token(ADMIN)),
+            "{}",
+        )
+        .await;
+    assert_eq!(status, 200, "{policy}");
+    assert!(!policy.to_string().contains(bob), "{policy}");
+}
+
+/// Past `iam.max_staleness` without the database, every admin read answers 503 like Checks do,
+/// testIamPermissions included; once the database is back they answer again.
+#[tokio::test]
+async fn a_stale_replica_answers_admin_reads_503() {
+    let Some(db) = TestDatabase::create().await else {
+        return;
+    };
+    let mut url = url::Url::parse(&db.url).unwrap();
+    let target: SocketAddr = format!("{}:{}", url.host_str().unwrap(), url.port().unwrap_or(5432))
+        .parse()
+        .expect("the test server is addressed by IP");
+    let proxy = Proxy::start(target).await;
+    url.set_port(Some(proxy.addr.port())).unwrap();
+    let up = upstream().await;
+    let a = Replica::spawn(&up, url.as_str(), "max_staleness = \"4s\"").await;
+    a.ready().await;
+    let alice = format!("user:{ALICE}");
+    assert_eq!(set_policy(&a, "orders", invokers(&[&alice])).await.0, 200);
+    let admin = token(ADMIN);
+    let env = format!("/v1/organizations/{PROJECT}/environments/prod");
+    let reads: Vec<(String, String, Option<&str>)> = vec![
+        (
+            "POST".into(),
+            dep_path("orders", "getIamPolicy"),
+            Some("{}"),
+        ),
+        (
+            "POST".into(),
+            format!("/v1/projects/{PROJECT}:getIamPolicy"),
+            Some("{}"),
+        ),
+        ("GET".into(), format!("{env}/deployments"), None),
+        ("GET".into(), format!("{env}/deployments/orders"), None),
+        ("GET".into(), format!("/v1/projects/{PROJECT}/roles"), None),
+        ("GET".into(), "/v1/groups".into(), None),
+    ];
+    let test_permissions = async |token: &str| {
+        a.post(
+            &dep_path("orders", "testIamPermissions"),
+            Some(token),
+            r#"{"permissions":["apigee.deployments.invoke"]}"#,
+        )
+        .await
+    };
+    let read = async |(method, path, body): &(String, String, Option<&str>)| match method.as_str() {
+        "POST" => a.post(path, Some(&admin), body.unwrap_or("{}")).await,
+        _ => a.get(path, Some(&admin)).await,
+    };
+    for r in &reads {
+        let (status, v) = read(r).await;
+        assert_eq!(status, 200, "{} before the cut: {v}", r.1);
+    }
+    assert_eq!(test_permissions(&token(ALICE)).await.0, 200);
+
+    proxy.cut();
+    until("getIamPolicy answers 503 once stale", async || {
+        read(&reads[0]).await.0 == 503
+    })
+    .await;
+    for r in &reads {
+        let (status, v) = read(r).await;
+        assert_eq!(status, 503, "{} while stale: {v}", r.1);
+        assert_eq!(v["error"]["status"], "UNAVAILABLE", "{v}");
+    }
+    let (status, v) = test_permissions(&token(ALICE)).await;
+    assert_eq!(status, 503, "testIamPermissions while stale: {v}");
+
+    proxy.heal();
+    until("reads answer again once the database is back", async || {
+        read(&reads[0]).await.0 == 200
+    })
+    .await;
+    assert_eq!(test_permissions(&token(ALICE)).await.0, 200);
+}

@@ -27,6 +27,9 @@ pub struct Embedded {
     db: Database,
     /// Writers take turns; held only inside blocking write sections, never across an await.
     pub(super) writer: Mutex<()>,
+    /// The queue of asynchronous writers in front of `writer`, waited on with a bound
+    /// ([`super::WRITER_WAIT`]); start-up writes take `writer` alone.
+    pub(super) turn: tokio::sync::Mutex<()>,
 }
 
 fn read_table<T: serde::de::DeserializeOwned>(
@@ -103,6 +106,7 @@ impl Embedded {
             Embedded {
                 db,
                 writer: Mutex::new(()),
+                turn: tokio::sync::Mutex::new(()),
             },
             all,
             epoch,

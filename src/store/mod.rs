@@ -80,6 +80,10 @@ pub enum StoreError {
     /// `UNAVAILABLE`, never "not applied").
     #[error("the outcome of the change is unknown ({0}); read it back before retrying")]
     OutcomeUnknown(String),
+    /// The write waited [`WRITER_WAIT`] for the writes ahead of it (on this replica) and gave up
+    /// before sending anything: nothing was applied (HTTP 503 / gRPC `UNAVAILABLE`).
+    #[error("the write waited {0:?} for the writes ahead of it; the change was not applied")]
+    Busy(Duration),
     /// The database's schema is newer than this binary knows.
     #[error(
         "the PostgreSQL schema is at version {found}, newer than the {known} this verifyiam knows; \
@@ -92,6 +96,12 @@ pub enum StoreError {
         known: i64,
     },
 }
+
+/// How long a write waits for the writer's turn (the writes of this replica ahead of it, and
+/// with PostgreSQL a catch-up in progress) before it is answered [`StoreError::Busy`]. Shorter
+/// than the PostgreSQL write timeout, so a write queued behind one stuck on the database is
+/// answered before that one gives up and lets it in.
+pub const WRITER_WAIT: Duration = Duration::from_secs(3);
 
 fn io(e: impl std::fmt::Display) -> StoreError {
     StoreError::Io(e.to_string())
@@ -468,8 +478,12 @@ enum Backend {
 }
 
 /// A write applied once at start (e.g. `[[iam.groups]]`); with PostgreSQL, after the first
-/// load, and again after a failed attempt.
-pub type Seed = Arc<dyn Fn(&mut Draft<'_>) -> Result<(), StoreError> + Send + Sync>;
+/// load, and again after a failed attempt. It returns what to do once its write is durable
+/// (log what it changed).
+pub type Seed = Arc<dyn Fn(&mut Draft<'_>) -> Result<SeedDone, StoreError> + Send + Sync>;
+
+/// What a [`Seed`] does once its write is durable.
+pub type SeedDone = Box<dyn FnOnce() + Send>;
 
 /// The store: the current snapshot (lock-free for Checks) over one backend.
 pub struct PolicyStore {
@@ -677,7 +691,11 @@ impl PolicyStore {
     /// Applies `seed` now (embedded) or after the first load (PostgreSQL).
     pub fn seed_at_start(&self, seed: Seed) -> Result<(), StoreError> {
         match &self.backend {
-            Backend::Embedded(_) => self.mutate_blocking(|draft: &mut Draft<'_>| seed(draft)),
+            Backend::Embedded(_) => {
+                let done = self.mutate_blocking(|draft: &mut Draft<'_>| seed(draft))?;
+                done();
+                Ok(())
+            }
             Backend::Postgres(_) => {
                 *self.seed.lock().map_err(|_| io("seed lock poisoned"))? = Some(seed);
                 Ok(())
@@ -692,7 +710,8 @@ impl PolicyStore {
             .map_err(|_| io("seed lock poisoned"))?
             .clone();
         if let (Some(seed), Backend::Postgres(pg)) = (seed, &self.backend) {
-            postgres::mutate(self, pg, move |draft: &mut Draft<'_>| seed(draft)).await?;
+            let done = postgres::mutate(self, pg, move |draft: &mut Draft<'_>| seed(draft)).await?;
+            done();
         }
         Ok(())
     }
@@ -776,13 +795,27 @@ impl PolicyStore {
         F: FnOnce(&mut Draft<'_>) -> Result<T, E> + Send + 'static,
     {
         match &self.backend {
-            Backend::Embedded(_) => {
+            Backend::Embedded(db) => {
+                // Queued here, not on the blocking lock, so the wait is bounded and holds no
+                // blocking thread.
+                let Ok(_turn) = tokio::time::timeout(WRITER_WAIT, db.turn.lock()).await else {
+                    return Err(E::from(StoreError::Busy(WRITER_WAIT)));
+                };
                 let store = self.clone();
                 tokio::task::spawn_blocking(move || store.mutate_blocking(change))
                     .await
                     .map_err(|e| E::from(io(e)))?
             }
             Backend::Postgres(pg) => postgres::mutate(self, pg, change).await,
+        }
+    }
+
+    /// The embedded store's writer's turn, held by a test to queue writes behind it in order.
+    #[cfg(test)]
+    pub(crate) async fn writer_turn(&self) -> Option<tokio::sync::MutexGuard<'_, ()>> {
+        match &self.backend {
+            Backend::Embedded(db) => Some(db.turn.lock().await),
+            Backend::Postgres(_) => None,
         }
     }
 
@@ -940,5 +973,36 @@ mod tests {
         assert_ne!(chain, Chain::GENESIS);
         let store = PolicyStore::open(dir.path(), "p", &[]).unwrap();
         assert_eq!(store.snapshot().chain(), Some(chain));
+    }
+
+    /// A write behind a writer that does not finish is answered, not queued for ever.
+    #[tokio::test]
+    async fn a_write_waits_for_the_writers_turn_only_so_long() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(PolicyStore::open(dir.path(), "p", &[]).unwrap());
+        let Backend::Embedded(db) = &store.backend else {
+            unreachable!("an embedded store")
+        };
+        let held = db.turn.lock().await;
+        let write = store.mutate(|d: &mut Draft<'_>| {
+            d.delete_group("g@example.com");
+            Ok::<_, StoreError>(())
+        });
+        let answered = tokio::time::timeout(Duration::from_secs(60), write).await;
+        assert!(
+            matches!(answered, Ok(Err(StoreError::Busy(_)))),
+            "{answered:?}"
+        );
+        drop(held);
+        // Nothing was written, and the next write goes through.
+        assert_eq!(store.snapshot().epoch, 0);
+        store
+            .mutate(|d: &mut Draft<'_>| {
+                d.delete_group("g@example.com");
+                Ok::<_, StoreError>(())
+            })
+            .await
+            .unwrap();
+        assert_eq!(store.snapshot().epoch, 1);
     }
 }

@@ -27,7 +27,9 @@ use futures_util::StreamExt as _;
 use tokio_postgres::{AsyncMessage, Client, Row};
 use tokio_util::sync::CancellationToken;
 
-use super::{Chain, Changes, Draft, PolicyStore, Snapshot, StoreError, decode, migrations};
+use super::{
+    Chain, Changes, Draft, PolicyStore, Snapshot, StoreError, WRITER_WAIT, decode, migrations,
+};
 
 mod url;
 pub use url::{PgUrl, SslMode};
@@ -232,7 +234,10 @@ where
     E: From<StoreError>,
     F: FnOnce(&mut Draft<'_>) -> Result<T, E>,
 {
-    let mut turn = pg.writer.lock().await;
+    // Bounded: behind a write stuck on the database, give up before sending anything.
+    let Ok(mut turn) = tokio::time::timeout(WRITER_WAIT, pg.writer.lock()).await else {
+        return Err(E::from(StoreError::Busy(WRITER_WAIT)));
+    };
     // Filled just before COMMIT is sent: if it is still empty, nothing can have committed.
     let mut prepared: Option<Prepared<T>> = None;
     let outcome = tokio::time::timeout(
