@@ -287,7 +287,6 @@ pub async fn serve(
         metrics,
         strict_deployments: app.config.iam.strict_deployments,
         route_deployments: route_deployments(&app.config),
-        configured_groups: admin::groups::configured_groups(&app.config.iam.groups),
     });
     // The listener bounds bodies (`server.max_body_bytes`); axum's own default must not
     // silently cap them lower.

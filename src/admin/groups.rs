@@ -56,8 +56,10 @@ pub fn configured_groups(groups: &[GroupConfig]) -> Vec<String> {
 /// Seeds `[[iam.groups]]` from configuration: each listed group's membership becomes exactly the
 /// configured members (other groups are left alone). Runs once at start; every group it changes
 /// is logged as an [`AuditEvent`] by [`CONFIG_CALLER`]. The API refuses to change these groups
-/// ([`AdminState::change_group`]), so a start never undoes what the API did.
+/// ([`AdminState::change_group`], from [`PolicyStore::is_configured_group`]), so a start never
+/// undoes what the API did.
 pub fn seed_groups(store: &PolicyStore, groups: &[GroupConfig]) -> Result<(), StoreError> {
+    store.set_configured_groups(configured_groups(groups));
     if groups.is_empty() {
         return Ok(());
     }
@@ -153,7 +155,7 @@ impl AdminState {
     ) -> Result<GroupView, ApiError> {
         let op = self.require_groups(caller, true)?;
         let email = group_email(email)?;
-        if self.configured_groups.contains(&email) {
+        if self.store.is_configured_group(&email) {
             // The configuration is the single source of these: a change here would be undone
             // by the next start, silently.
             return Err(ApiError::FailedPrecondition(format!(

@@ -62,8 +62,6 @@ pub struct AdminState {
     pub strict_deployments: bool,
     /// Full names of the deployments `[[routes]]` name (they exist unless undeployed).
     pub route_deployments: Vec<String>,
-    /// The groups `[[iam.groups]]` names (emails): the API refuses to change them.
-    pub configured_groups: Vec<String>,
 }
 
 impl AdminState {

@@ -216,7 +216,6 @@ mod tests {
                 .handle(),
             strict_deployments: false,
             route_deployments: Vec::new(),
-            configured_groups: Vec::new(),
         }
     }
 

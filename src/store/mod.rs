@@ -499,6 +499,9 @@ pub struct PolicyStore {
     origin: Instant,
     max_staleness: Duration,
     seed: Mutex<Option<Seed>>,
+    /// The groups a start sets from configuration (emails): theirs alone, see
+    /// [`PolicyStore::set_configured_groups`].
+    configured_groups: std::sync::OnceLock<Vec<String>>,
     /// The last [`Snapshot::generation`] handed out.
     generations: AtomicU64,
 }
@@ -599,6 +602,7 @@ impl PolicyStore {
             origin: Instant::now(),
             max_staleness,
             seed: Mutex::new(None),
+            configured_groups: std::sync::OnceLock::new(),
             generations: AtomicU64::new(0),
         };
         store.snapshot.store(Arc::new(store.empty_snapshot()));
@@ -701,6 +705,20 @@ impl PolicyStore {
                 Ok(())
             }
         }
+    }
+
+    /// Records the groups the configuration owns (emails, canonical), once, at start: the admin
+    /// API refuses to change them, so a start's seeding never undoes an API change.
+    pub fn set_configured_groups(&self, emails: Vec<String>) {
+        // Once per store: the configuration does not change while it runs.
+        let _ = self.configured_groups.set(emails);
+    }
+
+    /// Whether the configuration owns group `email` (canonical).
+    pub fn is_configured_group(&self, email: &str) -> bool {
+        self.configured_groups
+            .get()
+            .is_some_and(|g| g.iter().any(|e| e == email))
     }
 
     async fn seed_pending(&self) -> Result<(), StoreError> {
