@@ -5,7 +5,9 @@
 
 pub mod path;
 
+use std::borrow::Cow;
 use std::collections::HashMap;
+use std::net::{Ipv4Addr, Ipv6Addr};
 use std::sync::{Arc, RwLock};
 
 use crate::config::{RouteConfig, is_segment};
@@ -60,8 +62,11 @@ pub enum RouteError {
     /// The path (or host) cannot be read one way only, so no route can be chosen safely.
     #[error("{0}")]
     Malformed(#[from] path::PathError),
-    /// The host (`:authority`) holds characters no host name has.
-    #[error("the host (:authority) is malformed")]
+    /// The host (`:authority`) is not a host name, an IPv4 address or a bracketed IPv6 address
+    /// with an optional port.
+    #[error(
+        "the host (:authority) is malformed: it must be a host name, an IPv4 address or a bracketed IPv6 address, with an optional port from 1 to 65535"
+    )]
     BadHost,
 }
 
@@ -124,7 +129,7 @@ impl Router {
                     None => HostPattern::Any,
                     Some(h) => match h.strip_prefix('*') {
                         Some(suffix) => HostPattern::Suffix(suffix.to_ascii_lowercase()),
-                        None => HostPattern::Exact(h.to_ascii_lowercase()),
+                        None => HostPattern::Exact(pattern_host(h)),
                     },
                 },
                 // Validated at start (`Config::validate`): the prefix has a normal form.
@@ -218,7 +223,7 @@ impl Router {
         Ok(self
             .entries
             .iter()
-            .find(|e| e.host.matches(host) && prefix_matches(&e.prefix, &path))
+            .find(|e| e.host.matches(&host) && prefix_matches(&e.prefix, &path))
             .map(|e| &e.target))
     }
 }
@@ -233,29 +238,96 @@ fn prefix_matches(prefix: &str, path: &str) -> bool {
 }
 
 /// The host as routes see it: without its port and a trailing `.` (`api.example.com.` is
-/// `api.example.com`, and must not fall to a wider route). Characters no host name holds make
-/// the request malformed.
-fn normal_host(host: &str) -> Result<&str, RouteError> {
-    if host
-        .bytes()
-        .any(|b| b.is_ascii_control() || b >= 0x80 || b" /\\@?#%;,".contains(&b))
-    {
+/// `api.example.com`, and must not fall to a wider route), an IPv6 literal in its one canonical
+/// spelling. Anything else that is not a host name, a dotted-quad IPv4 address or a bracketed
+/// IPv6 literal, with an optional port from 1 to 65535, is malformed: a spelling a route was not
+/// written for must not fall to a catch-all route. An empty host (none sent) matches only routes
+/// that name no host.
+fn normal_host(host: &str) -> Result<Cow<'_, str>, RouteError> {
+    if host.is_empty() {
+        return Ok(Cow::Borrowed(host));
+    }
+    let name = strip_port(host)?;
+    if let Some(literal) = name.strip_prefix('[') {
+        let address = literal
+            .strip_suffix(']')
+            .and_then(|a| a.parse::<Ipv6Addr>().ok())
+            .ok_or(RouteError::BadHost)?;
+        return Ok(Cow::Owned(format!("[{address}]")));
+    }
+    let name = name.strip_suffix('.').unwrap_or(name);
+    if !is_host_name(name) {
         return Err(RouteError::BadHost);
     }
-    let host = strip_port(host);
-    Ok(host.strip_suffix('.').unwrap_or(host))
+    Ok(Cow::Borrowed(name))
 }
 
-fn strip_port(host: &str) -> &str {
-    if host.starts_with('[') {
-        // IPv6 literal: keep the brackets, drop a trailing port.
-        return host
-            .split_once("]:")
-            .map_or(host, |(h, _)| &host[..h.len() + 1]);
+/// The host without its port; the port, when present, must be a number from 1 to 65535 written
+/// without sign or leading zeros (`:0443`, `:+443`, `:` and `:443:443` have no single reading).
+fn strip_port(host: &str) -> Result<&str, RouteError> {
+    let (name, port) = if host.starts_with('[') {
+        match host.rfind(']') {
+            Some(end) => match &host[end + 1..] {
+                "" => (host, None),
+                rest => (
+                    &host[..=end],
+                    Some(rest.strip_prefix(':').ok_or(RouteError::BadHost)?),
+                ),
+            },
+            None => return Err(RouteError::BadHost),
+        }
+    } else {
+        match host.split_once(':') {
+            Some((name, port)) => (name, Some(port)),
+            None => (host, None),
+        }
+    };
+    match port {
+        None => Ok(name),
+        Some(port)
+            if (1..=5).contains(&port.len())
+                && port.bytes().all(|b| b.is_ascii_digit())
+                && !port.starts_with('0')
+                && port.parse::<u32>().is_ok_and(|p| p <= 65_535) =>
+        {
+            Ok(name)
+        }
+        Some(_) => Err(RouteError::BadHost),
     }
-    match host.rsplit_once(':') {
-        Some((h, port)) if port.bytes().all(|b| b.is_ascii_digit()) => h,
-        _ => host,
+}
+
+/// A DNS-style name (labels of letters, digits, `-` and `_`, none empty) or a dotted-quad IPv4
+/// address in its canonical spelling. A name whose last label is numeric must be the address:
+/// `127.1`, `0x7f.0.0.1` and `127.0.0.01` are read differently by different resolvers.
+fn is_host_name(name: &str) -> bool {
+    if name.is_empty() || name.len() > 253 {
+        return false;
+    }
+    let labels_ok = name.split('.').all(|label| {
+        !label.is_empty()
+            && label.len() <= 63
+            && label
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+    });
+    if !labels_ok {
+        return false;
+    }
+    let last = name.rsplit('.').next().unwrap_or(name);
+    if last.bytes().all(|b| b.is_ascii_digit()) {
+        // `Ipv4Addr` parses only four decimal octets without leading zeros.
+        return name.parse::<Ipv4Addr>().is_ok();
+    }
+    true
+}
+
+/// A configured exact host in the form [`normal_host`] gives requests: no trailing `.`, an IPv6
+/// literal canonical, lower case.
+fn pattern_host(host: &str) -> String {
+    let host = host.strip_suffix('.').unwrap_or(host);
+    match normal_host(host) {
+        Ok(normal) if host.starts_with('[') => normal.to_ascii_lowercase(),
+        _ => host.to_ascii_lowercase(),
     }
 }
 
@@ -335,6 +407,179 @@ mod tests {
     }
 
     #[test]
+    fn malformed_hosts_are_refused_not_routed() {
+        let r = router();
+        for host in [
+            "api.example.com..",
+            "api.example.com:abc",
+            "api.example.com:443:443",
+            "api.example.com:+443",
+            "api.example.com:-1",
+            "api.example.com:",
+            "api.example.com.:",
+            "api.example.com:65536",
+            "api.example.com:4294967297",
+            "api.example.com:0",
+            "api.example.com:0443",
+            "api.example.com: 443",
+            ".api.example.com",
+            "api..example.com",
+            ".",
+            "..",
+            ":443",
+            "api.example.com*",
+            "api.example.com@evil.test",
+            "api.example.com/x",
+            "api.example.com,evil.test",
+            "api.example.com\0",
+            "api.example.com ",
+            "caf\u{e9}.example.com",
+            "[::1",
+            "[::1]443",
+            "[::1]:",
+            "[::1]:0",
+            "[::1]:443:443",
+            "[zz]",
+            "[]",
+            "[v1.x]",
+            "[::1%25eth0]",
+            "[[::1]]",
+            "::1",
+            "::1:443",
+            "127.0.0.01",
+            "127.1",
+            "256.0.0.1",
+            "0x7f.0.0.1",
+            "1.2.3.4.5",
+        ]
+        .map(str::to_owned)
+        .into_iter()
+        // A label past 63 bytes, a name past 253.
+        .chain(["a".repeat(64), format!("{}com", "a.".repeat(127))])
+        {
+            assert_eq!(
+                r.resolve(|_| None, &host, "/orders"),
+                Err(RouteError::BadHost),
+                "{host:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn well_formed_hosts_route_by_their_one_spelling() {
+        let r = router();
+        for host in [
+            "api.example.com",
+            "API.Example.com.",
+            "api.example.com:1",
+            "api.example.com:65535",
+            "api.example.com.:8443",
+        ] {
+            assert_eq!(
+                resolve(&r, host, "/orders").as_deref(),
+                Some("orders"),
+                "{host}"
+            );
+        }
+        for host in [
+            "",
+            "localhost",
+            "svc_1.internal",
+            "127.0.0.1:9001",
+            "0.0.0.0",
+            "[::1]",
+            "[::1]:443",
+            "[2001:db8::1]",
+        ] {
+            assert_eq!(
+                resolve(&r, host, "/").as_deref(),
+                Some("catchall"),
+                "{host}"
+            );
+        }
+        // An IPv6 literal meets its route however it is spelled, in the table or the request.
+        let v6 = Router::new(
+            "demo",
+            &[
+                route(None, "/", "catchall"),
+                route(Some("[2001:DB8:0:0:0:0:0:1]"), "/", "v6"),
+            ],
+        );
+        for host in ["[2001:db8::1]", "[2001:0db8::0001]:443", "[2001:DB8:0::1]"] {
+            assert_eq!(resolve(&v6, host, "/").as_deref(), Some("v6"), "{host}");
+        }
+    }
+
+    #[test]
+    fn encoded_sub_delimiters_meet_the_route_of_their_decoded_form() {
+        let r = Router::new(
+            "demo",
+            &[
+                route(None, "/api", "public"),
+                route(None, "/api/v1/orders:cancel", "cancel"),
+                // Written encoded in the configuration: decoded at load.
+                route(None, "/api/users/%40admin", "users-admin"),
+            ],
+        );
+        for (path, deployment) in [
+            ("/api/v1/orders:cancel", "cancel"),
+            ("/api/v1/orders%3Acancel", "cancel"),
+            ("/api/v1/orders%3acancel/1", "cancel"),
+            ("/api/users/@admin", "users-admin"),
+            ("/api/users/%40admin", "users-admin"),
+            ("/api/users/%40ADMIN/keys", "users-admin"),
+            ("/api/users/alice%40example.com", "public"),
+            ("/api/v1/orders:cancelled", "public"),
+        ] {
+            assert_eq!(
+                resolve(&r, "h", path).as_deref(),
+                Some(deployment),
+                "{path}"
+            );
+        }
+    }
+
+    #[test]
+    fn dot_segments_on_the_table_are_refused_not_resolved() {
+        let r = Router::new(
+            "demo",
+            &[
+                route(None, "/api", "public"),
+                route(None, "/api/admin", "admin"),
+            ],
+        );
+        for path in [
+            "/api/admin/..",
+            "/api/admin/%2e%2e",
+            "/api/admin/.%2E",
+            "/api/./admin",
+        ] {
+            assert_eq!(
+                r.resolve(|_| None, "h", path),
+                Err(RouteError::Malformed(path::PathError::DotSegment)),
+                "{path}"
+            );
+        }
+    }
+
+    #[test]
+    fn context_extensions_do_not_read_the_path_or_host() {
+        // Envoy's route named the deployment; no spelling of the path can move it elsewhere.
+        let r = router();
+        let ext = |k: &str| match k {
+            "environment" => Some("prod"),
+            "deployment" => Some("pets"),
+            _ => None,
+        };
+        for (host, path) in [
+            ("api.example.com", "/orders/admin/.."),
+            ("api.example.com..", "/orders/%2e%2e"),
+        ] {
+            assert_eq!(&*r.resolve(ext, host, path).unwrap().deployment, "pets");
+        }
+    }
+
+    #[test]
     fn unmapped_request_is_an_error() {
         let r = Router::new(
             "demo",
@@ -409,26 +654,39 @@ mod properties {
                 route("/orders/admin", "orders-admin"),
                 route("/orders/admin/keys", "orders-admin-keys"),
                 route("/orders-internal", "orders-internal"),
+                route("/orders/admin/keys:rotate", "orders-admin-rotate"),
+                route("/orders/@me", "orders-me"),
             ],
         )
     }
 
-    const SEGMENTS: &[&str] = &["orders", "admin", "keys", "orders-internal", "x", "1"];
+    const SEGMENTS: &[&str] = &[
+        "orders",
+        "admin",
+        "keys",
+        "orders-internal",
+        "x",
+        "1",
+        "keys:rotate",
+        "@me",
+        "a+b=c",
+    ];
 
     /// One way to write a segment that a lenient backend reads as `segment`.
     fn spell(segment: &'static str) -> impl Strategy<Value = String> {
         (
             proptest::collection::vec((any::<bool>(), 0..4u8), segment.len()),
-            0..4u8,
+            0..8u8,
         )
             .prop_map(move |(chars, prefix)| {
                 let mut out = String::new();
-                // Noise before the segment that resolves to nothing.
+                // Noise before the segment: an empty segment (merged), or a dot segment, which
+                // some backends resolve and so is refused.
                 match prefix {
-                    0 => {}
-                    1 => out.push_str("./"),
-                    2 => out.push_str("junk/../"),
-                    _ => out.push('/'),
+                    0 => out.push_str("./"),
+                    1 => out.push_str("junk/../"),
+                    2 | 3 => out.push('/'),
+                    _ => {}
                 }
                 for (c, (upper, encoding)) in segment.chars().zip(chars) {
                     let c = if upper { c.to_ascii_uppercase() } else { c };
@@ -500,7 +758,10 @@ mod properties {
         fn ambiguous_bytes_anywhere_are_refused(
             (_, spelling) in path_and_spelling(),
             at in any::<proptest::sample::Index>(),
-            bad in proptest::sample::select(&["%2f", "%2F", "%5c", "\\\\", ";", "%3b", "%25", "%0a", " ", "%zz"][..]),
+            bad in proptest::sample::select(&[
+                "%2f", "%2F", "%5c", "\\\\", ";", "%3b", "%25", "%0a", " ", "%zz",
+                "/./", "/../", "/%2e/", "/%2E%2e/", "/.%2E/",
+            ][..]),
         ) {
             let i = at.index(spelling.len() + 1);
             // Insert where it cannot split a %xx escape.

@@ -72,8 +72,8 @@ impl App {
     /// Opens the store and builds every stage.
     pub fn build(config: Config) -> Result<App, ServerError> {
         let store = Arc::new(PolicyStore::from_config(&config.iam)?);
-        // Management data: `[[iam.groups]]` seeds group memberships at start (with PostgreSQL,
-        // once the first load is in).
+        // Management data: `[[iam.groups]]` sets the groups it names at start (with PostgreSQL,
+        // once the first load is in), audited; the API leaves those groups alone.
         admin::groups::seed_groups(&store, &config.iam.groups)?;
         let http = http_for(config.token.fetch_timeout)?;
         let dev = match &config.token.dev {

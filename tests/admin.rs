@@ -416,3 +416,63 @@ async fn tokens_never_appear_in_metrics_or_errors() {
     let (_, text) = s.get("/metrics", None).await;
     assert!(!text.as_str().unwrap().contains(&t[..40]));
 }
+
+/// `[[iam.groups]]` is the single source of the groups it names: the API refuses to change them
+/// (so no start can undo an API change), a restart keeps them as configured, and groups the
+/// configuration does not name stay the API's, across restarts too.
+#[tokio::test]
+async fn configured_groups_are_changed_only_by_the_configuration() {
+    let seeded = "[[iam.groups]]\nemail = \"seeded@example.com\"\n\
+                  members = [\"user:carol@example.com\", \"user:dave@example.com\"]\n";
+    let s = Server::start_with(Options {
+        iam_extra: seeded.into(),
+        ..Options::default()
+    })
+    .await;
+    let admin = token(ADMIN);
+    for verb in ["removeMember", "addMember"] {
+        let member = if verb == "removeMember" {
+            "user:dave@example.com"
+        } else {
+            "user:eve@example.com"
+        };
+        let (status, v) = s
+            .post(
+                &format!("/v1/groups/seeded@example.com:{verb}"),
+                Some(&admin),
+                &json!({ "member": member }).to_string(),
+            )
+            .await;
+        assert_eq!(status, 400, "{verb} on a configured group: {v}");
+        assert_eq!(error_status(&v), "FAILED_PRECONDITION", "{v}");
+        let message = v["error"]["message"].as_str().unwrap_or_default();
+        assert!(message.contains("[[iam.groups]]"), "{message}");
+    }
+    let (status, v) = s
+        .post(
+            "/v1/groups/ops@example.com:addMember",
+            Some(&admin),
+            r#"{"member":"user:alice@example.com"}"#,
+        )
+        .await;
+    assert_eq!(status, 200, "a group the configuration does not name: {v}");
+
+    let upstream = s.upstream.clone();
+    let store = s.stop().await;
+    let s = Server::start_with(Options {
+        iam_extra: seeded.into(),
+        store: Some(store),
+        upstream: Some(upstream),
+        ..Options::default()
+    })
+    .await;
+    let (status, g) = s.get("/v1/groups/seeded@example.com", Some(&admin)).await;
+    assert_eq!(status, 200, "{g}");
+    assert_eq!(
+        g["members"],
+        json!(["user:carol@example.com", "user:dave@example.com"])
+    );
+    let (status, g) = s.get("/v1/groups/ops@example.com", Some(&admin)).await;
+    assert_eq!(status, 200, "{g}");
+    assert_eq!(g["members"], json!(["user:alice@example.com"]));
+}

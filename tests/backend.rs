@@ -339,3 +339,202 @@ async fn an_audience_without_backend_auth_is_never_allowed() {
         "{err}"
     );
 }
+
+/// What the scripted metadata server puts in the tokens it hands out, given the time now
+/// (Unix seconds, this machine's clock).
+type Mint = dyn Fn(u64) -> serde_json::Value + Send + Sync;
+
+/// A metadata server handing out whatever token the test scripts (a clock-skewed server, a
+/// caching proxy), over real HTTP; it counts what it is asked.
+#[derive(Clone)]
+struct ScriptedMetadata {
+    url: String,
+    fetches: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    mint: std::sync::Arc<std::sync::Mutex<std::sync::Arc<Mint>>>,
+}
+
+impl ScriptedMetadata {
+    async fn start(mint: impl Fn(u64) -> serde_json::Value + Send + Sync + 'static) -> Self {
+        use std::sync::{Arc, Mutex};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let fake = ScriptedMetadata {
+            url: format!("http://{}", listener.local_addr().unwrap()),
+            fetches: Default::default(),
+            mint: Arc::new(Mutex::new(Arc::new(mint))),
+        };
+        let state = fake.clone();
+        let app = axum::Router::new().route(
+            common::google::IDENTITY_PATH,
+            axum::routing::get(
+                move |axum::extract::Query(q): axum::extract::Query<
+                    std::collections::HashMap<String, String>,
+                >| {
+                    let state = state.clone();
+                    async move {
+                        let n = state
+                            .fetches
+                            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                        let mint = state.mint.lock().unwrap().clone();
+                        let mut claims = mint(now());
+                        // Each answer its own token, even within one second.
+                        claims["n"] = json!(n);
+                        claims["aud"] = json!(q.get("audience").cloned().unwrap_or_default());
+                        claims["email"] = json!(GATEWAY);
+                        claims["iss"] = json!(GOOGLE_ISSUER);
+                        rsa().sign(&claims)
+                    }
+                },
+            ),
+        );
+        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+        fake
+    }
+
+    fn script(&self, mint: impl Fn(u64) -> serde_json::Value + Send + Sync + 'static) {
+        *self.mint.lock().unwrap() = std::sync::Arc::new(mint);
+    }
+
+    fn fetches(&self) -> usize {
+        self.fetches.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    fn config(&self) -> String {
+        format!(
+            "[backend_auth]\nsource = \"metadata\"\nmetadata_url = \"{}\"\n",
+            self.url
+        )
+    }
+}
+
+/// The claims of a token, read without checking anything (it may be expired).
+fn unverified_claims(token: &str) -> serde_json::Value {
+    use base64::Engine as _;
+    let payload = token.split('.').nth(1).expect("a JWT");
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(payload)
+        .unwrap();
+    serde_json::from_slice(&bytes).unwrap()
+}
+
+/// The backend token an allowed Check carries, with its claims (unverified).
+fn forwarded(o: &Outcome) -> (String, serde_json::Value) {
+    assert!(o.allowed(), "{o:#?}");
+    let value = o.header("authorization").expect("an authorization header");
+    let token = value.strip_prefix("Bearer ").expect("a bearer value");
+    (token.to_owned(), unverified_claims(token))
+}
+
+/// Moves the runtime's clock (every TTL here runs on it) `by` ahead, then lets it run on in
+/// real time: the servers on real sockets keep working, no test sleeps.
+async fn jump(by: std::time::Duration) {
+    tokio::time::pause();
+    tokio::time::advance(by).await;
+    tokio::time::resume();
+}
+
+/// A refused backend token: the Check fails closed (503, no token, nothing forwarded).
+fn assert_refused(o: &Outcome) {
+    o.assert_denied(UNAVAILABLE, 503, None);
+    assert_eq!(o.header("retry-after"), Some("1"), "{o:#?}");
+    assert!(o.header("authorization").is_none(), "{o:#?}");
+    assert!(o.header("x-forwarded-authorization").is_none(), "{o:#?}");
+    assert!(o.message().contains("ID token"), "{o:#?}");
+}
+
+#[tokio::test]
+async fn an_already_expired_backend_token_is_refused_not_cached_and_asked_for_again_later() {
+    // exp - iat is an hour, as Google's, but exp is an hour gone by this machine's clock.
+    let fake = ScriptedMetadata::start(|now| json!({"iat": now - 7200, "exp": now - 3600})).await;
+    let s = serve(fake.config(), "").await;
+    let caller = bearer(&token(ALICE));
+    assert_refused(&check(&s, Some(&caller), Some(ORDERS)).await);
+    assert_eq!(fake.fetches(), 1);
+    // Not cached, and not asked for again on every Check either.
+    assert_refused(&check(&s, Some(&caller), Some(ORDERS)).await);
+    assert_eq!(
+        fake.fetches(),
+        1,
+        "a refused token holds the source off a while"
+    );
+    let (_, metrics) = s.get("/metrics", None).await;
+    assert!(
+        metrics
+            .as_str()
+            .unwrap()
+            .contains("verifyiam_backend_token_failures_total{kind=\"expired\"}"),
+        "the refusal is counted"
+    );
+    // Past the hold-off, the next Check asks again, and a good token is served.
+    fake.script(|now| json!({"iat": now, "exp": now + 3600}));
+    jump(std::time::Duration::from_secs(2)).await;
+    let (_, claims) = forwarded(&check(&s, Some(&caller), Some(ORDERS)).await);
+    assert!(claims["exp"].as_u64().unwrap() > now() + 60, "{claims}");
+    assert_eq!(fake.fetches(), 2);
+}
+
+#[tokio::test]
+async fn a_backend_token_expiring_within_the_refresh_margin_is_refused() {
+    // Issued an hour ago for an hour: ten seconds left, inside the minute kept in hand.
+    let fake = ScriptedMetadata::start(|now| json!({"iat": now - 3590, "exp": now + 10})).await;
+    let s = serve(fake.config(), "").await;
+    let caller = bearer(&token(ALICE));
+    assert_refused(&check(&s, Some(&caller), Some(ORDERS)).await);
+    assert_refused(&check(&s, Some(&caller), Some(ORDERS)).await);
+    assert_eq!(fake.fetches(), 1);
+}
+
+#[tokio::test]
+async fn a_backend_token_issued_long_ago_is_served_until_its_exp_only() {
+    // `iat` a month back, `exp` an hour ahead: valid, but only for the hour left, whatever
+    // exp - iat says.
+    let fake =
+        ScriptedMetadata::start(|now| json!({"iat": now - 30 * 24 * 3600, "exp": now + 3600}))
+            .await;
+    let s = serve(fake.config(), "").await;
+    let caller = bearer(&token(ALICE));
+    let (first, claims) = forwarded(&check(&s, Some(&caller), Some(ORDERS)).await);
+    let exp = claims["exp"].as_u64().unwrap();
+    let (again, _) = forwarded(&check(&s, Some(&caller), Some(ORDERS)).await);
+    assert_eq!(again, first, "served from the cache");
+    assert_eq!(fake.fetches(), 1);
+    // One second past exp minus the minute's margin (this machine's clock, carried by the
+    // runtime's): that token is never handed out again.
+    let left = exp.saturating_sub(now());
+    jump(std::time::Duration::from_secs(left.saturating_sub(60) + 1)).await;
+    let (later, _) = forwarded(&check(&s, Some(&caller), Some(ORDERS)).await);
+    assert_ne!(later, first, "a token is not forwarded past its exp");
+    assert!(fake.fetches() >= 2);
+}
+
+#[tokio::test]
+async fn a_backend_token_without_a_readable_exp_is_refused_and_not_asked_for_on_every_check() {
+    type Claims = fn(u64) -> serde_json::Value;
+    let cases: [(&str, Claims); 4] = [
+        ("https://missing.example", |now| json!({"iat": now})),
+        (
+            "https://text.example",
+            |now| json!({"iat": now, "exp": "soon"}),
+        ),
+        (
+            "https://null.example",
+            |now| json!({"iat": now, "exp": null}),
+        ),
+        (
+            "https://negative.example",
+            |now| json!({"iat": now, "exp": -1}),
+        ),
+    ];
+    let fake = ScriptedMetadata::start(|now| json!({"iat": now})).await;
+    let s = serve(fake.config(), "").await;
+    let caller = bearer(&token(ALICE));
+    for (i, (audience, mint)) in cases.into_iter().enumerate() {
+        fake.script(mint);
+        assert_refused(&check(&s, Some(&caller), Some(audience)).await);
+        assert_refused(&check(&s, Some(&caller), Some(audience)).await);
+        assert_eq!(
+            fake.fetches(),
+            i + 1,
+            "{audience}: one fetch, then held off"
+        );
+    }
+}

@@ -101,13 +101,9 @@ async fn spellings_of_a_more_specific_route_never_reach_a_less_specific_one() {
     for path in [
         "/orders/ADMIN",
         "/orders//admin",
-        "/orders/./admin",
         "/orders/%61dmin",
-        "/orders/x/../admin",
         "/orders/admin/",
         "/Orders/Admin/users",
-        "/orders/%2e/admin",
-        "/orders/x/%2E%2E/admin",
         "//orders///admin",
     ] {
         let o = s.send(check_request(Some(&bearer), "h", path)).await;
@@ -132,6 +128,10 @@ async fn spellings_of_a_more_specific_route_never_reach_a_less_specific_one() {
         ("/orders/admin%", "percent"),
         ("/orders/%252561dmin", "encoded '%'"),
         ("orders/admin", "'/'"),
+        ("/orders/./admin", "'.' or '..' segment"),
+        ("/orders/x/../admin", "'.' or '..' segment"),
+        ("/orders/%2e/admin", "'.' or '..' segment"),
+        ("/orders/x/%2E%2E/admin", "'.' or '..' segment"),
     ] {
         let o = s.send(check_request(Some(&bearer), "h", path)).await;
         assert!(!o.allowed(), "{path}: allowed");
@@ -686,4 +686,259 @@ async fn undecodable_check_requests_are_denied_not_failed() {
     let empty = server.send_bytes(Vec::new()).await.unwrap();
     empty.assert_denied(PERMISSION_DENIED, 403, None);
     assert_eq!(empty.metadata["reason"], "no_route");
+}
+
+/// The reserved characters a route prefix may hold raw (RFC 3986 sub-delimiters but `;`, which
+/// is refused, plus `:` and `@`), with their encodings.
+const SUB_DELIMITERS: [(char, &str); 12] = [
+    (':', "3A"),
+    ('@', "40"),
+    ('!', "21"),
+    ('$', "24"),
+    ('&', "26"),
+    ('\'', "27"),
+    ('(', "28"),
+    (')', "29"),
+    ('*', "2A"),
+    ('+', "2B"),
+    (',', "2C"),
+    ('=', "3D"),
+];
+
+/// Asserts a 400 `INVALID_ARGUMENT` (reason `invalid_request`) whose message names `names`.
+fn assert_refused(o: &Outcome, what: &str, names: &str) {
+    assert!(!o.allowed(), "{what}: allowed");
+    assert_eq!(o.grpc, INVALID_ARGUMENT, "{what}: {o:#?}");
+    assert_eq!(o.http, 400, "{what}");
+    assert_eq!(o.metadata["reason"], "invalid_request", "{what}");
+    assert!(
+        o.message().contains(names),
+        "{what}: the message should name {names}: {}",
+        o.message()
+    );
+}
+
+/// A routes table with `/api` → public (granted to alice) and, for every sub-delimiter `c`,
+/// `/api/x{c}y` → secret; plus `/api/v1/orders:cancel` and `/api/users/@admin` → secret, and one
+/// prefix written encoded in the configuration (`/api/enc%2Aed` → secret).
+async fn sub_delimiter_server() -> Server {
+    let route = |prefix: &str, deployment: &str| {
+        format!(
+            "[[routes]]\npath_prefix = \"{prefix}\"\nenvironment = \"prod\"\ndeployment = \"{deployment}\"\n"
+        )
+    };
+    let mut extra = route("/api", "public");
+    for prefix in [
+        "/api/v1/orders:cancel",
+        "/api/users/@admin",
+        "/api/enc%2Aed",
+    ] {
+        extra.push_str(&route(prefix, "secret"));
+    }
+    for (c, _) in SUB_DELIMITERS {
+        extra.push_str(&route(&format!("/api/x{c}y"), "secret"));
+    }
+    let s = Server::start_with(Options {
+        extra,
+        ..Default::default()
+    })
+    .await;
+    s.grant_deployment("prod", "public", "user:alice@example.com", INVOKER)
+        .await;
+    s
+}
+
+/// Flask/Werkzeug and the JDK's HttpServer decode `%3A` to `:` before routing, and Envoy's
+/// `normalize_path` leaves it encoded: every spelling of a sub-delimiter must reach the route its
+/// decoded form names, on both sides (request and configured prefix).
+#[tokio::test]
+async fn encoded_sub_delimiters_reach_the_route_their_decoded_form_names() {
+    let s = sub_delimiter_server().await;
+    let bearer = format!("Bearer {}", token("alice@example.com"));
+    let mut paths = vec![
+        "/api/v1/orders%3Acancel".to_owned(),
+        "/api/v1/orders%3acancel".to_owned(),
+        "/api/v1/ORDERS%3ACANCEL/1".to_owned(),
+        "/api/users/%40admin".to_owned(),
+        "/api/users/%40admin/keys".to_owned(),
+        "/api/enc*ed".to_owned(),
+        "/api/enc%2aed/1".to_owned(),
+    ];
+    for (c, hex) in SUB_DELIMITERS {
+        paths.push(format!("/api/x{c}y"));
+        paths.push(format!("/api/x%{hex}y"));
+        paths.push(format!("/api/x%{}y/1", hex.to_ascii_lowercase()));
+    }
+    for path in &paths {
+        let o = s.send(check_request(Some(&bearer), "h", path)).await;
+        o.assert_denied(PERMISSION_DENIED, 403, None);
+        assert!(
+            o.message().contains("deployments/secret"),
+            "{path}: {}",
+            o.message()
+        );
+    }
+    // Legitimate encoded data still passes where no more specific route exists.
+    for path in [
+        "/api/users/alice%40example.com",
+        "/api/v1/orders%3Alist",
+        "/api/search/a%2Bb%3Dc",
+    ] {
+        let o = s.send(check_request(Some(&bearer), "h", path)).await;
+        assert!(o.allowed(), "{path}: {o:#?}");
+    }
+}
+
+/// `/api/admin/..` is `/api` to this service's old resolver but `/api/admin` to Flask and the JDK
+/// HttpServer: on the routes table a `.` or `..` segment, raw or encoded in any case, is refused.
+#[tokio::test]
+async fn dot_segments_on_the_route_table_are_refused() {
+    let extra = r#"
+[[routes]]
+path_prefix = "/api"
+environment = "prod"
+deployment = "public"
+[[routes]]
+path_prefix = "/api/admin"
+environment = "prod"
+deployment = "admin"
+"#
+    .to_owned();
+    let s = Server::start_with(Options {
+        extra,
+        ..Default::default()
+    })
+    .await;
+    s.grant_deployment("prod", "public", "user:alice@example.com", INVOKER)
+        .await;
+    let bearer = format!("Bearer {}", token("alice@example.com"));
+    for path in [
+        "/api/admin/..",
+        "/api/admin/../",
+        "/api/admin/%2e%2e",
+        "/api/admin/%2E%2E",
+        "/api/admin/.%2e",
+        "/api/admin/%2E.",
+        "/api/admin/.",
+        "/api/admin/%2e",
+        "/api/./admin",
+        "/api/x/../admin",
+        "/api/admin/../x",
+        "/./api",
+        "/..",
+        "/api/admin/..?x=1",
+    ] {
+        let o = s.send(check_request(Some(&bearer), "h", path)).await;
+        assert_refused(&o, path, "'.' or '..' segment");
+    }
+    // Dots inside a segment are data.
+    for path in [
+        "/api/v1.2/x",
+        "/api/.well-known",
+        "/api/a..b",
+        "/api/x?p=/../admin",
+    ] {
+        let o = s.send(check_request(Some(&bearer), "h", path)).await;
+        assert!(o.allowed(), "{path}: {o:#?}");
+    }
+    // Named by Envoy's route (context_extensions), the path does not choose the deployment:
+    // a dot segment in it changes nothing.
+    let mut routed = routed_request(Some(&bearer), "prod", "public");
+    routed
+        .attributes
+        .as_mut()
+        .and_then(|a| a.request.as_mut())
+        .and_then(|r| r.http.as_mut())
+        .unwrap()
+        .path = "/api/admin/..".into();
+    assert!(s.send(routed).await.allowed());
+}
+
+/// Malformed hosts are 400 like the other malformed hosts, never a catch-all route.
+#[tokio::test]
+async fn malformed_hosts_never_reach_a_catch_all_route() {
+    let extra = r#"
+[[routes]]
+host = "api.example.com"
+path_prefix = "/"
+environment = "prod"
+deployment = "api"
+[[routes]]
+path_prefix = "/"
+environment = "prod"
+deployment = "public"
+"#
+    .to_owned();
+    let s = Server::start_with(Options {
+        extra,
+        ..Default::default()
+    })
+    .await;
+    s.grant_deployment("prod", "public", "user:alice@example.com", INVOKER)
+        .await;
+    let bearer = format!("Bearer {}", token("alice@example.com"));
+    for host in [
+        "api.example.com..",
+        "api.example.com:abc",
+        "api.example.com:443:443",
+        "api.example.com:+443",
+        "api.example.com:-443",
+        "api.example.com:",
+        "api.example.com.:",
+        "api.example.com:65536",
+        "api.example.com:99999999999999999999",
+        "api.example.com:0",
+        "api.example.com:0443",
+        "api.example.com: 443",
+        ".api.example.com",
+        "api..example.com",
+        ".",
+        ":443",
+        "api.example.com*",
+        "api.example.com!",
+        "[::1",
+        "[::1]443",
+        "[::1]:",
+        "[::1]:abc",
+        "[::1]:443:443",
+        "[zz]",
+        "[]",
+        "[v1.x]",
+        "::1",
+        "::1:443",
+        "[[::1]]",
+        "127.0.0.01",
+        "127.1",
+        "256.0.0.1",
+        "0x7f.0.0.1",
+    ] {
+        let o = s.send(check_request(Some(&bearer), host, "/x")).await;
+        assert_refused(&o, host, "host");
+    }
+    for (host, deployment) in [
+        ("api.example.com", "api"),
+        ("API.Example.COM:443", "api"),
+        ("api.example.com.:8443", "api"),
+        ("api.example.com:65535", "api"),
+    ] {
+        let o = s.send(check_request(Some(&bearer), host, "/x")).await;
+        o.assert_denied(PERMISSION_DENIED, 403, None);
+        assert!(
+            o.message().contains(&format!("deployments/{deployment}")),
+            "{host}"
+        );
+    }
+    for host in [
+        "other.test",
+        "other.test:8080",
+        "localhost",
+        "127.0.0.1:9001",
+        "[::1]",
+        "[::1]:443",
+        "[2001:db8::1]:8443",
+        "svc_internal.local",
+    ] {
+        let o = s.send(check_request(Some(&bearer), host, "/x")).await;
+        assert!(o.allowed(), "{host}: {o:#?}");
+    }
 }

@@ -1,8 +1,9 @@
 //! Property tests of the parsers on the Check and admin paths, through the public API: the
 //! bearer parser, JWT header and claims handling (signed with a key the verifier trusts, so the
 //! claims rules are what decides), JWK sets, members and policy JSON, and the CheckRequest
-//! reader. Path normalisation and route choice have theirs beside the code (`src/route.rs`,
-//! `src/route/path.rs`).
+//! reader; and, for route choice, that no spelling of a path (reserved sub-delimiters encoded in
+//! any case, in the request or the table) reaches a less specific route than its normal form.
+//! Path normalisation has more beside the code (`src/route.rs`, `src/route/path.rs`).
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, OnceLock};
@@ -25,11 +26,12 @@ use verifyiam::authn::bearer::{self, BearerError, MAX_TOKEN_LEN};
 use verifyiam::authn::jwt::JwtVerifier;
 use verifyiam::authn::keys::{Key, KeySet, KeySets, parse_key_set};
 use verifyiam::authn::{AuthnError, Verified};
-use verifyiam::config::{CLOUD_PLATFORM_SCOPE, TokenConfig};
+use verifyiam::config::{CLOUD_PLATFORM_SCOPE, RouteConfig, TokenConfig};
 use verifyiam::extauthz::AuthzRequest;
 use verifyiam::iam::member::Member;
 use verifyiam::iam::policy::{Etag, MAX_GROUPS, MAX_PRINCIPALS, Policy, normalize};
 use verifyiam::iam::roles::PredefinedRoles;
+use verifyiam::route::{RouteError, Router, path::PathError};
 
 const ISSUER: &str = "https://issuer.test";
 const KID: &str = "k1";
@@ -974,4 +976,137 @@ async fn upstream_expiries_beyond_u64_are_not_an_overflow() {
         .await
         .unwrap();
     assert!(v.expires_at > now() as u64);
+}
+
+// ---- route choice -----------------------------------------------------------------------------
+
+/// Segments holding every sub-delimiter a route prefix may hold raw, and plain ones.
+const ROUTE_SEGMENTS: &[&str] = &[
+    "api",
+    "v1",
+    "orders:cancel",
+    "@admin",
+    "a+b=c",
+    "it's(1)",
+    "x*!$&,y",
+    "orders",
+    "1",
+];
+
+/// Nested routes, some holding sub-delimiters, some of those written encoded in the table (the
+/// table's spelling must not matter either).
+fn sub_delimiter_router() -> (Router, Vec<(String, &'static str)>) {
+    let routes = [
+        ("/api", "api"),
+        ("/api/v1", "v1"),
+        ("/api/v1/orders:cancel", "cancel"),
+        ("/api/v1/orders%3Acancel/@admin", "cancel-admin"),
+        ("/api/%40admin", "admin"),
+        ("/api/a+b%3dc", "abc"),
+        ("/api/it%27s%281%29", "its"),
+        ("/api/v1/x*!$&,y", "punct"),
+    ];
+    let config: Vec<RouteConfig> = routes
+        .iter()
+        .map(|(prefix, deployment)| RouteConfig {
+            host: None,
+            path_prefix: (*prefix).to_owned(),
+            organization: None,
+            environment: "prod".to_owned(),
+            deployment: (*deployment).to_owned(),
+            backend_audience: None,
+        })
+        .collect();
+    let depths = routes
+        .iter()
+        .map(|(p, d)| (verifyiam::route::path::normalize(p).unwrap(), *d))
+        .collect();
+    (Router::new("demo", &config), depths)
+}
+
+/// A segment written so that a decoding backend reads `segment`: each character raw or
+/// percent-encoded (upper or lower hex), letters in either case.
+fn spelled_segment(segment: &'static str) -> impl Strategy<Value = String> {
+    proptest::collection::vec((any::<bool>(), 0..3u8), segment.len()).prop_map(move |chars| {
+        let mut out = String::new();
+        for (c, (upper, encoding)) in segment.chars().zip(chars) {
+            let c = if upper { c.to_ascii_uppercase() } else { c };
+            match encoding {
+                0 => out.push_str(&format!("%{:02X}", c as u32)),
+                1 => out.push_str(&format!("%{:02x}", c as u32)),
+                _ => out.push(c),
+            }
+        }
+        out
+    })
+}
+
+/// A path's segments and a spelling of it.
+fn route_path_and_spelling() -> impl Strategy<Value = (String, String)> {
+    proptest::collection::vec(proptest::sample::select(ROUTE_SEGMENTS), 0..5)
+        .prop_flat_map(|segments| {
+            let spelled: Vec<_> = segments.iter().map(|s| spelled_segment(s)).collect();
+            (Just(segments), spelled)
+        })
+        .prop_map(|(segments, spelled)| {
+            (
+                format!("/{}", segments.join("/")),
+                format!("/{}", spelled.join("/")),
+            )
+        })
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(3000))]
+
+    /// No spelling of a path reaches a less specific route than its normal form: sub-delimiters
+    /// compare the same raw or encoded, on both sides.
+    #[test]
+    fn no_spelling_of_a_sub_delimiter_reaches_a_less_specific_route(
+        (normal, spelling) in route_path_and_spelling()
+    ) {
+        let (router, _) = sub_delimiter_router();
+        let by_normal = router.lookup("h", &normal).unwrap().cloned();
+        let by_spelling = router.lookup("h", &spelling).unwrap().cloned();
+        prop_assert_eq!(by_spelling, by_normal, "{} vs {}", spelling, normal);
+    }
+
+    /// The route a path reaches is the longest table prefix its decoded form starts with, whole
+    /// segments only: checked against an independent reading of the table.
+    #[test]
+    fn the_route_is_the_longest_decoded_prefix((normal, spelling) in route_path_and_spelling()) {
+        let (router, prefixes) = sub_delimiter_router();
+        let expected = prefixes
+            .iter()
+            .filter(|(p, _)| normal == *p || normal.starts_with(&format!("{p}/")))
+            .max_by_key(|(p, _)| p.len())
+            .map(|(_, d)| *d);
+        let got = router.lookup("h", &spelling).unwrap().map(|t| t.deployment.to_string());
+        prop_assert_eq!(got.as_deref(), expected, "{}", spelling);
+    }
+
+    /// A `.` or `..` segment anywhere, raw or encoded in any case, is refused, never resolved.
+    #[test]
+    fn dot_segments_anywhere_are_refused(
+        (_, spelling) in route_path_and_spelling(),
+        at in any::<proptest::sample::Index>(),
+        dots in proptest::sample::select(&[".", "..", "%2e", "%2E", "%2e%2e", "%2E%2e", ".%2e", "%2E."][..]),
+        trailing in any::<bool>(),
+    ) {
+        let (router, _) = sub_delimiter_router();
+        // Cut between segments, so the dots are a segment of their own.
+        let cuts: Vec<usize> = spelling
+            .match_indices('/')
+            .map(|(i, _)| i)
+            .chain([spelling.len()])
+            .collect();
+        let cut = cuts[at.index(cuts.len())];
+        let tail = if trailing { "/" } else { "" };
+        let path = format!("{}/{dots}{tail}{}", &spelling[..cut], &spelling[cut..]);
+        prop_assert_eq!(
+            router.lookup("h", &path).map(|t| t.cloned()),
+            Err(RouteError::Malformed(PathError::DotSegment)),
+            "{}", path
+        );
+    }
 }

@@ -1,7 +1,8 @@
 //! Several `verifyiam serve` processes on one PostgreSQL database: started together on an empty
 //! database, changes made through one replica applied by another, etags spent once across the
 //! fleet, concurrent CLI writers through different replicas, a replica killed mid-write-storm,
-//! and a replica cut off from the database (through a TCP proxy the test controls).
+//! a replica cut off from the database (through a TCP proxy the test controls), a backup
+//! restored with pg_restore under running replicas, and a COMMIT slower than the write timeout.
 //!
 //! Each test creates its own database; with no PostgreSQL server reachable they say so and pass,
 //! unless `VERIFYIAM_REQUIRE_POSTGRES=1`.
@@ -657,9 +658,9 @@ async fn store_migrate_applies_the_schema_and_a_newer_schema_is_refused() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    assert!(String::from_utf8_lossy(&out.stdout).contains("applied [1]"));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("applied [1, 2]"));
     let out = migrate().await;
-    assert!(String::from_utf8_lossy(&out.stdout).contains("already at version 1"));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("already at version 2"));
 
     let (client, connection) = tokio_postgres::connect(&db.url, tokio_postgres::NoTls)
         .await
@@ -710,4 +711,440 @@ async fn a_malformed_store_url_is_a_config_error_naming_iam_store() {
         assert!(err.contains("iam.store"), "{err}");
         assert!(!err.contains("Wr0ngSecret"), "{err}");
     }
+}
+
+/// A plain SQL connection to a test database.
+async fn sql(url: &str) -> tokio_postgres::Client {
+    let (client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(connection);
+    client
+}
+
+/// Whether `pg_dump` and `pg_restore` can be run; without them the restore tests say so and
+/// pass, unless PostgreSQL is required.
+fn restore_tools() -> bool {
+    let found = ["pg_dump", "pg_restore"].iter().all(|tool| {
+        std::process::Command::new(tool)
+            .arg("--version")
+            .output()
+            .is_ok_and(|o| o.status.success())
+    });
+    if !found {
+        assert!(
+            !postgres_required(),
+            "pg_dump and pg_restore are required (VERIFYIAM_REQUIRE_POSTGRES=1) but not found"
+        );
+        use std::io::Write as _;
+        let _ = writeln!(
+            std::io::stderr(),
+            "\n*** pg_dump / pg_restore not found: SKIPPING the restore tests ***\n"
+        );
+    }
+    found
+}
+
+/// `pg_dump` of the whole database, in the custom format.
+async fn pg_dump(url: &str, file: &std::path::Path) {
+    let out = Command::new("pg_dump")
+        .arg("--format=custom")
+        .arg(format!("--file={}", file.display()))
+        .arg(format!("--dbname={url}"))
+        .output()
+        .await
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// What an operator types to go back to a dump, and nothing more: `pg_restore --clean` under
+/// the running replicas.
+async fn pg_restore(url: &str, file: &std::path::Path) {
+    let out = Command::new("pg_restore")
+        .args([
+            "--clean",
+            "--if-exists",
+            "--single-transaction",
+            "--no-owner",
+        ])
+        .arg(format!("--dbname={url}"))
+        .arg(file)
+        .output()
+        .await
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Two replicas, two unrelated writes (revisions 1 and 2), a dump, a grant (revision 3) applied
+/// by both; the dump restored; two unrelated writes through B (revisions 3 and 4 again, another
+/// history). A must drop the grant that no longer exists, in Checks and in getIamPolicy.
+#[tokio::test]
+async fn a_restored_older_dump_is_noticed_though_two_writes_pass_the_replicas_revision() {
+    let Some(db) = TestDatabase::create().await else {
+        return;
+    };
+    if !restore_tools() {
+        return;
+    }
+    let up = upstream().await;
+    let (a, b) = tokio::join!(
+        Replica::spawn(&up, &db.url, ""),
+        Replica::spawn(&up, &db.url, ""),
+    );
+    tokio::join!(a.ready(), b.ready());
+    let bob = "user:bob@example.com";
+    for api in ["unrelated-1", "unrelated-2"] {
+        assert_eq!(set_policy(&a, api, invokers(&[bob])).await.0, 200);
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let dump = dir.path().join("revision-2.dump");
+    pg_dump(&db.url, &dump).await;
+
+    let alice = format!("user:{ALICE}");
+    assert_eq!(set_policy(&a, "orders", invokers(&[&alice])).await.0, 200);
+    let as_alice = format!("Bearer {}", token(ALICE));
+    for r in [&a, &b] {
+        until("the grant applied on both replicas", async || {
+            r.check(Some(&as_alice), "prod", "orders").await.allowed()
+        })
+        .await;
+    }
+
+    pg_restore(&db.url, &dump).await;
+    for api in ["unrelated-3", "unrelated-4"] {
+        let (status, body) = set_policy(&b, api, invokers(&[bob])).await;
+        assert_eq!(status, 200, "{body}");
+    }
+    let as_bob = format!("Bearer {}", token("bob@example.com"));
+    until("A applies the writes made after the restore", async || {
+        a.check(Some(&as_bob), "prod", "unrelated-4")
+            .await
+            .allowed()
+    })
+    .await;
+    for (name, r) in [("A", &a), ("B", &b)] {
+        let outcome = r.check(Some(&as_alice), "prod", "orders").await;
+        assert!(
+            !outcome.allowed(),
+            "replica {name} still allows a grant the restore removed"
+        );
+        let (status, policy) = r
+            .get(&dep_path("orders", "getIamPolicy"), Some(&token(ADMIN)))
+            .await;
+        assert_eq!(status, 200, "{policy}");
+        assert!(
+            !policy.to_string().contains(ALICE),
+            "replica {name} shows a policy the restore removed: {policy}"
+        );
+    }
+}
+
+/// Revisions 1 and 2, a dump, a grant at revision 3 that A allows (and caches); the dump
+/// restored and one unrelated write through B: revision 3 again, naming another history. A's
+/// decision cached at the old revision 3 must not be answered.
+#[tokio::test]
+async fn a_decision_cached_before_a_restore_is_not_answered_at_the_same_revision_number() {
+    let Some(db) = TestDatabase::create().await else {
+        return;
+    };
+    if !restore_tools() {
+        return;
+    }
+    let up = upstream().await;
+    let (a, b) = tokio::join!(
+        Replica::spawn(&up, &db.url, ""),
+        Replica::spawn(&up, &db.url, ""),
+    );
+    tokio::join!(a.ready(), b.ready());
+    let bob = "user:bob@example.com";
+    for api in ["unrelated-1", "unrelated-2"] {
+        assert_eq!(set_policy(&a, api, invokers(&[bob])).await.0, 200);
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let dump = dir.path().join("revision-2.dump");
+    pg_dump(&db.url, &dump).await;
+
+    let alice = format!("user:{ALICE}");
+    assert_eq!(set_policy(&a, "orders", invokers(&[&alice])).await.0, 200);
+    let as_alice = format!("Bearer {}", token(ALICE));
+    // Decided (and cached) on A at revision 3.
+    assert!(a.check(Some(&as_alice), "prod", "orders").await.allowed());
+    until("the grant applied on B", async || {
+        b.check(Some(&as_alice), "prod", "orders").await.allowed()
+    })
+    .await;
+
+    pg_restore(&db.url, &dump).await;
+    let (status, body) = set_policy(&b, "unrelated-3", invokers(&[bob])).await;
+    assert_eq!(status, 200, "{body}");
+    until(
+        "A stops allowing the grant the restore removed (its revision 3 names another history)",
+        async || !a.check(Some(&as_alice), "prod", "orders").await.allowed(),
+    )
+    .await;
+    let as_bob = format!("Bearer {}", token("bob@example.com"));
+    assert!(
+        a.check(Some(&as_bob), "prod", "unrelated-3")
+            .await
+            .allowed()
+    );
+}
+
+/// A write whose COMMIT takes longer than the write timeout (5 s): a deferred constraint
+/// trigger makes COMMIT sleep 6 s. The write is in the database, so the caller must be told it
+/// was applied, not "not applied".
+#[tokio::test]
+async fn a_write_whose_commit_outlasts_the_write_timeout_is_acknowledged_once_committed() {
+    let Some(db) = TestDatabase::create().await else {
+        return;
+    };
+    let up = upstream().await;
+    let a = Replica::spawn(&up, &db.url, "").await;
+    a.ready().await;
+    let client = sql(&db.url).await;
+    client
+        .batch_execute(
+            "CREATE FUNCTION test_slow_commit() RETURNS trigger LANGUAGE plpgsql AS $$ \
+             BEGIN PERFORM pg_sleep(6); RETURN NULL; END $$; \
+             CREATE CONSTRAINT TRIGGER test_slow_commit AFTER UPDATE ON verifyiam_meta \
+             DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION test_slow_commit();",
+        )
+        .await
+        .unwrap();
+    let alice = format!("user:{ALICE}");
+    let (status, body) = set_policy(&a, "orders", invokers(&[&alice])).await;
+    until("the write's revision committed", async || {
+        let row = client
+            .query_one("SELECT revision FROM verifyiam_meta WHERE id = 1", &[])
+            .await
+            .unwrap();
+        row.get::<_, i64>(0) == 1
+    })
+    .await;
+    assert_eq!(
+        status, 200,
+        "answered {status} {body} though the write committed"
+    );
+    assert!(body.to_string().contains(ALICE), "{body}");
+    let as_alice = format!("Bearer {}", token(ALICE));
+    assert!(a.check(Some(&as_alice), "prod", "orders").await.allowed());
+    assert!(
+        !a.logged("not acknowledged"),
+        "a committed write was logged as not acknowledged"
+    );
+}
+
+/// Takes the fleet-wide writer's lock (the revision row every write locks) in an open
+/// transaction of `client`, until it ends.
+async fn hold_writer_lock(client: &tokio_postgres::Client) {
+    client
+        .batch_execute("BEGIN; SELECT revision FROM verifyiam_meta WHERE id = 1 FOR UPDATE")
+        .await
+        .unwrap();
+}
+
+/// How many sessions of this database are waiting for a lock.
+async fn lock_waiters(monitor: &tokio_postgres::Client) -> i64 {
+    monitor
+        .query_one(
+            "SELECT count(*) FROM pg_stat_activity \
+             WHERE datname = current_database() AND wait_event_type = 'Lock'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0)
+}
+
+const MALLORY: &str = "mallory@example.com";
+
+/// The owner revokes mallory's `roles/apigee.admin` through B; mallory, who still holds it in
+/// A's snapshot, grants herself invoke through A. Both wait for the writer's lock (held by a
+/// test session), the revoke first. Once it is released the revoke commits first, so mallory's
+/// write must be judged on the state without her role: 403, and nothing of hers stored.
+#[tokio::test]
+async fn a_revoke_queued_before_a_self_grant_refuses_the_self_grant() {
+    let Some(db) = TestDatabase::create().await else {
+        return;
+    };
+    let up = upstream().await;
+    let (a, b) = tokio::join!(
+        Replica::spawn(&up, &db.url, ""),
+        Replica::spawn(&up, &db.url, "")
+    );
+    tokio::join!(a.ready(), b.ready());
+    let project = format!("/v1/projects/{PROJECT}:setIamPolicy");
+    let mallory = format!("user:{MALLORY}");
+    let grant =
+        json!({"policy": {"bindings": [{"role": "roles/apigee.admin", "members": [&mallory]}]}});
+    let (status, v) = a
+        .post(&project, Some(&token(ADMIN)), &grant.to_string())
+        .await;
+    assert_eq!(status, 200, "{v}");
+
+    let (holder, monitor) = (sql(&db.url).await, sql(&db.url).await);
+    hold_writer_lock(&holder).await;
+    let owner = token(ADMIN);
+    let revoke = b.post(&project, Some(&owner), r#"{"policy":{}}"#);
+    let self_grant = async {
+        until("the revoke waits for the writer's lock", async || {
+            lock_waiters(&monitor).await == 1
+        })
+        .await;
+        let body = json!({ "policy": invokers(&[&mallory]) });
+        a.post(
+            &dep_path("orders", "setIamPolicy"),
+            Some(&token(MALLORY)),
+            &body.to_string(),
+        )
+        .await
+    };
+    let release = async {
+        until("both writes wait for the writer's lock", async || {
+            lock_waiters(&monitor).await == 2
+        })
+        .await;
+        holder.batch_execute("COMMIT").await.unwrap();
+    };
+    let ((revoked, rv), (granted, gv), ()) = tokio::join!(revoke, self_grant, release);
+    assert_eq!(revoked, 200, "{rv}");
+    assert_eq!(granted, 403, "mallory's self-grant after the revoke: {gv}");
+    assert_eq!(gv["error"]["status"], "PERMISSION_DENIED", "{gv}");
+    let (status, policy) = b
+        .post(
+            &dep_path("orders", "getIamPolicy"),
+            Some(&token(ADMIN)),
+            "{}",
+        )
+        .await;
+    assert_eq!(status, 200, "{policy}");
+    assert!(!policy.to_string().contains(MALLORY), "{policy}");
+}
+
+/// A write queued behind another one that waits for the database does not wait for ever: past
+/// the bound on the writer's turn it is answered 503, saying it was not applied.
+#[tokio::test]
+async fn a_write_queued_behind_a_stuck_write_answers_503_not_applied() {
+    let Some(db) = TestDatabase::create().await else {
+        return;
+    };
+    let up = upstream().await;
+    let a = Replica::spawn(&up, &db.url, "").await;
+    a.ready().await;
+    let (holder, monitor) = (sql(&db.url).await, sql(&db.url).await);
+    hold_writer_lock(&holder).await;
+    let bob = "user:bob@example.com";
+    let first = set_policy(&a, "first", invokers(&[bob]));
+    let second = async {
+        until("the first write waits for the writer's lock", async || {
+            lock_waiters(&monitor).await == 1
+        })
+        .await;
+        let started = Instant::now();
+        let answer = set_policy(&a, "second", invokers(&[bob])).await;
+        println!("the queued write answered after {:?}", started.elapsed());
+        holder.batch_execute("ROLLBACK").await.unwrap();
+        answer
+    };
+    let ((first, fv), (status, v)) = tokio::join!(first, second);
+    println!("the first write answered {first}: {fv}");
+    assert_eq!(status, 503, "{v}");
+    assert_eq!(v["error"]["status"], "UNAVAILABLE", "{v}");
+    let message = v["error"]["message"].as_str().unwrap_or_default();
+    assert!(
+        message.contains("waited") && message.contains("not applied"),
+        "{message}"
+    );
+    let (status, policy) = a
+        .post(
+            &dep_path("second", "getIamPolicy"),
+            Some(&token(ADMIN)),
+            "{}",
+        )
+        .await;
+    assert_eq!(status, 200, "{policy}");
+    assert!(!policy.to_string().contains(bob), "{policy}");
+}
+
+/// Past `iam.max_staleness` without the database, every admin read answers 503 like Checks do,
+/// testIamPermissions included; once the database is back they answer again.
+#[tokio::test]
+async fn a_stale_replica_answers_admin_reads_503() {
+    let Some(db) = TestDatabase::create().await else {
+        return;
+    };
+    let mut url = url::Url::parse(&db.url).unwrap();
+    let target: SocketAddr = format!("{}:{}", url.host_str().unwrap(), url.port().unwrap_or(5432))
+        .parse()
+        .expect("the test server is addressed by IP");
+    let proxy = Proxy::start(target).await;
+    url.set_port(Some(proxy.addr.port())).unwrap();
+    let up = upstream().await;
+    let a = Replica::spawn(&up, url.as_str(), "max_staleness = \"4s\"").await;
+    a.ready().await;
+    let alice = format!("user:{ALICE}");
+    assert_eq!(set_policy(&a, "orders", invokers(&[&alice])).await.0, 200);
+    let admin = token(ADMIN);
+    let env = format!("/v1/organizations/{PROJECT}/environments/prod");
+    let reads: Vec<(String, String, Option<&str>)> = vec![
+        (
+            "POST".into(),
+            dep_path("orders", "getIamPolicy"),
+            Some("{}"),
+        ),
+        (
+            "POST".into(),
+            format!("/v1/projects/{PROJECT}:getIamPolicy"),
+            Some("{}"),
+        ),
+        ("GET".into(), format!("{env}/deployments"), None),
+        ("GET".into(), format!("{env}/deployments/orders"), None),
+        ("GET".into(), format!("/v1/projects/{PROJECT}/roles"), None),
+        ("GET".into(), "/v1/groups".into(), None),
+    ];
+    let test_permissions = async |token: &str| {
+        a.post(
+            &dep_path("orders", "testIamPermissions"),
+            Some(token),
+            r#"{"permissions":["apigee.deployments.invoke"]}"#,
+        )
+        .await
+    };
+    let read = async |(method, path, body): &(String, String, Option<&str>)| match method.as_str() {
+        "POST" => a.post(path, Some(&admin), body.unwrap_or("{}")).await,
+        _ => a.get(path, Some(&admin)).await,
+    };
+    for r in &reads {
+        let (status, v) = read(r).await;
+        assert_eq!(status, 200, "{} before the cut: {v}", r.1);
+    }
+    assert_eq!(test_permissions(&token(ALICE)).await.0, 200);
+
+    proxy.cut();
+    until("getIamPolicy answers 503 once stale", async || {
+        read(&reads[0]).await.0 == 503
+    })
+    .await;
+    for r in &reads {
+        let (status, v) = read(r).await;
+        assert_eq!(status, 503, "{} while stale: {v}", r.1);
+        assert_eq!(v["error"]["status"], "UNAVAILABLE", "{v}");
+    }
+    let (status, v) = test_permissions(&token(ALICE)).await;
+    assert_eq!(status, 503, "testIamPermissions while stale: {v}");
+
+    proxy.heal();
+    until("reads answer again once the database is back", async || {
+        read(&reads[0]).await.0 == 200
+    })
+    .await;
+    assert_eq!(test_permissions(&token(ALICE)).await.0, 200);
 }

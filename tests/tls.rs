@@ -546,3 +546,143 @@ async fn files_gone_by_the_time_the_server_starts_stop_it_naming_the_field() {
         "{err}"
     );
 }
+
+/// A TLS 1.2 ClientHello whose SNI extension carries `name` as its host_name, as some clients
+/// send an IP address (rustls' own client never does, so it is built by hand).
+fn client_hello_with_sni(name: &str) -> Vec<u8> {
+    let name = name.as_bytes();
+    let len16 = |n: usize| u16::try_from(n).unwrap().to_be_bytes();
+    let mut list = vec![0]; // host_name
+    list.extend_from_slice(&len16(name.len()));
+    list.extend_from_slice(name);
+    let mut extension = 0u16.to_be_bytes().to_vec(); // server_name
+    extension.extend_from_slice(&len16(list.len() + 2));
+    extension.extend_from_slice(&len16(list.len()));
+    extension.extend_from_slice(&list);
+    let mut body = vec![3, 3]; // TLS 1.2
+    body.extend_from_slice(&[7; 32]); // random
+    body.push(0); // no session id
+    body.extend_from_slice(&[0, 4, 0xc0, 0x2b, 0xc0, 0x2f]); // ECDHE AES-128-GCM suites
+    body.extend_from_slice(&[1, 0]); // null compression
+    body.extend_from_slice(&len16(extension.len()));
+    body.extend_from_slice(&extension);
+    let mut handshake = vec![1]; // client_hello
+    handshake.extend_from_slice(&u32::try_from(body.len()).unwrap().to_be_bytes()[1..]);
+    handshake.extend_from_slice(&body);
+    let mut record = vec![22, 3, 1]; // handshake record
+    record.extend_from_slice(&len16(handshake.len()));
+    record.extend_from_slice(&handshake);
+    record
+}
+
+/// Opens a connection, sends `hello`, and waits for the listener's answer (or its close).
+async fn say_hello(addr: SocketAddr, hello: &[u8]) {
+    let mut tcp = TcpStream::connect(addr).await.unwrap();
+    tcp.write_all(hello).await.unwrap();
+    let mut buf = [0u8; 512];
+    // Whatever comes back (a ServerHello, an alert, the close): the hello has been read.
+    let _ = tokio::time::timeout(Duration::from_secs(30), tcp.read(&mut buf)).await;
+}
+
+#[tokio::test]
+async fn clients_sending_an_ip_address_as_sni_are_counted_and_logged_once_a_minute() {
+    const BIN: &str = env!("CARGO_BIN_EXE_verifyiam");
+    const IP_HELLOS: usize = 25;
+    const BAD_NAME_HELLOS: usize = 5;
+    let ca = Ca::new("server CA");
+    let files = Files::new(&ca.server(), None);
+    let upstream = Upstream::start().await;
+    upstream.publish(&[rsa()]);
+    let text = format!(
+        "[server]\nextauthz_addr = \"127.0.0.1:0\"\nadmin_addr = \"127.0.0.1:0\"\n{}\
+         [iam]\nproject = \"{PROJECT}\"\nstore = {:?}\nbootstrap_admins = [\"user:{ADMIN}\"]\n\
+         [[token.jwt]]\nissuer = \"{ISSUER}\"\njwks_uri = \"{}\"\n",
+        files.table("tls", false),
+        files.path("store"),
+        upstream.url("/jwks"),
+    );
+    let config = files.path("verifyiam.toml");
+    std::fs::write(&config, &text).unwrap();
+    let mut child = tokio::process::Command::new(BIN)
+        .arg("serve")
+        .arg("--config")
+        .arg(&config)
+        .env("NO_COLOR", "1")
+        .env("RUST_LOG", "info")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    use tokio::io::AsyncBufReadExt as _;
+    let mut lines = tokio::io::BufReader::new(child.stderr.take().unwrap()).lines();
+    let mut logged = Vec::new();
+    let (extauthz, admin) = loop {
+        let line = tokio::time::timeout(Duration::from_secs(60), lines.next_line())
+            .await
+            .expect("it logs its addresses")
+            .unwrap()
+            .expect("it exited before serving");
+        if line.contains("serving") {
+            let addrs: Vec<SocketAddr> = line
+                .split(|c: char| !(c.is_ascii_digit() || c == '.' || c == ':'))
+                .filter(|w| w.starts_with("127.0.0.1:"))
+                .filter_map(|w| w.parse().ok())
+                .collect();
+            assert_eq!(addrs.len(), 2, "{line}");
+            break (addrs[0], addrs[1]);
+        }
+        logged.push(line);
+    };
+    // Keep draining the log so the process never blocks on a full pipe.
+    let drain = tokio::spawn(async move {
+        while let Ok(Some(line)) = lines.next_line().await {
+            logged.push(line);
+        }
+        logged
+    });
+    common::wait_readyz(admin).await;
+
+    for _ in 0..IP_HELLOS {
+        say_hello(extauthz, &client_hello_with_sni("127.0.0.1")).await;
+    }
+    for _ in 0..BAD_NAME_HELLOS {
+        say_hello(extauthz, &client_hello_with_sni("bad name")).await;
+    }
+    // The listener still serves a well-behaved client.
+    let outcome = check_over_tls(extauthz, client_config(&ca, None, b"h2"))
+        .await
+        .expect("Check over TLS is answered");
+    assert_eq!(outcome.http, 401);
+
+    let metrics = reqwest::get(format!("http://{admin}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let count = |kind: &str| {
+        let prefix = format!("verifyiam_tls_illegal_sni_total{{kind=\"{kind}\"}} ");
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(prefix.as_str()))
+            .and_then(|v| v.trim().parse::<usize>().ok())
+    };
+    assert_eq!(count("ip_address"), Some(IP_HELLOS), "{metrics}");
+    assert_eq!(
+        count("invalid_hostname"),
+        Some(BAD_NAME_HELLOS),
+        "{metrics}"
+    );
+
+    // Every line it wrote, up to its end.
+    child.start_kill().unwrap();
+    let _ = child.wait().await;
+    let logged = drain.await.unwrap();
+    let ours = logged
+        .iter()
+        .filter(|l| l.contains("verifyiam_tls_illegal_sni_total"))
+        .count();
+    let theirs = logged.iter().filter(|l| l.contains("Illegal SNI")).count();
+    assert_eq!((ours, theirs), (1, 0), "{logged:#?}");
+}

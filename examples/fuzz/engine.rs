@@ -350,6 +350,16 @@ environment = "prod"
 deployment = "orders-admin"
 
 [[routes]]
+path_prefix = "/orders/x:y"
+environment = "prod"
+deployment = "orders-sub"
+
+[[routes]]
+path_prefix = "/orders/%40me"
+environment = "prod"
+deployment = "orders-sub"
+
+[[routes]]
 host = "api.example.com"
 path_prefix = "/pets"
 environment = "prod"
@@ -471,7 +481,7 @@ impl Fuzzer {
             .collect();
         let admin_token = dev.sign(&dev_claims(ADMIN));
 
-        let route_deployments = ["orders", "orders-admin", "pets"]
+        let route_deployments = ["orders", "orders-admin", "orders-sub", "pets"]
             .iter()
             .map(|d| deployment(d).name())
             .collect();
@@ -1615,6 +1625,22 @@ fn random_host(rng: &mut Rng) -> String {
                 "api.example.com\u{0}",
                 "api.example.com,evil.test",
                 "api.example.com ",
+                "api.example.com..",
+                "api.example.com:abc",
+                "api.example.com:443:443",
+                "api.example.com:+443",
+                "api.example.com:",
+                "api.example.com:0443",
+                "api.example.com:65536",
+                "api..example.com",
+                "[::1",
+                "[::1]443",
+                "[::1]:",
+                "[0:0::1]:8443",
+                "::1",
+                "127.0.0.01",
+                "127.0.0.1:9001",
+                "api.example.com*",
             ])
             .to_string(),
     }
@@ -1664,6 +1690,16 @@ fn random_path(rng: &mut Rng) -> String {
         "admin?",
         "admin#",
         "*",
+        "x:y",
+        "x%3Ay",
+        "X%3ay",
+        "x%3A%79",
+        "@me",
+        "%40me",
+        "%40ME",
+        "x%2Cy",
+        "%2E.",
+        "%2e",
     ];
     let mut path = String::new();
     if !rng.chance(3) {
@@ -1822,26 +1858,63 @@ fn expected_route(host: &str, path: &str) -> Option<&'static str> {
         }
         seg.make_ascii_lowercase();
         match seg.as_slice() {
-            b"" | b"." => {}
-            b".." => {
-                segments.pop();
-            }
+            b"" => {}
+            // A dot segment has no single reading: refused, never resolved.
+            b"." | b".." => return None,
             s if s.ends_with(b".") => return None,
             _ => segments.push(seg),
         }
     }
-    let host = host.to_ascii_lowercase();
-    let host = match host.rsplit_once(':') {
-        Some((h, port)) if port.bytes().all(|c| c.is_ascii_digit()) => h.to_owned(),
-        _ => host,
-    };
-    let host = host.strip_suffix('.').unwrap_or(&host);
+    let host = expected_host(host)?;
     match segments.as_slice() {
         [o, a, ..] if o == b"orders" && a == b"admin" => Some("orders-admin"),
+        [o, a, ..] if o == b"orders" && (a == b"x:y" || a == b"@me") => Some("orders-sub"),
         [o, ..] if o == b"orders" => Some("orders"),
         [p, ..] if p == b"pets" && host == "api.example.com" => Some("pets"),
         _ => None,
     }
+}
+
+/// The host a route compares, read independently of `verifyiam::route`: lower case, without
+/// its port and one trailing `.`; `None` for anything but a host name, a canonical IPv4 address
+/// or a bracketed IPv6 literal with an optional port from 1 to 65535 (an empty host is none).
+fn expected_host(host: &str) -> Option<String> {
+    if host.is_empty() {
+        return Some(String::new());
+    }
+    let port_ok = |port: &str| {
+        port.parse::<u16>()
+            .is_ok_and(|p| p != 0 && p.to_string() == port)
+    };
+    if let Some(rest) = host.strip_prefix('[') {
+        let (inside, after) = rest.split_once(']')?;
+        let address: std::net::Ipv6Addr = inside.parse().ok()?;
+        if !(after.is_empty() || after.strip_prefix(':').is_some_and(port_ok)) {
+            return None;
+        }
+        return Some(format!("[{address}]"));
+    }
+    let name = match host.rsplit_once(':') {
+        Some((name, port)) if !name.contains(':') && port_ok(port) => name,
+        Some(_) => return None,
+        None => host,
+    };
+    let name = name.strip_suffix('.').unwrap_or(name).to_ascii_lowercase();
+    let labels: Vec<&str> = name.split('.').collect();
+    let label_ok = |l: &&str| {
+        (1..=63).contains(&l.len())
+            && l.chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+    };
+    if name.len() > 253 || !labels.iter().all(label_ok) {
+        return None;
+    }
+    let numeric = labels.last()?.chars().all(|c| c.is_ascii_digit());
+    if numeric {
+        let address: std::net::Ipv4Addr = name.parse().ok()?;
+        return (address.to_string() == name).then_some(name);
+    }
+    Some(name)
 }
 
 // ---- admin requests ---------------------------------------------------------------------------

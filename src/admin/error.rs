@@ -89,6 +89,17 @@ impl From<StoreError> for ApiError {
                         .to_owned(),
                 )
             }
+            StoreError::Busy(waited) => {
+                tracing::warn!(error = %e, "policy write gave up waiting for the writer");
+                ApiError::Unavailable(format!(
+                    "the policy store is busy: the write waited {waited:?} for the writes ahead \
+                     of it; the change was not applied, retry later"
+                ))
+            }
+            StoreError::OutcomeUnknown(_) => {
+                tracing::warn!(error = %e, "policy write outcome unknown");
+                ApiError::Unavailable(e.to_string())
+            }
             other => {
                 tracing::error!(error = %other, "store failure");
                 ApiError::Internal("the policy store failed; the change was not applied".to_owned())

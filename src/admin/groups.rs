@@ -1,12 +1,13 @@
 //! Groups: the membership verifyiam keeps for `group:` members (list, describe, add and remove a
 //! member), read and written under the project's policy permissions; and the seeding of
-//! `[[iam.groups]]` from configuration at start.
+//! `[[iam.groups]]` from configuration at start. A group the configuration names is the
+//! configuration's alone: the API refuses to change it, and a start that changes it is audited.
 
 use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
-use super::audit::{Change, etag_text};
+use super::audit::{AuditEvent, Change, etag_text};
 use super::operation::{Operation, invalid};
 use super::{AdminState, ApiError};
 use crate::authn::Principal;
@@ -14,7 +15,7 @@ use crate::config::GroupConfig;
 use crate::iam::member::Member;
 use crate::iam::policy::Etag;
 use crate::iam::roles::PermissionSet;
-use crate::store::{Draft, Group, PolicyStore, StoreError};
+use crate::store::{Draft, Group, PolicyStore, SeedDone, StoreError};
 
 /// A group as the admin API shows it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -40,16 +41,31 @@ impl GroupView {
     }
 }
 
+/// Who a start's writes are audited as.
+pub const CONFIG_CALLER: &str = "config:[[iam.groups]]";
+
+/// The emails of the groups `[[iam.groups]]` names, canonical (lowercase, no `group:`).
+pub fn configured_groups(groups: &[GroupConfig]) -> Vec<String> {
+    // Config validation already checked the emails.
+    groups
+        .iter()
+        .filter_map(|g| group_email(&g.email).ok())
+        .collect()
+}
+
 /// Seeds `[[iam.groups]]` from configuration: each listed group's membership becomes exactly the
-/// configured members (other groups are left alone). Runs once at start.
+/// configured members (other groups are left alone). Runs once at start; every group it changes
+/// is logged as an [`AuditEvent`] by [`CONFIG_CALLER`]. The API refuses to change these groups
+/// ([`AdminState::change_group`], from [`PolicyStore::is_configured_group`]), so a start never
+/// undoes what the API did.
 pub fn seed_groups(store: &PolicyStore, groups: &[GroupConfig]) -> Result<(), StoreError> {
+    store.set_configured_groups(configured_groups(groups));
     if groups.is_empty() {
         return Ok(());
     }
     let mut wanted = Vec::with_capacity(groups.len());
-    for g in groups {
+    for (email, g) in configured_groups(groups).into_iter().zip(groups) {
         // Config validation already checked these; canonicalise for storage.
-        let email = g.email.to_ascii_lowercase();
         let mut members: Vec<String> = g
             .members
             .iter()
@@ -61,16 +77,34 @@ pub fn seed_groups(store: &PolicyStore, groups: &[GroupConfig]) -> Result<(), St
         wanted.push((email, members));
     }
     store.seed_at_start(Arc::new(move |draft: &mut Draft<'_>| {
+        let mut events = Vec::new();
         for (email, members) in &wanted {
-            let same = draft
-                .current
-                .group(email)
-                .is_some_and(|g| g.members == *members);
-            if !same {
-                draft.put_group(email, members.clone());
+            let old = draft.current.group(email);
+            if old.is_some_and(|g| g.members == *members) {
+                continue;
             }
+            let before = old.map(|g| g.members.as_slice()).unwrap_or_default();
+            let pairs = |from: &[String], without: &[String]| -> Vec<(String, String)> {
+                from.iter()
+                    .filter(|m| !without.contains(m))
+                    .map(|m| (format!("group:{email}"), m.clone()))
+                    .collect()
+            };
+            let (added, removed) = (pairs(members, before), pairs(before, members));
+            let old_etag = etag_text(old.map(|g| &g.etag));
+            let stored = draft.put_group(email, members.clone());
+            events.push(AuditEvent {
+                caller: CONFIG_CALLER.to_owned(),
+                action: "configureGroup",
+                resource: format!("groups/{email}"),
+                old_etag,
+                new_etag: etag_text(Some(&stored.etag)),
+                added,
+                removed,
+            });
         }
-        Ok(())
+        // Logged once the write is durable.
+        Ok(Box::new(move || events.iter().for_each(AuditEvent::log)) as SeedDone)
     }))
 }
 
@@ -121,6 +155,14 @@ impl AdminState {
     ) -> Result<GroupView, ApiError> {
         let op = self.require_groups(caller, true)?;
         let email = group_email(email)?;
+        if self.store.is_configured_group(&email) {
+            // The configuration is the single source of these: a change here would be undone
+            // by the next start, silently.
+            return Err(ApiError::FailedPrecondition(format!(
+                "group {email} is set by [[iam.groups]] in the configuration: change its \
+                 members there (the API does not change configured groups)"
+            )));
+        }
         let member = match Member::parse(member).map_err(invalid)? {
             m @ (Member::User(_) | Member::ServiceAccount(_)) => m.to_string(),
             other => {
@@ -197,5 +239,93 @@ fn group_email(email: &str) -> Result<String, ApiError> {
         _ => Err(ApiError::InvalidArgument(format!(
             "invalid group {email:?}: expected a group email like ops@example.com"
         ))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Mutex;
+    use tracing_subscriber::layer::{Context, SubscriberExt as _};
+
+    /// Each event's target and its fields as text.
+    type Captured = Arc<Mutex<Vec<(String, Vec<(String, String)>)>>>;
+
+    struct Capture(Captured);
+
+    struct Fields(Vec<(String, String)>);
+
+    impl tracing::field::Visit for Fields {
+        fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
+            self.0.push((field.name().to_owned(), format!("{value:?}")));
+        }
+        fn record_str(&mut self, field: &tracing::field::Field, value: &str) {
+            self.0.push((field.name().to_owned(), value.to_owned()));
+        }
+    }
+
+    impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for Capture {
+        fn on_event(&self, event: &tracing::Event<'_>, _: Context<'_, S>) {
+            let mut fields = Fields(Vec::new());
+            event.record(&mut fields);
+            if let Ok(mut events) = self.0.lock() {
+                events.push((event.metadata().target().to_owned(), fields.0));
+            }
+        }
+    }
+
+    fn group(email: &str, members: &[&str]) -> GroupConfig {
+        GroupConfig {
+            email: email.into(),
+            members: members.iter().map(|m| (*m).to_owned()).collect(),
+        }
+    }
+
+    /// Seeds `groups` into the store in `dir` (as a start does); the audit events it logged.
+    fn start(dir: &std::path::Path, groups: &[GroupConfig]) -> Vec<Vec<(String, String)>> {
+        let store = PolicyStore::open(dir, "p", &[]).unwrap();
+        let events: Captured = Arc::default();
+        let subscriber = tracing_subscriber::registry().with(Capture(events.clone()));
+        tracing::subscriber::with_default(subscriber, || seed_groups(&store, groups)).unwrap();
+        let events = events.lock().unwrap();
+        events
+            .iter()
+            .filter(|(target, _)| target == crate::admin::audit::AUDIT_TARGET)
+            .map(|(_, fields)| fields.clone())
+            .collect()
+    }
+
+    #[test]
+    fn a_start_that_changes_a_configured_group_audits_it_and_one_that_does_not_is_silent() {
+        let dir = tempfile::tempdir().unwrap();
+        let field = |fields: &[(String, String)], name: &str| {
+            fields
+                .iter()
+                .find(|(k, _)| k == name)
+                .map(|(_, v)| v.clone())
+                .unwrap_or_default()
+        };
+        let first = [group(
+            "group:Ops@Example.com",
+            &["user:carol@example.com", "user:dave@example.com"],
+        )];
+        let events = start(dir.path(), &first);
+        assert_eq!(events.len(), 1, "{events:?}");
+        assert_eq!(field(&events[0], "caller"), CONFIG_CALLER);
+        assert_eq!(field(&events[0], "action"), "configureGroup");
+        assert_eq!(field(&events[0], "resource"), "groups/ops@example.com");
+        assert!(field(&events[0], "added").contains("user:dave@example.com"));
+
+        // The same configuration again: nothing written, nothing logged.
+        assert!(start(dir.path(), &first).is_empty());
+
+        let second = [group("ops@example.com", &["user:carol@example.com"])];
+        let events = start(dir.path(), &second);
+        assert_eq!(events.len(), 1, "{events:?}");
+        assert_eq!(
+            field(&events[0], "removed"),
+            r#"[["group:ops@example.com","user:dave@example.com"]]"#
+        );
+        assert_eq!(field(&events[0], "added"), "[]");
     }
 }

@@ -1,12 +1,16 @@
 //! The steps every management operation shares, written once: load the state (the current
-//! snapshot), require the caller's permission on a resource in it, and — for a write — run the
-//! change in the store's writer's turn and record it in the audit log. An operation then reads
-//! as "require this permission, then act":
+//! snapshot, refused with 503 while the store is not fresh), require the caller's permission on
+//! a resource in it, and — for a write — run the change in the store's writer's turn, where the
+//! permission is checked again against the state the write commits on, and record it in the
+//! audit log. An operation then reads as "require this permission, then act":
 //!
 //! ```text
 //! let op = self.require(caller, resource, PermissionSet::DEPLOYMENTS_UPDATE)?;
 //! op.write("updateDeployment", move |draft| …, |result| Some(Change { … })).await
 //! ```
+//!
+//! The first check answers early from the snapshot; the second, inside the write, is the one
+//! that counts: a revoke committed while the write waited for its turn refuses it.
 
 use std::sync::Arc;
 
@@ -21,7 +25,8 @@ use crate::store::{Draft, Snapshot};
 
 /// What an operation needs: `permission` on `resource`, for the caller's members. It owns what
 /// it needs, so a write's closure can take it along and hold it against the state it writes.
-struct Requirement {
+#[derive(Clone)]
+pub(super) struct Requirement {
     /// This instance's project, whose policy reaches every resource.
     project: String,
     /// Whether `resource` is one this instance manages; nothing is granted on any other.
@@ -33,7 +38,7 @@ struct Requirement {
 
 impl Requirement {
     /// What the members hold on the resource in `state`.
-    fn held(&self, state: &Snapshot) -> PermissionSet {
+    pub(super) fn held(&self, state: &Snapshot) -> PermissionSet {
         held(state, &self.project, &self.resource, &self.members)
     }
 
@@ -73,7 +78,7 @@ impl AdminState {
             permission,
             members: caller.members.clone(),
         };
-        let snapshot = self.store.snapshot();
+        let snapshot = self.load()?;
         requirement.check(&snapshot)?;
         Ok(Operation {
             admin: self,
@@ -81,6 +86,22 @@ impl AdminState {
             snapshot,
             requirement,
         })
+    }
+
+    /// The current state, for an operation to read: refused with 503 `UNAVAILABLE` while the
+    /// store is not fresh (not loaded yet, or — PostgreSQL — not heard from the database within
+    /// `iam.max_staleness`), as Checks are, so no admin answer comes from a stale snapshot.
+    pub(super) fn load(&self) -> Result<Guard<Arc<Snapshot>>, ApiError> {
+        if self.store.is_fresh() {
+            return Ok(self.store.snapshot());
+        }
+        Err(ApiError::Unavailable(if self.store.is_loaded() {
+            "the policy store is stale: this replica has not heard from the database within \
+             iam.max_staleness; retry later"
+                .to_owned()
+        } else {
+            "the policy store has not loaded yet; retry later".to_owned()
+        }))
     }
 
     /// Whether a resource is one this instance manages (its project, its organization, valid names).
@@ -112,9 +133,17 @@ impl Operation<'_> {
         self.requirement.held(&self.snapshot)
     }
 
+    /// What the operation requires, for a write's `change` to judge more against
+    /// `draft.current` (a role write's "no wider than its author").
+    pub(super) fn requirement(&self) -> Requirement {
+        self.requirement.clone()
+    }
+
     /// Runs `change` in the store's writer's turn, on `draft.current` (the newest state), and
     /// returns its result once it is durable; then logs what `audit` says it changed as
-    /// `action` (nothing, when it says `None`). An error from `change` writes nothing.
+    /// `action` (nothing, when it says `None`). The caller's permission is checked again first,
+    /// against `draft.current`: refused there, nothing is written. An error from `change`
+    /// writes nothing either.
     pub(super) async fn write<T, F, A>(
         self,
         action: &'static str,
@@ -128,11 +157,14 @@ impl Operation<'_> {
     {
         // Not held across the write: the writer works on its own, newer state.
         drop(self.snapshot);
+        let requirement = self.requirement;
         let written = self
             .admin
             .store
             .mutate(move |draft: &mut Draft<'_>| {
-                // The writer's turn: `draft.current` is the state this write commits on.
+                // The writer's turn: `draft.current` is the state this write commits on, and
+                // the caller must hold the permission in it, whatever committed meanwhile.
+                requirement.check(draft.current)?;
                 change(draft)
             })
             .await?;
@@ -153,4 +185,175 @@ fn denied(permission: &str, resource: &str) -> ApiError {
 /// A request value the model refuses, as `INVALID_ARGUMENT` with the model's message.
 pub(super) fn invalid(e: impl std::fmt::Display) -> ApiError {
     ApiError::InvalidArgument(e.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::authn::Authenticator;
+    use crate::config::TokenConfig;
+    use crate::iam::policy::{Binding, Policy};
+    use crate::store::PolicyStore;
+
+    const OWNER: &str = "ops@example.com";
+    const MALLORY: &str = "mallory@example.com";
+
+    /// The admin operations over an embedded store in `dir`, `OWNER` its bootstrap owner.
+    fn admin(dir: &std::path::Path) -> AdminState {
+        let store = PolicyStore::open(dir, "p", &[format!("user:{OWNER}")]).unwrap();
+        AdminState {
+            store: Arc::new(store),
+            authenticator: Arc::new(Authenticator::new(
+                &TokenConfig::default(),
+                reqwest::Client::new(),
+                Vec::new(),
+            )),
+            project: "p".into(),
+            organization: "p".into(),
+            dev_jwks: None,
+            metrics: metrics_exporter_prometheus::PrometheusBuilder::new()
+                .build_recorder()
+                .handle(),
+            strict_deployments: false,
+            route_deployments: Vec::new(),
+        }
+    }
+
+    fn caller(email: &str) -> Principal {
+        Principal {
+            id: email.into(),
+            key: [0; 32],
+            members: vec![
+                format!("user:{email}").into(),
+                "allAuthenticatedUsers".into(),
+                "allUsers".into(),
+            ],
+            expires_at: u64::MAX,
+            has_scope: true,
+        }
+    }
+
+    fn binding(role: &str, member: &str) -> Policy {
+        Policy {
+            bindings: vec![Binding {
+                role: role.into(),
+                members: vec![member.into()],
+                condition: None,
+            }],
+            ..Policy::default()
+        }
+    }
+
+    /// Mallory's write passes the check on the state she sees; the owner's revoke of her role
+    /// commits before her write's turn. The write must be judged on the state it commits on.
+    #[tokio::test]
+    async fn a_permission_revoked_before_the_writers_turn_refuses_the_write() {
+        let dir = tempfile::tempdir().unwrap();
+        let admin = admin(dir.path());
+        let (owner, mallory) = (caller(OWNER), caller(MALLORY));
+        let project = admin.project_resource();
+        let member = format!("user:{MALLORY}");
+        let grant = binding("roles/apigee.admin", &member);
+        admin
+            .set_iam_policy(&owner, &project, Some(grant), &[])
+            .await
+            .unwrap();
+        let orders = Resource::parse("organizations/p/environments/prod/deployments/orders")
+            .expect("a deployment name");
+        let op = admin
+            .require(&mallory, &orders, PermissionSet::DEPLOYMENTS_SET_IAM_POLICY)
+            .expect("mallory holds roles/apigee.admin");
+        admin
+            .set_iam_policy(&owner, &project, None, &[])
+            .await
+            .unwrap();
+        let (name, self_grant) = (
+            orders.name(),
+            binding("roles/apigee.deploymentInvoker", &member),
+        );
+        let written = op
+            .write(
+                "setIamPolicy",
+                move |draft: &mut Draft<'_>| {
+                    draft.put_policy(&name, self_grant);
+                    Ok(())
+                },
+                |_| None,
+            )
+            .await;
+        assert!(
+            matches!(written, Err(ApiError::PermissionDenied(_))),
+            "{written:?}"
+        );
+        assert!(admin.store.snapshot().entry(&orders.name()).is_none());
+    }
+
+    /// Lets every task that can run go as far as it can (the runtime is single-threaded).
+    async fn settle() {
+        for _ in 0..10 {
+            tokio::task::yield_now().await;
+        }
+    }
+
+    /// The same race through the operations themselves, queued in order on the writer's turn:
+    /// the owner's revoke of carol's `roles/apigee.admin`, then carol's creation of a role with
+    /// an Apigee permission. She still holds `roles/iam.roleAdmin`, so the role is refused by
+    /// the "no wider than its author" rule, judged on the state the write commits on.
+    #[tokio::test]
+    async fn a_role_no_wider_than_its_author_is_judged_on_the_state_it_commits_on() {
+        let dir = tempfile::tempdir().unwrap();
+        let admin = Arc::new(admin(dir.path()));
+        let owner = caller(OWNER);
+        let project = admin.project_resource();
+        let carol = "user:carol@example.com";
+        let both = Policy {
+            bindings: vec![
+                binding("roles/apigee.admin", carol).bindings.remove(0),
+                binding("roles/iam.roleAdmin", carol).bindings.remove(0),
+            ],
+            ..Policy::default()
+        };
+        admin
+            .set_iam_policy(&owner, &project, Some(both), &[])
+            .await
+            .unwrap();
+        let turn = admin.store.writer_turn().await.expect("an embedded store");
+        let revoke = tokio::spawn({
+            let (admin, project) = (admin.clone(), project.clone());
+            let only_roles = binding("roles/iam.roleAdmin", carol);
+            async move {
+                admin
+                    .set_iam_policy(&caller(OWNER), &project, Some(only_roles), &[])
+                    .await
+            }
+        });
+        settle().await;
+        let create = tokio::spawn({
+            let admin = admin.clone();
+            async move {
+                let fields = super::super::roles::RoleFields {
+                    included_permissions: Some(vec!["apigee.deployments.get".into()]),
+                    ..Default::default()
+                };
+                admin
+                    .create_role(&caller("carol@example.com"), "p", "reader", fields)
+                    .await
+            }
+        });
+        settle().await;
+        drop(turn);
+        revoke.await.unwrap().expect("the owner's revoke");
+        let created = create.await.unwrap();
+        assert!(
+            matches!(&created, Err(ApiError::PermissionDenied(m)) if m.contains("its author holds")),
+            "{created:?}"
+        );
+        assert!(
+            admin
+                .store
+                .snapshot()
+                .role("projects/p/roles/reader")
+                .is_none()
+        );
+    }
 }

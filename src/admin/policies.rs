@@ -131,10 +131,11 @@ impl AdminState {
         resource: &Resource,
         permissions: &[String],
     ) -> Result<Vec<String>, ApiError> {
+        // No permission needed, but never an answer from a stale snapshot.
+        let snapshot = self.load()?;
         if !self.is_ours(resource) {
             return Ok(Vec::new());
         }
-        let snapshot = self.store.snapshot();
         test_permissions(
             &**snapshot,
             &self.project,

@@ -85,7 +85,11 @@ impl AdminState {
         let name = self.role_name(project, role_id)?;
         let permissions =
             check_permissions(&fields.included_permissions.unwrap_or_default()).map_err(invalid)?;
-        not_beyond(op.held(), PermissionSet::of_names(&permissions), project)?;
+        let grants = PermissionSet::of_names(&permissions);
+        // Early, from the snapshot; judged again in the write, on the state it commits on.
+        not_beyond(op.held(), grants, project)?;
+        let author = op.requirement();
+        let project_owned = project.to_owned();
         let role = CustomRole {
             name: name.clone(),
             title: fields.title.unwrap_or_default(),
@@ -95,6 +99,7 @@ impl AdminState {
             etag: None,
         };
         let change = move |draft: &mut Draft<'_>| {
+            not_beyond(author.held(draft.current), grants, &project_owned)?;
             if draft.current.role(&name).is_some() {
                 return Err(ApiError::AlreadyExists(format!(
                     "A role named {name} already exists."
@@ -145,7 +150,7 @@ impl AdminState {
         update_mask: &[String],
     ) -> Result<CustomRole, ApiError> {
         let op = self.require_on_project(caller, project, PermissionSet::ROLES_UPDATE)?;
-        let holds = op.held();
+        let author = op.requirement();
         let name = self.role_name(project, role_id)?;
         let project_owned = project.to_owned();
         if let Some(bad) = update_mask
@@ -187,7 +192,8 @@ impl AdminState {
             }
             // Against the role as stored in this very write: what it keeps may stay, what
             // it comes to grant (new permissions, or a disabled role enabled) the caller
-            // must hold.
+            // must hold, in the state this write commits on.
+            let holds = author.held(draft.current);
             not_beyond(holds, new.grants().difference(old.grants()), &project_owned)?;
             Ok((old, draft.put_role(new)))
         };

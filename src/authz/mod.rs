@@ -1,7 +1,8 @@
 //! Authorization: a principal × a deployment → allowed or not. The source is the embedded
 //! store's current snapshot (`local`: project level or the deployment itself grant
 //! `apigee.deployments.invoke`) or Google IAM (`google`: Apigee's testIamPermissions with the
-//! caller's token). Decisions are cached by (principal, deployment, policy epoch); remote ones are
+//! caller's token). Decisions are cached by (principal, deployment, snapshot generation and
+//! epoch: a revision number never names two histories); remote ones are
 //! refreshed ahead of expiry when hot and served stale, within bounds, when the source fails.
 //! Also the [`Decision`] every Check ends in: a denial is data, not an error.
 
@@ -129,11 +130,14 @@ pub trait RemoteSource: Send + Sync + 'static {
     ) -> BoxFuture<'a, Result<bool, SourceError>>;
 }
 
-/// The decision-cache key: who, where, and the policy epoch it was computed at.
+/// The decision-cache key: who, where, and the policy history it was computed at: the
+/// snapshot's generation (a new one for every full reload, e.g. after a restored backup) and
+/// epoch, so a revision number that comes round again in another history misses.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 struct Key {
     principal: PrincipalKey,
     deployment: Arc<str>,
+    generation: u64,
     epoch: u64,
 }
 
@@ -345,6 +349,7 @@ impl Authorizer {
                 let key = Key {
                     principal: principal.key,
                     deployment: target.name.clone(),
+                    generation: snapshot.generation,
                     epoch: snapshot.epoch,
                 };
                 if let Some(c) = self.cache.get(&key) {
@@ -378,6 +383,7 @@ impl Authorizer {
         let key = Key {
             principal: principal.key,
             deployment: target.name.clone(),
+            generation: 0,
             epoch: 0,
         };
         let cached = self.cache.get(&key);

@@ -5,6 +5,9 @@
 //! Tokens come from an [`IdTokenSource`] (the metadata server, a service-account key, or the
 //! development issuer) and are kept per audience in [`BackendIdentity`]: one fetch per audience at
 //! a time, refreshed in the background well before they expire, a bounded number of audiences.
+//! A token is used only until its `exp` minus a margin, by this machine's clock: one that has
+//! expired or is about to (a skewed clock, a caching proxy) is refused, never cached, and a
+//! failed fetch holds the source off for a moment before the next Check asks again.
 //! Tokens are never logged; the cache is keyed by the audience, never by a token.
 
 pub mod dev;
@@ -12,7 +15,7 @@ pub mod key;
 pub mod metadata;
 
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
-use std::time::Duration;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
@@ -29,6 +32,17 @@ use crate::telemetry::CacheCounters;
 const MAX_LIFETIME: Duration = Duration::from_secs(24 * 3600);
 /// The longest audience accepted.
 const MAX_AUDIENCE_LEN: usize = 2048;
+/// A token is not handed out in the last quarter of its life, nor in its last minute at most:
+/// the refresh margin, so that it cannot expire before the backend reads it.
+const MAX_MARGIN: Duration = Duration::from_secs(60);
+/// The margin is never less than this (a token living a second or less is refused).
+const MIN_MARGIN: Duration = Duration::from_secs(1);
+/// After a failed fetch with no usable token, Checks are answered with that failure for this
+/// long before the source is asked again; doubled for each failure in a row, up to
+/// [`MAX_HOLD_OFF`].
+const HOLD_OFF: Duration = Duration::from_secs(1);
+/// The longest hold-off.
+const MAX_HOLD_OFF: Duration = Duration::from_secs(30);
 
 /// Why an audience cannot be used.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -104,6 +118,9 @@ pub enum FetchError {
     /// The answer is not an ID token.
     #[error("malformed answer: {0}")]
     Malformed(String),
+    /// The token has expired, or expires within the refresh margin, by this machine's clock.
+    #[error("the token {0}")]
+    Expired(String),
     /// The assertion or the development token could not be signed.
     #[error("signing failed: {0}")]
     Sign(String),
@@ -120,6 +137,7 @@ impl FetchError {
             FetchError::Transport(_) => "transport",
             FetchError::Status { .. } => "status",
             FetchError::Malformed(_) => "malformed",
+            FetchError::Expired(_) => "expired",
             FetchError::Sign(_) => "sign",
             FetchError::NotConfigured => "not_configured",
         }
@@ -307,16 +325,53 @@ impl IdToken {
     pub fn token(&self) -> &str {
         &self.authorization["Bearer ".len()..]
     }
+}
 
-    /// How long the token lives from issue: `exp - iat` (free of clock skew between this machine
-    /// and the issuer), else until `exp` by this machine's clock.
-    fn lifetime(&self) -> Duration {
-        let c = &self.claims;
-        let secs = match c.iat {
-            Some(iat) if iat < c.exp => c.exp - iat,
-            _ => c.exp.saturating_sub(crate::authn::unix_now()),
-        };
-        Duration::from_secs(secs).min(MAX_LIFETIME)
+/// How long a fetched token may be used, by this machine's clock.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Lifespan {
+    /// Until `exp`, at most [`MAX_LIFETIME`].
+    left: Duration,
+    /// Kept in hand before `exp`: the token is not handed out past `exp - margin`.
+    margin: Duration,
+}
+
+impl Lifespan {
+    /// The lifespan of a token with `claims` at `now`; refused when it has expired or
+    /// expires within the margin. The margin scales with the life the issuer gave the token
+    /// (`exp - iat`, else what is left), so a token issued an hour ago for an hour with ten
+    /// seconds left is refused, whatever `exp - iat` says.
+    fn of(claims: &IdTokenClaims, now: SystemTime) -> Result<Lifespan, FetchError> {
+        // An `exp` too far to represent is as good as the cap.
+        let exp = UNIX_EPOCH.checked_add(Duration::from_secs(claims.exp));
+        let left = exp
+            .map_or(MAX_LIFETIME, |exp| {
+                exp.duration_since(now).unwrap_or(Duration::ZERO)
+            })
+            .min(MAX_LIFETIME);
+        let issued = match claims.iat {
+            Some(iat) if iat < claims.exp => Duration::from_secs(claims.exp - iat),
+            _ => left,
+        }
+        .min(MAX_LIFETIME);
+        let margin = (issued / 4).clamp(MIN_MARGIN, MAX_MARGIN);
+        if left > margin {
+            return Ok(Lifespan { left, margin });
+        }
+        let since = exp.and_then(|exp| now.duration_since(exp).ok());
+        Err(FetchError::Expired(match since {
+            Some(ago) if !ago.is_zero() || left.is_zero() => format!(
+                "expired {}s ago by this machine's clock (exp {})",
+                ago.as_secs(),
+                claims.exp
+            ),
+            _ => format!(
+                "expires in {}s by this machine's clock, within the {}s refresh margin (exp {})",
+                left.as_secs(),
+                margin.as_secs(),
+                claims.exp
+            ),
+        }))
     }
 }
 
@@ -328,6 +383,22 @@ struct Fresh {
     refresh_at: Instant,
     /// From here on it is not handed out: it might expire before the backend reads it.
     usable_until: Instant,
+    /// The same bound on the wall clock (`exp - margin`): a clock stepped forward since the
+    /// fetch still never sees the token forwarded past its `exp`.
+    usable_before: SystemTime,
+}
+
+impl Fresh {
+    fn usable(&self, now: Instant) -> bool {
+        now < self.usable_until && SystemTime::now() < self.usable_before
+    }
+}
+
+/// The last failed fetch, while no usable token is held.
+struct Failure {
+    /// Until then Checks get `error` without asking the source again.
+    retry_at: Instant,
+    error: FetchError,
 }
 
 #[derive(Default)]
@@ -336,8 +407,23 @@ struct SlotState {
     flight: Option<Flight>,
     /// Asked for since the last scheduled refresh: only audiences in use are kept fresh.
     used: bool,
-    /// Bumped on every new token, so an outdated scheduled refresh does nothing.
+    /// Bumped on every new token and every retry scheduled, so an outdated scheduled refresh
+    /// does nothing.
     generation: u64,
+    /// The last failure, holding the source off until its `retry_at`.
+    failure: Option<Failure>,
+    /// Failed fetches in a row (the hold-off doubles with each).
+    failures: u32,
+}
+
+impl SlotState {
+    /// The failure to answer with instead of asking the source, while it holds the source off.
+    fn held_off(&self, now: Instant) -> Option<&FetchError> {
+        self.failure
+            .as_ref()
+            .filter(|f| now < f.retry_at)
+            .map(|f| &f.error)
+    }
 }
 
 /// One audience's token and its fetch in flight.
@@ -474,10 +560,13 @@ impl BackendIdentity {
             state.used = true;
             let now = Instant::now();
             if let Some(fresh) = &state.fresh {
-                if now < fresh.usable_until {
+                if fresh.usable(now) {
                     inner.counters.hit.increment(1);
                     let token = fresh.token.clone();
-                    if now >= fresh.refresh_at && state.flight.is_none() {
+                    if now >= fresh.refresh_at
+                        && state.flight.is_none()
+                        && state.held_off(now).is_none()
+                    {
                         // Due for refresh (the scheduled one was skipped or failed): refresh
                         // in the background, answer now.
                         drop(inner.start(&slot, &mut state, audience));
@@ -488,7 +577,13 @@ impl BackendIdentity {
             inner.counters.miss.increment(1);
             match &state.flight {
                 Some(f) => f.clone(),
-                None => inner.start(&slot, &mut state, audience),
+                None => {
+                    // The source failed a moment ago: answer as it did, do not ask again yet.
+                    if let Some(error) = state.held_off(now) {
+                        return Err(error.clone());
+                    }
+                    inner.start(&slot, &mut state, audience)
+                }
             }
         };
         flight.await
@@ -517,16 +612,10 @@ impl Inner {
                         Err(_) => Err(FetchError::Timeout),
                     }
                     .and_then(|t| {
-                        if t.lifetime().is_zero() {
-                            Err(FetchError::Malformed(
-                                "the token has already expired".into(),
-                            ))
-                        } else {
-                            Ok(Arc::new(t))
-                        }
+                        let lifespan = Lifespan::of(&t.claims, SystemTime::now())?;
+                        Ok((Arc::new(t), lifespan))
                     });
-                inner.settle(&slot_for_task, &audience, &result);
-                result
+                inner.settle(&slot_for_task, &audience, result)
             });
         let flight: Flight = async move {
             task.await
@@ -538,27 +627,33 @@ impl Inner {
         flight
     }
 
-    /// Records a fetch's outcome and schedules what comes next.
+    /// Records a fetch's outcome and schedules what comes next; a refused token is never kept.
     fn settle(
         self: &Arc<Self>,
         slot: &Slot,
         audience: &Arc<str>,
-        result: &Result<Arc<IdToken>, FetchError>,
-    ) {
+        result: Result<(Arc<IdToken>, Lifespan), FetchError>,
+    ) -> Result<Arc<IdToken>, FetchError> {
         let now = Instant::now();
         let mut state = slot.lock();
         state.flight = None;
         match result {
-            Ok(token) => {
-                let lifetime = token.lifetime();
-                let margin = (lifetime / 4).min(Duration::from_secs(60));
-                let ahead = self.refresh_ahead.max(margin * 2).min(lifetime / 2);
+            Ok((token, Lifespan { left, margin })) => {
+                let usable = left - margin;
+                let ahead = self.refresh_ahead.max(margin * 2).min(left / 2);
+                let usable_before = UNIX_EPOCH
+                    .checked_add(Duration::from_secs(token.claims.exp))
+                    .and_then(|exp| exp.checked_sub(margin))
+                    .unwrap_or_else(|| SystemTime::now() + usable);
                 let fresh = Fresh {
                     token: token.clone(),
-                    refresh_at: now + (lifetime - ahead),
-                    usable_until: now + (lifetime - margin),
+                    refresh_at: now + left.saturating_sub(ahead).min(usable),
+                    usable_until: now + usable,
+                    usable_before,
                 };
                 state.generation += 1;
+                state.failure = None;
+                state.failures = 0;
                 self.schedule(audience.clone(), fresh.refresh_at, state.generation);
                 state.fresh = Some(fresh);
                 tracing::debug!(
@@ -566,21 +661,34 @@ impl Inner {
                     exp = token.claims.exp,
                     "backend ID token fetched"
                 );
+                Ok(token)
             }
             Err(e) => {
                 metrics::counter!("verifyiam_backend_token_failures_total", "kind" => e.kind())
                     .increment(1);
                 tracing::warn!(audience = &**audience, error = %e, "backend ID token fetch failed");
+                state.failures = state.failures.saturating_add(1);
+                let hold = HOLD_OFF
+                    .saturating_mul(1 << (state.failures - 1).min(8))
+                    .min(MAX_HOLD_OFF);
+                state.failure = Some(Failure {
+                    retry_at: now + hold,
+                    error: e.clone(),
+                });
                 if let Some(fresh) = &state.fresh {
-                    if now < fresh.usable_until {
+                    if fresh.usable(now) {
                         // The current token still serves: try again soon, while it lasts.
                         let left = fresh.usable_until - now;
                         let retry =
                             (left / 4).clamp(Duration::from_secs(1), Duration::from_secs(30));
                         state.used = true;
+                        // One retry pending at a time: any earlier one (a refresh a Check
+                        // started meanwhile) is outdated by this one.
+                        state.generation += 1;
                         self.schedule(audience.clone(), now + retry, state.generation);
                     }
                 }
+                Err(e)
             }
         }
     }
@@ -687,10 +795,63 @@ mod tests {
         assert_eq!(t.token(), raw);
         assert_eq!(t.authorization(), format!("Bearer {raw}"));
         assert_eq!(t.claims.aud.as_deref(), Some("https://b"));
-        assert_eq!(t.lifetime(), Duration::from_secs(3600));
+        let at = |secs: u64| UNIX_EPOCH + Duration::from_secs(secs);
+        assert_eq!(
+            Lifespan::of(&t.claims, at(100)),
+            Ok(Lifespan {
+                left: Duration::from_secs(3600),
+                margin: MAX_MARGIN
+            })
+        );
         assert!(!format!("{t:?}").contains(&raw));
         assert!(IdToken::parse("not a token").is_err());
         assert!(IdToken::parse(&jwt(serde_json::json!({"aud": "x"}))).is_err());
+    }
+
+    #[test]
+    fn a_token_is_used_until_its_exp_by_the_local_clock_minus_the_margin() {
+        let at = |secs: u64| UNIX_EPOCH + Duration::from_secs(secs);
+        let claims = |iat: Option<u64>, exp: u64| IdTokenClaims {
+            iat,
+            exp,
+            ..Default::default()
+        };
+        let lifespan = |left: u64, margin: u64| {
+            Ok(Lifespan {
+                left: Duration::from_secs(left),
+                margin: Duration::from_secs(margin),
+            })
+        };
+        let expired = |r: Result<Lifespan, FetchError>| matches!(r, Err(FetchError::Expired(_)));
+        // exp - iat says an hour; the local clock says it is gone, or nearly.
+        assert!(expired(Lifespan::of(&claims(Some(1000), 4600), at(8200))));
+        assert!(expired(Lifespan::of(&claims(Some(1000), 4600), at(4600))));
+        assert!(expired(Lifespan::of(&claims(Some(1000), 4600), at(4540))));
+        assert_eq!(
+            Lifespan::of(&claims(Some(1000), 4600), at(4539)),
+            lifespan(61, 60)
+        );
+        // Issued a month ago, an hour left: an hour, not the cap.
+        assert_eq!(
+            Lifespan::of(&claims(Some(1000), 3_000_000), at(2_996_400)),
+            lifespan(3600, 60)
+        );
+        // Short lives keep a quarter, at least a second; no iat: what is left is the life.
+        assert_eq!(Lifespan::of(&claims(Some(0), 8), at(0)), lifespan(8, 2));
+        assert_eq!(Lifespan::of(&claims(None, 8), at(0)), lifespan(8, 2));
+        assert!(expired(Lifespan::of(&claims(None, 1), at(0))));
+        // An absurd exp is held to the cap.
+        assert_eq!(
+            Lifespan::of(&claims(None, u64::MAX), at(0)),
+            lifespan(24 * 3600, 60)
+        );
+        let message = Lifespan::of(&claims(Some(1000), 4600), at(4590))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            message.contains("within the 60s refresh margin"),
+            "{message}"
+        );
     }
 
     /// Counts fetches; answers with a token for the audience living `lifetime` seconds.
@@ -763,6 +924,62 @@ mod tests {
         // Expired by now: the next request fetches.
         identity.id_token("https://a").await.unwrap();
         assert_eq!(source.fetches.load(Ordering::SeqCst), 4);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_refresh_handing_out_an_expired_token_keeps_the_current_one() {
+        /// Good hour-long tokens until `stale` is set, then one that expired an hour ago.
+        struct Skewed {
+            stale: std::sync::atomic::AtomicBool,
+            fetches: AtomicUsize,
+        }
+        impl IdTokenSource for Skewed {
+            fn label(&self) -> &'static str {
+                "test"
+            }
+            fn fetch<'a>(&'a self, audience: &'a str) -> BoxFuture<'a, Result<String, FetchError>> {
+                let n = self.fetches.fetch_add(1, Ordering::SeqCst);
+                let now = crate::authn::unix_now();
+                let exp = if self.stale.load(Ordering::SeqCst) {
+                    now - 3600
+                } else {
+                    now + 3600
+                };
+                let token = jwt(
+                    serde_json::json!({"aud": audience, "iat": exp - 3600, "exp": exp, "n": n}),
+                );
+                async move { Ok(token) }.boxed()
+            }
+        }
+        let source = Arc::new(Skewed {
+            stale: false.into(),
+            fetches: AtomicUsize::new(0),
+        });
+        let policy = CachePolicy {
+            fetch_timeout: Duration::from_secs(5),
+            refresh_ahead: Duration::from_secs(600),
+            max_audiences: 10,
+        };
+        let identity = BackendIdentity::new(source.clone(), policy);
+        let first = identity.id_token("https://a").await.unwrap();
+        source.stale.store(true, Ordering::SeqCst);
+        // The refresh 10 minutes before expiry gets the stale token: refused, the current one
+        // still served; the retries that follow are spaced, not one per request.
+        tokio::time::sleep(Duration::from_secs(50 * 60 + 1)).await;
+        assert_eq!(source.fetches.load(Ordering::SeqCst), 2);
+        for _ in 0..100 {
+            let t = identity.id_token("https://a").await.unwrap();
+            assert!(Arc::ptr_eq(&t, &first));
+        }
+        assert_eq!(source.fetches.load(Ordering::SeqCst), 2);
+        // Past its own margin the current token is not served either; the refused one never is.
+        tokio::time::sleep(Duration::from_secs(10 * 60)).await;
+        let fetched = source.fetches.load(Ordering::SeqCst);
+        assert!(fetched <= 2 + 40, "{fetched} fetches in ten minutes");
+        assert!(matches!(
+            identity.id_token("https://a").await,
+            Err(FetchError::Expired(_))
+        ));
     }
 
     #[tokio::test]

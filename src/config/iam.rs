@@ -36,12 +36,15 @@ pub struct IamConfig {
     /// into being when a policy is set on it or a route names it).
     #[serde(default)]
     pub strict_deployments: bool,
-    /// Group memberships applied at start (`[[iam.groups]]`).
+    /// Group memberships applied at start (`[[iam.groups]]`): the configuration is the single
+    /// source of the groups it names (the admin API refuses to change them), and a start that
+    /// changes one is audited.
     #[serde(default)]
     pub groups: Vec<GroupConfig>,
 }
 
-/// `[[iam.groups]]`: a group whose membership is set from configuration at start.
+/// `[[iam.groups]]`: a group whose membership is set from configuration at start, and only
+/// there: keep it the same on every replica.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct GroupConfig {

@@ -2,8 +2,18 @@
 //! paths in many ways (Spring and Tomcat drop `;` parameters, Windows servers trim a trailing
 //! `.` or space, most decode `%61` to `a` and merge `//`), so a route decided on the raw path
 //! could be bypassed by any spelling the backend reads as a more specific path. Here the path is
-//! normalised (unreserved characters percent-decoded, dot segments removed, slashes merged,
-//! letters folded to lower case), and every path that has no single reading is refused.
+//! normalised (every printable ASCII byte whose decoding cannot change the path's structure is
+//! percent-decoded, slashes merged, letters folded to lower case), and every path that has no
+//! single reading is refused: among them any `.` or `..` segment, which backends resolve in
+//! different places (before or after routing, before or after decoding).
+//!
+//! Decoding covers the reserved sub-delimiters (`: @ ! $ & ' ( ) * + , =`) too: Werkzeug/Flask and
+//! the JDK's HttpServer decode `%3A` to `:` before routing, while Envoy's `normalize_path` leaves
+//! it encoded, so `/orders%3Acancel` must meet the route `/orders:cancel`. Decoding them for the
+//! comparison only (the request goes on as sent) keeps legitimate clients working (an e-mail
+//! address in a path is `alice%40example.com`), and since route prefixes are normalised the same
+//! way, a path can only ever meet the route of its decoded form, which is at least as specific
+//! as the route of its literal form.
 
 use std::fmt::Write as _;
 
@@ -34,6 +44,10 @@ pub enum PathError {
     /// A control character, raw whitespace or a raw non-ASCII byte.
     #[error("the path holds a control character, raw whitespace or a raw non-ASCII byte")]
     Control,
+    /// A `.` or `..` segment, raw or encoded: resolved before routing by some servers, after it
+    /// (or never) by others.
+    #[error("the path holds a '.' or '..' segment")]
+    DotSegment,
     /// A segment ending in `.` (other than the dot segments themselves).
     #[error("a path segment ends in '.'")]
     TrailingDot,
@@ -42,8 +56,11 @@ pub enum PathError {
     TrailingSpace,
 }
 
-fn unreserved(b: u8) -> bool {
-    b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~')
+/// Whether an encoded byte is decoded in the normal form: every printable ASCII byte but those
+/// whose raw form would change the path's structure (`/`, `?`, `#`), those refused outright
+/// (`\\`, `;`, `%`) and the space (raw, it is refused; encoded, it stays `%20`).
+fn decoded(b: u8) -> bool {
+    b.is_ascii_graphic() && !matches!(b, b'/' | b'?' | b'#' | b'\\' | b';' | b'%')
 }
 
 fn hex(b: u8) -> Option<u8> {
@@ -56,8 +73,9 @@ fn hex(b: u8) -> Option<u8> {
 }
 
 /// The normal form of the path part of `raw` (everything before `?` or `#`): lower case,
-/// unreserved characters decoded, other encoded bytes kept as `%xx`, empty and `.` segments
-/// dropped, `..` applied (never above the root), a trailing `/` kept.
+/// printable ASCII decoded (sub-delimiters such as `:` and `@` included), other encoded bytes
+/// kept as `%xx`, empty segments dropped, a trailing `/` kept. A `.` or `..` segment, raw or
+/// encoded, is refused rather than resolved.
 pub fn normalize(raw: &str) -> Result<String, PathError> {
     let raw = raw.as_bytes();
     let end = raw
@@ -69,7 +87,7 @@ pub fn normalize(raw: &str) -> Result<String, PathError> {
         return Err(PathError::NotAbsolute);
     }
     // One pass, one allocation: each segment is decoded straight into `out` after its '/', then
-    // kept, dropped (empty, `.`) or applied (`..`) when it ends.
+    // kept, dropped (empty) or refused when it ends.
     let mut out = String::with_capacity(end + 1);
     let mut start = out.len();
     out.push('/');
@@ -107,7 +125,7 @@ pub fn normalize(raw: &str) -> Result<String, PathError> {
                     b';' => return Err(PathError::Parameters),
                     b'%' => return Err(PathError::EncodedPercent),
                     0..0x20 | 0x7f => return Err(PathError::Control),
-                    d if unreserved(d) => {
+                    d if decoded(d) => {
                         out.push(d.to_ascii_lowercase() as char);
                         ends_in_space = false;
                     }
@@ -135,16 +153,11 @@ pub fn normalize(raw: &str) -> Result<String, PathError> {
 }
 
 /// Ends the segment written at `out[start..]` (its leading '/' included): keeps it, drops it
-/// (empty, `.`), applies it (`..`: drops it and the segment before, never above the root), or
-/// refuses it (ending in `.` or whitespace).
+/// (empty), or refuses it (a dot segment, or ending in `.` or whitespace).
 fn close(out: &mut String, start: usize, ends_in_space: bool) -> Result<(), PathError> {
     match &out[start + 1..] {
-        "" | "." => out.truncate(start),
-        ".." => {
-            out.truncate(start);
-            let previous = out.rfind('/').unwrap_or(0);
-            out.truncate(previous);
-        }
+        "" => out.truncate(start),
+        "." | ".." => return Err(PathError::DotSegment),
         s if s.ends_with('.') => return Err(PathError::TrailingDot),
         _ if ends_in_space => return Err(PathError::TrailingSpace),
         _ => {}
@@ -161,29 +174,101 @@ mod tests {
     }
 
     #[test]
-    fn dot_segments_are_removed_and_slashes_merged() {
-        assert_eq!(n("/orders/./admin").as_deref(), Ok("/orders/admin"));
-        assert_eq!(n("/orders/x/../admin").as_deref(), Ok("/orders/admin"));
+    fn empty_segments_are_merged_and_a_trailing_slash_kept() {
         assert_eq!(n("//orders///admin").as_deref(), Ok("/orders/admin"));
-        assert_eq!(n("/../../orders").as_deref(), Ok("/orders"));
-        assert_eq!(n("/orders/..").as_deref(), Ok("/"));
         assert_eq!(n("/").as_deref(), Ok("/"));
+        assert_eq!(n("//").as_deref(), Ok("/"));
         assert_eq!(n("/orders/").as_deref(), Ok("/orders/"));
-        assert_eq!(n("/orders/.").as_deref(), Ok("/orders"));
+        assert_eq!(n("/orders//").as_deref(), Ok("/orders/"));
+    }
+
+    #[test]
+    fn dot_segments_raw_or_encoded_in_any_case_are_refused() {
+        for p in [
+            "/orders/..",
+            "/orders/../",
+            "/orders/x/../admin",
+            "/../../orders",
+            "/..",
+            "/.",
+            "/./orders",
+            "/orders/.",
+            "/orders/./admin",
+            "/orders/%2e",
+            "/orders/%2E",
+            "/orders/%2e%2e",
+            "/orders/%2E%2E",
+            "/orders/%2e%2E/admin",
+            "/orders/.%2e",
+            "/orders/%2e.",
+            "/orders/.%2E/",
+            "/orders/..?x=1",
+        ] {
+            assert_eq!(n(p), Err(PathError::DotSegment), "{p:?}");
+        }
+        assert!(
+            PathError::DotSegment
+                .to_string()
+                .contains("'.' or '..' segment")
+        );
+    }
+
+    #[test]
+    fn dots_inside_a_segment_and_in_the_query_are_data() {
+        assert_eq!(n("/v1.2/x").as_deref(), Ok("/v1.2/x"));
+        assert_eq!(n("/.well-known").as_deref(), Ok("/.well-known"));
+        assert_eq!(n("/a..b").as_deref(), Ok("/a..b"));
+        assert_eq!(n("/%2ewell-known").as_deref(), Ok("/.well-known"));
+        assert_eq!(n("/x?p=/../admin").as_deref(), Ok("/x"));
     }
 
     #[test]
     fn unreserved_characters_are_decoded_and_letters_folded() {
         assert_eq!(n("/orders/%61dmin").as_deref(), Ok("/orders/admin"));
         assert_eq!(n("/Orders/ADMIN").as_deref(), Ok("/orders/admin"));
-        assert_eq!(n("/orders/%2e%2E/admin").as_deref(), Ok("/admin"));
         assert_eq!(n("/a%7Eb").as_deref(), Ok("/a~b"));
     }
 
     #[test]
-    fn other_encoded_bytes_stay_encoded_in_one_spelling() {
+    fn sub_delimiters_are_decoded_however_they_are_spelled() {
+        for (c, hex) in [
+            (':', "3a"),
+            ('@', "40"),
+            ('!', "21"),
+            ('$', "24"),
+            ('&', "26"),
+            ('\'', "27"),
+            ('(', "28"),
+            (')', "29"),
+            ('*', "2a"),
+            ('+', "2b"),
+            (',', "2c"),
+            ('=', "3d"),
+        ] {
+            let normal = format!("/x{c}y");
+            for spelling in [
+                format!("/x{c}y"),
+                format!("/x%{hex}y"),
+                format!("/x%{}y", hex.to_ascii_uppercase()),
+                format!("/X%{}Y", hex.to_ascii_uppercase()),
+            ] {
+                assert_eq!(n(&spelling).as_deref(), Ok(normal.as_str()), "{spelling:?}");
+            }
+        }
+        assert_eq!(
+            n("/api/v1/orders%3Acancel").as_deref(),
+            Ok("/api/v1/orders:cancel")
+        );
+        assert_eq!(n("/users/%40admin").as_deref(), Ok("/users/@admin"));
+        // Other printable ASCII compares the same way.
+        assert_eq!(n("/%5B1%5D%7Bx%7D").as_deref(), Ok("/[1]{x}"));
+    }
+
+    #[test]
+    fn bytes_that_would_change_the_structure_stay_encoded_in_one_spelling() {
         assert_eq!(n("/caf%C3%A9").as_deref(), Ok("/caf%c3%a9"));
-        assert_eq!(n("/a%40b").as_deref(), Ok("/a%40b"));
+        assert_eq!(n("/a%3Fb").as_deref(), Ok("/a%3fb"));
+        assert_eq!(n("/a%23b").as_deref(), Ok("/a%23b"));
         assert_eq!(n("/my%20file.txt").as_deref(), Ok("/my%20file.txt"));
     }
 
@@ -225,7 +310,15 @@ mod tests {
 
     #[test]
     fn normal_forms_are_fixed_points() {
-        for p in ["/", "/orders", "/orders/", "/a%40b/c", "/caf%c3%a9"] {
+        for p in [
+            "/",
+            "/orders",
+            "/orders/",
+            "/a%40b/c",
+            "/caf%c3%a9",
+            "/a%3f%23%20b",
+            "/x:y@z",
+        ] {
             let once = n(p).unwrap();
             assert_eq!(n(&once).as_deref(), Ok(once.as_str()), "{p}");
         }

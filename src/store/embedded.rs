@@ -1,6 +1,7 @@
 //! The embedded backend: everything in one redb file under `iam.store`, one process at a time.
 //! A commit is fsync'd before it returns (redb's `Durability::Immediate`), so a write
-//! acknowledged after it survives a crash.
+//! acknowledged after it survives a crash. Each revision's [`Chain`] is kept beside it, as
+//! with PostgreSQL, so a copy of the store says which history its revision belongs to.
 
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
@@ -8,13 +9,15 @@ use std::sync::Mutex;
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use serde::Serialize;
 
-use super::{Changes, StoreError, decode, io};
+use super::{Chain, Changes, StoreError, decode, io};
 
 const POLICIES: TableDefinition<&str, &[u8]> = TableDefinition::new("policies");
 const DEPLOYMENTS: TableDefinition<&str, &[u8]> = TableDefinition::new("deployments");
 const ROLES: TableDefinition<&str, &[u8]> = TableDefinition::new("roles");
 const GROUPS: TableDefinition<&str, &[u8]> = TableDefinition::new("groups");
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
+/// Revision → its chain (32 bytes).
+const REVISIONS: TableDefinition<u64, &[u8]> = TableDefinition::new("revisions");
 const EPOCH: &str = "epoch";
 /// The store's file inside the `iam.store` directory.
 pub const FILE_NAME: &str = "verifyiam.redb";
@@ -24,6 +27,9 @@ pub struct Embedded {
     db: Database,
     /// Writers take turns; held only inside blocking write sections, never across an await.
     pub(super) writer: Mutex<()>,
+    /// The queue of asynchronous writers in front of `writer`, waited on with a bound
+    /// ([`super::WRITER_WAIT`]); start-up writes take `writer` alone.
+    pub(super) turn: tokio::sync::Mutex<()>,
 }
 
 fn read_table<T: serde::de::DeserializeOwned>(
@@ -41,8 +47,9 @@ fn read_table<T: serde::de::DeserializeOwned>(
 }
 
 impl Embedded {
-    /// Opens (or creates) the store in `dir`; returns it with everything stored and its epoch.
-    pub fn open(dir: &Path) -> Result<(Embedded, Changes, u64), StoreError> {
+    /// Opens (or creates) the store in `dir`; returns it with everything stored, its epoch and
+    /// the epoch's chain (one of its own if the file predates chains).
+    pub fn open(dir: &Path) -> Result<(Embedded, Changes, u64, Chain), StoreError> {
         let path: PathBuf = dir.join(FILE_NAME);
         let open_err = |reason: String| StoreError::Open {
             path: path.clone(),
@@ -62,6 +69,7 @@ impl Embedded {
                 txn.open_table(table).map_err(io)?;
             }
             txn.open_table(META).map_err(io)?;
+            txn.open_table(REVISIONS).map_err(io)?;
         }
         txn.commit().map_err(io)?;
 
@@ -73,6 +81,17 @@ impl Embedded {
             .map_err(io)?
             .map(|v| v.value())
             .unwrap_or(0);
+        let stored = read
+            .open_table(REVISIONS)
+            .map_err(io)?
+            .get(epoch)
+            .map_err(io)?
+            .and_then(|v| Chain::from_slice(v.value()));
+        let chain = match stored {
+            Some(c) => c,
+            None if epoch == 0 => Chain::GENESIS,
+            None => Chain::unique(epoch),
+        };
         let all = Changes {
             policies: read_table(&read, POLICIES)?,
             deployments: read_table(&read, DEPLOYMENTS)?
@@ -87,14 +106,16 @@ impl Embedded {
             Embedded {
                 db,
                 writer: Mutex::new(()),
+                turn: tokio::sync::Mutex::new(()),
             },
             all,
             epoch,
+            chain,
         ))
     }
 
-    /// Writes one change set and the new epoch in one durable transaction.
-    pub fn commit(&self, epoch: u64, changes: &Changes) -> Result<(), StoreError> {
+    /// Writes one change set, the new epoch and its chain in one durable transaction.
+    pub fn commit(&self, epoch: u64, chain: Chain, changes: &Changes) -> Result<(), StoreError> {
         fn write<T: Serialize>(
             txn: &redb::WriteTransaction,
             table: TableDefinition<&str, &[u8]>,
@@ -127,6 +148,10 @@ impl Embedded {
         txn.open_table(META)
             .map_err(io)?
             .insert(EPOCH, epoch)
+            .map_err(io)?;
+        txn.open_table(REVISIONS)
+            .map_err(io)?
+            .insert(epoch, chain.0.as_slice())
             .map_err(io)?;
         // Durability::Immediate (redb's default): fsync'd before commit returns.
         txn.commit().map_err(io)

@@ -9,11 +9,18 @@ use super::StoreError;
 use super::postgres::pg_error;
 
 /// The migrations: (version, what it does, SQL). Append only; never edit a released one.
-pub const MIGRATIONS: &[(i64, &str, &str)] = &[(
-    1,
-    "records, revision",
-    include_str!("migrations/0001_records.sql"),
-)];
+pub const MIGRATIONS: &[(i64, &str, &str)] = &[
+    (
+        1,
+        "records, revision",
+        include_str!("migrations/0001_records.sql"),
+    ),
+    (
+        2,
+        "revision chain",
+        include_str!("migrations/0002_revision_chain.sql"),
+    ),
+];
 
 /// The schema version this binary knows.
 pub fn latest() -> i64 {

@@ -11,6 +11,13 @@
 //! snapshot and records its changes in a [`Draft`] under the writer's turn (with PostgreSQL: the
 //! database-wide revision row lock, after catching up), so check-and-set rules (etags, "role
 //! still in use", "deployment exists") hold against concurrent writers on any replica.
+//!
+//! Every revision also names its history: [`Chain`], a SHA-256 chained over the changes
+//! (`chain(n) = H(chain(n-1) || canonical changes of n)`), stored with the revision. A replica
+//! remembers the chain of the revision it holds and, catching up, compares the database's entry
+//! for that revision: a mismatch or a missing entry (a restored backup) means a full reload,
+//! which starts a new [`Snapshot::generation`]. Decisions are cached by generation and epoch, so
+//! one revision number never stands for two histories.
 
 pub mod embedded;
 pub mod migrations;
@@ -68,6 +75,15 @@ pub enum StoreError {
         /// The server's reason.
         reason: String,
     },
+    /// The COMMIT was sent but its answer was lost, and the database could not be asked in time
+    /// whether it took effect: the change may or may not have been applied (HTTP 503 / gRPC
+    /// `UNAVAILABLE`, never "not applied").
+    #[error("the outcome of the change is unknown ({0}); read it back before retrying")]
+    OutcomeUnknown(String),
+    /// The write waited [`WRITER_WAIT`] for the writes ahead of it (on this replica) and gave up
+    /// before sending anything: nothing was applied (HTTP 503 / gRPC `UNAVAILABLE`).
+    #[error("the write waited {0:?} for the writes ahead of it; the change was not applied")]
+    Busy(Duration),
     /// The database's schema is newer than this binary knows.
     #[error(
         "the PostgreSQL schema is at version {found}, newer than the {known} this verifyiam knows; \
@@ -80,6 +96,12 @@ pub enum StoreError {
         known: i64,
     },
 }
+
+/// How long a write waits for the writer's turn (the writes of this replica ahead of it, and
+/// with PostgreSQL a catch-up in progress) before it is answered [`StoreError::Busy`]. Shorter
+/// than the PostgreSQL write timeout, so a write queued behind one stuck on the database is
+/// answered before that one gives up and lets it in.
+pub const WRITER_WAIT: Duration = Duration::from_secs(3);
 
 fn io(e: impl std::fmt::Display) -> StoreError {
     StoreError::Io(e.to_string())
@@ -109,6 +131,91 @@ impl Changes {
             && self.deployments.is_empty()
             && self.roles.is_empty()
             && self.groups.is_empty()
+    }
+
+    /// The changed records as stored: (kind, name, JSON value or `None` for a deletion), in the
+    /// order they were recorded (a later entry for the same record wins).
+    pub(crate) fn rows(&self) -> Result<Vec<Row<'_>>, StoreError> {
+        fn json<T: Serialize>(value: &T) -> Result<String, StoreError> {
+            serde_json::to_string(value).map_err(io)
+        }
+        let mut rows = Vec::new();
+        for (name, p) in &self.policies {
+            rows.push(("policy", name.as_str(), p.as_ref().map(json).transpose()?));
+        }
+        for (name, d) in &self.deployments {
+            rows.push(("deployment", name.as_str(), Some(json(d)?)));
+        }
+        for (name, r) in &self.roles {
+            rows.push(("role", name.as_str(), r.as_ref().map(json).transpose()?));
+        }
+        for (name, g) in &self.groups {
+            rows.push(("group", name.as_str(), g.as_ref().map(json).transpose()?));
+        }
+        Ok(rows)
+    }
+}
+
+/// One stored record as the chain sees it: (kind, name, JSON value or `None` for a deletion).
+pub type Row<'a> = (&'a str, &'a str, Option<String>);
+
+/// The hash naming a revision's whole history: `H(previous chain || canonical changes)`.
+/// Revision 0 of an empty store has [`Chain::GENESIS`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Chain(pub [u8; 32]);
+
+impl Chain {
+    /// The chain of the empty store at revision 0.
+    pub const GENESIS: Chain = Chain([0; 32]);
+
+    /// The chain of the revision after `self` that wrote `rows` (see [`Changes::rows`]).
+    /// Canonical: the rows sorted by (kind, name) (stable, so a later write of the same record
+    /// stays later), each field length-prefixed, a deletion marked apart from any value.
+    pub fn next(&self, rows: &[Row<'_>]) -> Chain {
+        use sha2::{Digest as _, Sha256};
+        let mut sorted: Vec<_> = rows.iter().collect();
+        sorted.sort_by(|a, b| (a.0, a.1).cmp(&(b.0, b.1)));
+        let mut h = Sha256::new();
+        h.update(b"verifyiam-revision-v1");
+        h.update(self.0);
+        h.update((sorted.len() as u64).to_be_bytes());
+        for (kind, name, value) in sorted {
+            for field in [Some(*kind), Some(*name), value.as_deref()] {
+                match field {
+                    Some(f) => {
+                        h.update([1]);
+                        h.update((f.len() as u64).to_be_bytes());
+                        h.update(f.as_bytes());
+                    }
+                    None => h.update([0]),
+                }
+            }
+        }
+        Chain(h.finalize().into())
+    }
+
+    /// A chain no other history shares, for a revision whose history is not known (a store
+    /// written before revisions carried chains): whatever follows it names a history of its own.
+    pub fn unique(epoch: u64) -> Chain {
+        use sha2::{Digest as _, Sha256};
+        use std::hash::{BuildHasher as _, Hasher as _};
+        let mut h = Sha256::new();
+        h.update(b"verifyiam-unknown-history");
+        h.update(epoch.to_be_bytes());
+        h.update(std::process::id().to_be_bytes());
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos());
+        h.update(now.to_be_bytes());
+        let mut r = std::collections::hash_map::RandomState::new().build_hasher();
+        r.write_u128(now);
+        h.update(r.finish().to_be_bytes());
+        Chain(h.finalize().into())
+    }
+
+    /// From stored bytes; `None` unless exactly 32.
+    pub fn from_slice(bytes: &[u8]) -> Option<Chain> {
+        bytes.try_into().ok().map(Chain)
     }
 }
 
@@ -151,6 +258,13 @@ pub struct Group {
 pub struct Snapshot {
     /// Moves on every write.
     pub epoch: u64,
+    /// Which full load this snapshot descends from: a new one for every full reload (a restored
+    /// database), so (`generation`, `epoch`) names one history even when a restore makes a
+    /// revision number come round again.
+    pub generation: u64,
+    /// The chain of `epoch` (`None`: not known, e.g. written by an older verifyiam; the next
+    /// catch-up reloads).
+    chain: Option<Chain>,
     entries: HashMap<Box<str>, Arc<Entry>>,
     /// The project policy plus the bootstrap administrators' `roles/owner`.
     project: CompiledPolicy,
@@ -164,6 +278,11 @@ pub struct Snapshot {
 }
 
 impl Snapshot {
+    /// The chain naming this snapshot's history, if known.
+    pub fn chain(&self) -> Option<Chain> {
+        self.chain
+    }
+
     /// The stored entry for a resource name.
     pub fn entry(&self, name: &str) -> Option<&Arc<Entry>> {
         self.entries.get(name)
@@ -359,8 +478,12 @@ enum Backend {
 }
 
 /// A write applied once at start (e.g. `[[iam.groups]]`); with PostgreSQL, after the first
-/// load, and again after a failed attempt.
-pub type Seed = Arc<dyn Fn(&mut Draft<'_>) -> Result<(), StoreError> + Send + Sync>;
+/// load, and again after a failed attempt. It returns what to do once its write is durable
+/// (log what it changed).
+pub type Seed = Arc<dyn Fn(&mut Draft<'_>) -> Result<SeedDone, StoreError> + Send + Sync>;
+
+/// What a [`Seed`] does once its write is durable.
+pub type SeedDone = Box<dyn FnOnce() + Send>;
 
 /// The store: the current snapshot (lock-free for Checks) over one backend.
 pub struct PolicyStore {
@@ -376,6 +499,11 @@ pub struct PolicyStore {
     origin: Instant,
     max_staleness: Duration,
     seed: Mutex<Option<Seed>>,
+    /// The groups a start sets from configuration (emails): theirs alone, see
+    /// [`PolicyStore::set_configured_groups`].
+    configured_groups: std::sync::OnceLock<Vec<String>>,
+    /// The last [`Snapshot::generation`] handed out.
+    generations: AtomicU64,
 }
 
 impl PolicyStore {
@@ -386,7 +514,7 @@ impl PolicyStore {
         project: &str,
         bootstrap_admins: &[String],
     ) -> Result<PolicyStore, StoreError> {
-        let (db, all, epoch) = embedded::Embedded::open(dir)?;
+        let (db, all, epoch, chain) = embedded::Embedded::open(dir)?;
         let store = Self::with(
             Backend::Embedded(db),
             project,
@@ -396,7 +524,7 @@ impl PolicyStore {
         let empty = store.empty_snapshot();
         store
             .snapshot
-            .store(Arc::new(store.apply(&empty, epoch, all)));
+            .store(Arc::new(store.apply(&empty, epoch, Some(chain), all)));
         store.mark_loaded();
         Ok(store)
     }
@@ -455,6 +583,8 @@ impl PolicyStore {
             backend,
             snapshot: ArcSwap::from_pointee(Snapshot {
                 epoch: 0,
+                generation: 0,
+                chain: None,
                 entries: HashMap::new(),
                 project: CompiledPolicy::default(),
                 project_name: project_name.clone(),
@@ -472,6 +602,8 @@ impl PolicyStore {
             origin: Instant::now(),
             max_staleness,
             seed: Mutex::new(None),
+            configured_groups: std::sync::OnceLock::new(),
+            generations: AtomicU64::new(0),
         };
         store.snapshot.store(Arc::new(store.empty_snapshot()));
         store
@@ -490,9 +622,12 @@ impl PolicyStore {
         }
     }
 
+    /// The empty store at revision 0, as the start of a new generation (a full load).
     fn empty_snapshot(&self) -> Snapshot {
         self.build(Snapshot {
             epoch: 0,
+            generation: self.generations.fetch_add(1, Ordering::AcqRel) + 1,
+            chain: Some(Chain::GENESIS),
             entries: HashMap::new(),
             project: CompiledPolicy::default(),
             project_name: self.project_name.clone(),
@@ -560,12 +695,30 @@ impl PolicyStore {
     /// Applies `seed` now (embedded) or after the first load (PostgreSQL).
     pub fn seed_at_start(&self, seed: Seed) -> Result<(), StoreError> {
         match &self.backend {
-            Backend::Embedded(_) => self.mutate_blocking(|draft: &mut Draft<'_>| seed(draft)),
+            Backend::Embedded(_) => {
+                let done = self.mutate_blocking(|draft: &mut Draft<'_>| seed(draft))?;
+                done();
+                Ok(())
+            }
             Backend::Postgres(_) => {
                 *self.seed.lock().map_err(|_| io("seed lock poisoned"))? = Some(seed);
                 Ok(())
             }
         }
+    }
+
+    /// Records the groups the configuration owns (emails, canonical), once, at start: the admin
+    /// API refuses to change them, so a start's seeding never undoes an API change.
+    pub fn set_configured_groups(&self, emails: Vec<String>) {
+        // Once per store: the configuration does not change while it runs.
+        let _ = self.configured_groups.set(emails);
+    }
+
+    /// Whether the configuration owns group `email` (canonical).
+    pub fn is_configured_group(&self, email: &str) -> bool {
+        self.configured_groups
+            .get()
+            .is_some_and(|g| g.iter().any(|e| e == email))
     }
 
     async fn seed_pending(&self) -> Result<(), StoreError> {
@@ -575,7 +728,8 @@ impl PolicyStore {
             .map_err(|_| io("seed lock poisoned"))?
             .clone();
         if let (Some(seed), Backend::Postgres(pg)) = (seed, &self.backend) {
-            postgres::mutate(self, pg, move |draft: &mut Draft<'_>| seed(draft)).await?;
+            let done = postgres::mutate(self, pg, move |draft: &mut Draft<'_>| seed(draft)).await?;
+            done();
         }
         Ok(())
     }
@@ -659,13 +813,27 @@ impl PolicyStore {
         F: FnOnce(&mut Draft<'_>) -> Result<T, E> + Send + 'static,
     {
         match &self.backend {
-            Backend::Embedded(_) => {
+            Backend::Embedded(db) => {
+                // Queued here, not on the blocking lock, so the wait is bounded and holds no
+                // blocking thread.
+                let Ok(_turn) = tokio::time::timeout(WRITER_WAIT, db.turn.lock()).await else {
+                    return Err(E::from(StoreError::Busy(WRITER_WAIT)));
+                };
                 let store = self.clone();
                 tokio::task::spawn_blocking(move || store.mutate_blocking(change))
                     .await
                     .map_err(|e| E::from(io(e)))?
             }
             Backend::Postgres(pg) => postgres::mutate(self, pg, change).await,
+        }
+    }
+
+    /// The embedded store's writer's turn, held by a test to queue writes behind it in order.
+    #[cfg(test)]
+    pub(crate) async fn writer_turn(&self) -> Option<tokio::sync::MutexGuard<'_, ()>> {
+        match &self.backend {
+            Backend::Embedded(db) => Some(db.turn.lock().await),
+            Backend::Postgres(_) => None,
         }
     }
 
@@ -689,15 +857,25 @@ impl PolicyStore {
         if changes.is_empty() {
             return Ok(out);
         }
-        db.commit(epoch, &changes).map_err(E::from)?;
+        let chain = current
+            .chain
+            .unwrap_or_else(|| Chain::unique(current.epoch))
+            .next(&changes.rows().map_err(E::from)?);
+        db.commit(epoch, chain, &changes).map_err(E::from)?;
         self.snapshot
-            .store(Arc::new(self.apply(&current, epoch, changes)));
+            .store(Arc::new(self.apply(&current, epoch, Some(chain), changes)));
         metrics::counter!("verifyiam_policy_writes_total").increment(1);
         Ok(out)
     }
 
-    /// `current` with `changes` applied, at `epoch`.
-    fn apply(&self, current: &Snapshot, epoch: u64, changes: Changes) -> Snapshot {
+    /// `current` with `changes` applied, at `epoch` (whose chain is `chain`).
+    fn apply(
+        &self,
+        current: &Snapshot,
+        epoch: u64,
+        chain: Option<Chain>,
+        changes: Changes,
+    ) -> Snapshot {
         let Changes {
             policies,
             deployments,
@@ -751,6 +929,8 @@ impl PolicyStore {
         }
         self.build(Snapshot {
             epoch,
+            generation: current.generation,
+            chain,
             entries,
             project: CompiledPolicy::default(),
             project_name: current.project_name.clone(),
@@ -760,5 +940,87 @@ impl PolicyStore {
             groups: all_groups,
             groups_of: HashMap::new(),
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row<'a>(kind: &'a str, name: &'a str, value: Option<&str>) -> Row<'a> {
+        (kind, name, value.map(str::to_owned))
+    }
+
+    #[test]
+    fn a_chain_depends_on_its_history_and_its_changes_not_their_order() {
+        let a = row("policy", "x", Some("{}"));
+        let b = row("group", "g", None);
+        let one = Chain::GENESIS.next(&[a.clone(), b.clone()]);
+        assert_eq!(one, Chain::GENESIS.next(&[b.clone(), a.clone()]));
+        assert_ne!(one, Chain::GENESIS.next(std::slice::from_ref(&a)));
+        let just_a = std::slice::from_ref(&a);
+        assert_ne!(one.next(just_a), Chain::GENESIS.next(just_a));
+        // A deletion is not an empty value, and fields do not run into each other.
+        assert_ne!(
+            Chain::GENESIS.next(&[row("policy", "x", None)]),
+            Chain::GENESIS.next(&[row("policy", "x", Some(""))])
+        );
+        assert_ne!(
+            Chain::GENESIS.next(&[row("policy", "ab", Some("c"))]),
+            Chain::GENESIS.next(&[row("policy", "a", Some("bc"))])
+        );
+        assert_ne!(Chain::unique(3), Chain::unique(3));
+    }
+
+    #[test]
+    fn the_embedded_store_keeps_each_revisions_chain_across_a_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let chain = {
+            let store = PolicyStore::open(dir.path(), "p", &[]).unwrap();
+            assert_eq!(store.snapshot().chain(), Some(Chain::GENESIS));
+            store
+                .mutate_blocking(|d: &mut Draft<'_>| {
+                    d.delete_group("g@example.com");
+                    Ok::<_, StoreError>(())
+                })
+                .unwrap();
+            let s = store.snapshot();
+            assert_eq!(s.epoch, 1);
+            s.chain().unwrap()
+        };
+        assert_ne!(chain, Chain::GENESIS);
+        let store = PolicyStore::open(dir.path(), "p", &[]).unwrap();
+        assert_eq!(store.snapshot().chain(), Some(chain));
+    }
+
+    /// A write behind a writer that does not finish is answered, not queued for ever.
+    #[tokio::test]
+    async fn a_write_waits_for_the_writers_turn_only_so_long() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(PolicyStore::open(dir.path(), "p", &[]).unwrap());
+        let Backend::Embedded(db) = &store.backend else {
+            unreachable!("an embedded store")
+        };
+        let held = db.turn.lock().await;
+        let write = store.mutate(|d: &mut Draft<'_>| {
+            d.delete_group("g@example.com");
+            Ok::<_, StoreError>(())
+        });
+        let answered = tokio::time::timeout(Duration::from_secs(60), write).await;
+        assert!(
+            matches!(answered, Ok(Err(StoreError::Busy(_)))),
+            "{answered:?}"
+        );
+        drop(held);
+        // Nothing was written, and the next write goes through.
+        assert_eq!(store.snapshot().epoch, 0);
+        store
+            .mutate(|d: &mut Draft<'_>| {
+                d.delete_group("g@example.com");
+                Ok::<_, StoreError>(())
+            })
+            .await
+            .unwrap();
+        assert_eq!(store.snapshot().epoch, 1);
     }
 }

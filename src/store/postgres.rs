@@ -8,6 +8,16 @@
 //! and swaps in a new snapshot. A periodic revision check is the safety net for a lost
 //! notification; after a reconnect the replica catches up from the last revision it saw.
 //!
+//! A restored backup is noticed at the next catch-up: each revision's [`Chain`] is stored in
+//! `verifyiam_revisions`, and a replica compares the entry for the revision it holds with the
+//! chain it remembers. A different chain or none means the revision now names another history:
+//! the replica reloads everything, as a new snapshot generation.
+//!
+//! A write whose COMMIT was sent but not answered in time is not guessed at: a fresh connection
+//! waits (bounded) for that transaction's row lock and reads whether the write's revision holds
+//! the write's chain. Committed: acknowledged; rolled back: "not applied"; still unknown:
+//! [`StoreError::OutcomeUnknown`].
+//!
 //! The URL's password is never logged: [`PgUrl`] shows itself as `user@host:port/dbname`.
 
 use std::sync::Arc;
@@ -17,7 +27,9 @@ use futures_util::StreamExt as _;
 use tokio_postgres::{AsyncMessage, Client, Row};
 use tokio_util::sync::CancellationToken;
 
-use super::{Changes, Draft, PolicyStore, StoreError, decode, migrations};
+use super::{
+    Chain, Changes, Draft, PolicyStore, Snapshot, StoreError, WRITER_WAIT, decode, migrations,
+};
 
 mod url;
 pub use url::{PgUrl, SslMode};
@@ -35,12 +47,22 @@ pub(super) const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 const WRITE_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long a catch-up query may take before the connection is taken for dead.
 const QUERY_TIMEOUT: Duration = Duration::from_secs(3);
+/// How long finding out whether a COMMIT whose answer was lost took effect may take.
+const OUTCOME_TIMEOUT: Duration = Duration::from_secs(5);
 
 const LOCK_REVISION: &str = "SELECT revision FROM verifyiam_meta WHERE id = 1 FOR UPDATE";
-/// One statement, so one consistent view: the revision and every record written after `$1`.
-const CHANGES_SINCE: &str = "SELECT m.revision, r.kind, r.name, r.value::text \
-     FROM verifyiam_meta m LEFT JOIN verifyiam_records r ON r.revision > $1 \
+/// One statement, so one consistent view: the revision, its chain, the chain stored for `$1`
+/// (the revision the replica holds), the schema version, and every record written after `$1`.
+const CHANGES_SINCE: &str = "SELECT m.revision, h.chain, f.chain, s.version, \
+     r.kind, r.name, r.value::text \
+     FROM verifyiam_meta m \
+     LEFT JOIN verifyiam_revisions h ON h.revision = m.revision \
+     LEFT JOIN verifyiam_revisions f ON f.revision = $1 \
+     CROSS JOIN (SELECT max(version) AS version FROM verifyiam_schema) s \
+     LEFT JOIN verifyiam_records r ON r.revision > $1 \
      WHERE m.id = 1";
+const INSERT_CHAIN: &str = "INSERT INTO verifyiam_revisions (revision, chain) VALUES ($1, $2) \
+     ON CONFLICT (revision) DO UPDATE SET chain = EXCLUDED.chain";
 const UPSERT: &str = "INSERT INTO verifyiam_records (kind, name, value, revision) \
      VALUES ($1, $2, $3::text::jsonb, $4) \
      ON CONFLICT (kind, name) DO UPDATE SET value = EXCLUDED.value, revision = EXCLUDED.revision";
@@ -72,17 +94,41 @@ impl Postgres {
     }
 }
 
-/// The records of `rows` (from [`CHANGES_SINCE`]) and the database's revision.
-fn changes_of(rows: &[Row]) -> Result<(u64, Changes), StoreError> {
+/// What one [`CHANGES_SINCE`] read saw.
+struct Seen {
+    /// The database's revision.
+    revision: u64,
+    /// Its chain (`None`: written without one, by an older verifyiam).
+    head: Option<Chain>,
+    /// The chain stored for the revision asked about (`None`: no such entry).
+    at_from: Option<Chain>,
+    /// The schema version.
+    schema: i64,
+    /// Every record written after the revision asked about.
+    changes: Changes,
+}
+
+/// The records of `rows` (from [`CHANGES_SINCE`]), the database's revision and chains.
+fn changes_of(rows: &[Row]) -> Result<Seen, StoreError> {
     let mut changes = Changes::default();
-    let mut revision = 0i64;
+    let mut seen = Seen {
+        revision: 0,
+        head: None,
+        at_from: None,
+        schema: 0,
+        changes: Changes::default(),
+    };
+    let chain = |row: &Row, i| row.get::<_, Option<&[u8]>>(i).and_then(Chain::from_slice);
     for row in rows {
-        revision = row.get(0);
-        let kind: Option<&str> = row.get(1);
-        let (Some(kind), Some(name)) = (kind, row.get::<_, Option<String>>(2)) else {
+        seen.revision = u64::try_from(row.get::<_, i64>(0)).unwrap_or(0);
+        seen.head = chain(row, 1);
+        seen.at_from = chain(row, 2);
+        seen.schema = row.get::<_, Option<i64>>(3).unwrap_or(0);
+        let kind: Option<&str> = row.get(4);
+        let (Some(kind), Some(name)) = (kind, row.get::<_, Option<String>>(5)) else {
             continue;
         };
-        let value: Option<String> = row.get(3);
+        let value: Option<String> = row.get(6);
         let bytes = value.as_deref().map(str::as_bytes);
         match kind {
             "policy" => changes
@@ -103,44 +149,83 @@ fn changes_of(rows: &[Row]) -> Result<(u64, Changes), StoreError> {
             other => return Err(StoreError::Corrupt(format!("{other}/{name}"))),
         }
     }
-    Ok((u64::try_from(revision).unwrap_or(0), changes))
+    seen.changes = changes;
+    Ok(seen)
 }
 
-/// Brings the snapshot up to the database's revision. The caller holds the writer's turn.
-async fn catch_up(
-    store: &PolicyStore,
+async fn read_since(
     client: &impl tokio_postgres::GenericClient,
-) -> Result<(), StoreError> {
-    let mut from = store.snapshot.load().epoch;
+    from: u64,
+) -> Result<Seen, StoreError> {
     let rows = client
         .query(CHANGES_SINCE, &[&(from as i64)])
         .await
         .map_err(pg_error)?;
-    let (mut revision, mut changes) = changes_of(&rows)?;
-    if revision < from {
-        // The database went back (restored from a backup): start again from nothing.
-        tracing::warn!(
-            database = revision,
-            snapshot = from,
-            "the PostgreSQL revision is behind this replica's; reloading everything"
-        );
-        from = 0;
-        let rows = client
-            .query(CHANGES_SINCE, &[&0i64])
-            .await
-            .map_err(pg_error)?;
-        (revision, changes) = changes_of(&rows)?;
-        store.snapshot.store(Arc::new(store.empty_snapshot()));
+    changes_of(&rows)
+}
+
+/// Brings the snapshot up to the database's revision, reloading everything when the revision
+/// the replica holds no longer names the same history. The caller holds the writer's turn.
+async fn catch_up(
+    store: &PolicyStore,
+    client: &impl tokio_postgres::GenericClient,
+) -> Result<(), StoreError> {
+    let current = store.snapshot.load_full();
+    let from = current.epoch;
+    let mut seen = read_since(client, from).await?;
+    if seen.schema < migrations::latest() {
+        // A dump taken before the last migration was restored: migrate again (a fresh chain,
+        // so every replica then reloads) before trusting anything read.
+        return Err(StoreError::Unavailable(format!(
+            "the PostgreSQL schema went back to version {} (a restored backup?); migrating again",
+            seen.schema
+        )));
     }
-    if revision > from {
-        let current = store.snapshot.load_full();
-        store
-            .snapshot
-            .store(Arc::new(store.apply(&current, revision, changes)));
-        metrics::gauge!("verifyiam_store_revision").set(revision as f64);
+    // From revision 0 everything is read anyway; past it the chains must agree.
+    let same_history = from == 0 || (current.chain().is_some() && seen.at_from == current.chain());
+    let base: Arc<Snapshot> = if same_history {
+        current
+    } else {
+        tracing::warn!(
+            database = seen.revision,
+            snapshot = from,
+            "the database no longer holds this replica's revision with the same history \
+             (restored from a backup?); reloading everything"
+        );
+        metrics::counter!("verifyiam_store_reloads_total").increment(1);
+        seen = read_since(client, 0).await?;
+        Arc::new(store.empty_snapshot())
+    };
+    if !same_history || seen.revision != from {
+        store.snapshot.store(Arc::new(store.apply(
+            &base,
+            seen.revision,
+            seen.head,
+            seen.changes,
+        )));
+        metrics::gauge!("verifyiam_store_revision").set(seen.revision as f64);
     }
     store.confirm_fresh();
     Ok(())
+}
+
+/// A write ready to commit: what the caller gets and what the snapshot becomes once it has.
+struct Prepared<T> {
+    out: T,
+    current: Arc<Snapshot>,
+    epoch: u64,
+    chain: Chain,
+    changes: Changes,
+}
+
+/// How [`write`] ended without an error.
+enum Written<T> {
+    /// The closure changed nothing; nothing was written.
+    Unchanged(T),
+    /// Committed; the [`Prepared`] write is durable.
+    Committed,
+    /// COMMIT was sent and its answer lost (why).
+    InDoubt(String),
 }
 
 /// One write through PostgreSQL (see [`PolicyStore::mutate`]).
@@ -149,17 +234,85 @@ where
     E: From<StoreError>,
     F: FnOnce(&mut Draft<'_>) -> Result<T, E>,
 {
-    let mut turn = pg.writer.lock().await;
-    match tokio::time::timeout(WRITE_TIMEOUT, write(store, pg, &mut turn, change)).await {
-        Ok(outcome) => outcome,
-        Err(_) => {
-            // Whatever state that connection is in, the next write starts on a new one.
+    // Bounded: behind a write stuck on the database, give up before sending anything.
+    let Ok(mut turn) = tokio::time::timeout(WRITER_WAIT, pg.writer.lock()).await else {
+        return Err(E::from(StoreError::Busy(WRITER_WAIT)));
+    };
+    // Filled just before COMMIT is sent: if it is still empty, nothing can have committed.
+    let mut prepared: Option<Prepared<T>> = None;
+    let outcome = tokio::time::timeout(
+        WRITE_TIMEOUT,
+        write(store, pg, &mut turn, change, &mut prepared),
+    )
+    .await;
+    let why = match outcome {
+        Ok(Ok(Written::Unchanged(out))) => return Ok(out),
+        Ok(Ok(Written::Committed)) => None,
+        Ok(Ok(Written::InDoubt(why))) => Some(why),
+        Ok(Err(e)) => return Err(e),
+        Err(_) if prepared.is_none() => {
             *turn = None;
-            Err(E::from(StoreError::Unavailable(
+            return Err(E::from(StoreError::Unavailable(
                 "the database did not answer in time; the change was not acknowledged".into(),
-            )))
+            )));
+        }
+        Err(_) => Some(format!("COMMIT did not answer within {WRITE_TIMEOUT:?}")),
+    };
+    let Some(p) = prepared else {
+        return Err(E::from(StoreError::Io(
+            "a committed write lost its changes".into(),
+        )));
+    };
+    if let Some(why) = why {
+        // Whatever state that connection is in, the next write starts on a new one.
+        *turn = None;
+        match tokio::time::timeout(OUTCOME_TIMEOUT, committed(pg, p.epoch, p.chain)).await {
+            Ok(Ok(true)) => {
+                tracing::warn!(revision = p.epoch, %why, "the COMMIT's answer was lost, but the write is in the database: acknowledged");
+            }
+            Ok(Ok(false)) => {
+                return Err(E::from(StoreError::Unavailable(format!(
+                    "{why}; the database shows the change was not applied"
+                ))));
+            }
+            Ok(Err(e)) => {
+                return Err(E::from(StoreError::OutcomeUnknown(format!(
+                    "{why}; asking the database failed: {e}"
+                ))));
+            }
+            Err(_) => {
+                return Err(E::from(StoreError::OutcomeUnknown(format!(
+                    "{why}; the database did not say within {OUTCOME_TIMEOUT:?}"
+                ))));
+            }
         }
     }
+    store.snapshot.store(Arc::new(store.apply(
+        &p.current,
+        p.epoch,
+        Some(p.chain),
+        p.changes,
+    )));
+    metrics::gauge!("verifyiam_store_revision").set(p.epoch as f64);
+    metrics::counter!("verifyiam_policy_writes_total").increment(1);
+    Ok(p.out)
+}
+
+/// Whether revision `epoch` committed with `chain`, once the transaction that wrote it (or
+/// failed to) has ended: taking the revision row lock waits for it.
+async fn committed(pg: &Postgres, epoch: u64, chain: Chain) -> Result<bool, StoreError> {
+    let mut client = pg.url.client().await?;
+    let tx = client.transaction().await.map_err(pg_error)?;
+    tx.query_one(LOCK_REVISION, &[]).await.map_err(pg_error)?;
+    let row = tx
+        .query_opt(
+            "SELECT chain FROM verifyiam_revisions WHERE revision = $1",
+            &[&(epoch as i64)],
+        )
+        .await
+        .map_err(pg_error)?;
+    // Dropping the transaction rolls it back and releases the lock.
+    Ok(row.and_then(|r| Chain::from_slice(r.get(0))) == Some(chain))
 }
 
 async fn write<T, E, F>(
@@ -167,7 +320,8 @@ async fn write<T, E, F>(
     pg: &Postgres,
     slot: &mut Option<Client>,
     change: F,
-) -> Result<T, E>
+    prepared: &mut Option<Prepared<T>>,
+) -> Result<Written<T>, E>
 where
     E: From<StoreError>,
     F: FnOnce(&mut Draft<'_>) -> Result<T, E>,
@@ -198,26 +352,15 @@ where
     let (out, changes) = Draft::record(&current, epoch, change)?;
     if changes.is_empty() {
         // Dropping the transaction rolls it back.
-        return Ok(out);
+        return Ok(Written::Unchanged(out));
     }
+    let rows = changes.rows()?;
+    let chain = current
+        .chain()
+        .unwrap_or_else(|| Chain::unique(current.epoch))
+        .next(&rows);
     let upsert = tx.prepare(UPSERT).await.map_err(pg_error)?;
     let next = epoch as i64;
-    let mut rows: Vec<(&str, &str, Option<String>)> = Vec::new();
-    fn json<T: serde::Serialize>(value: &T) -> Result<String, StoreError> {
-        serde_json::to_string(value).map_err(super::io)
-    }
-    for (name, p) in &changes.policies {
-        rows.push(("policy", name, p.as_ref().map(json).transpose()?));
-    }
-    for (name, d) in &changes.deployments {
-        rows.push(("deployment", name, Some(json(d)?)));
-    }
-    for (name, r) in &changes.roles {
-        rows.push(("role", name, r.as_ref().map(json).transpose()?));
-    }
-    for (name, g) in &changes.groups {
-        rows.push(("group", name, g.as_ref().map(json).transpose()?));
-    }
     for (kind, name, value) in &rows {
         tx.execute(&upsert, &[kind, name, value, &next])
             .await
@@ -229,16 +372,31 @@ where
     )
     .await
     .map_err(pg_error)?;
+    tx.execute(INSERT_CHAIN, &[&next, &chain.0.as_slice()])
+        .await
+        .map_err(pg_error)?;
     tx.execute("SELECT pg_notify($1, $2)", &[&CHANNEL, &next.to_string()])
         .await
         .map_err(pg_error)?;
-    tx.commit().await.map_err(pg_error)?;
-    store
-        .snapshot
-        .store(Arc::new(store.apply(&current, epoch, changes)));
-    metrics::gauge!("verifyiam_store_revision").set(epoch as f64);
-    metrics::counter!("verifyiam_policy_writes_total").increment(1);
-    Ok(out)
+    *prepared = Some(Prepared {
+        out,
+        current,
+        epoch,
+        chain,
+        changes,
+    });
+    match tx.commit().await {
+        Ok(()) => Ok(Written::Committed),
+        // The server refused the COMMIT with an ERROR: the transaction rolled back.
+        Err(e)
+            if e.as_db_error().is_some_and(|d| {
+                d.parsed_severity() == Some(tokio_postgres::error::Severity::Error)
+            }) =>
+        {
+            Err(E::from(pg_error(e)))
+        }
+        Err(e) => Ok(Written::InDoubt(format!("COMMIT failed: {}", pg_error(e)))),
+    }
 }
 
 /// The jittered wait before reconnect attempt `attempt` (0-based): doubling from 100 ms, at most
@@ -335,9 +493,10 @@ async fn session(
     let timed = |what: &'static str| {
         move |_| StoreError::Unavailable(format!("{what} took longer than {QUERY_TIMEOUT:?}"))
     };
-    if *migrated {
-        migrations::refuse_newer(migrations::current(&client).await?)?;
-    } else {
+    let found = migrations::current(&client).await?;
+    migrations::refuse_newer(found)?;
+    // Again whenever the schema is behind: a restored dump may predate a migration.
+    if !*migrated || found < migrations::latest() {
         let (applied, version) = migrations::migrate(&mut client).await?;
         *migrated = true;
         tracing::info!(?applied, version, database = %pg.url, "PostgreSQL schema ready");
