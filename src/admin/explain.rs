@@ -234,7 +234,7 @@ impl AdminState {
             )));
         }
         let permission = v1_permission(permission);
-        let snapshot = self.store.snapshot();
+        let snapshot = self.load()?;
         let view = View {
             snapshot: &snapshot,
             project_name: format!("projects/{}", self.project),
