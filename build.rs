@@ -1,4 +1,5 @@
-//! Compiles the wire-compatible google.iam.v1 protos under `proto/` (server and client) with the
+//! Compiles the wire-compatible google.iam.v1 and Policy Troubleshooter protos under `proto/`
+//! (server and client) with the
 //! protoc shipped by `protoc-bin-vendored`, so no system protoc is needed.
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -11,6 +12,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "proto/google/iam/v1/options.proto",
         "proto/google/iam/v1/policy.proto",
         "proto/google/iam/v1/iam_policy.proto",
+        "proto/google/cloud/policytroubleshooter/iam/v3/troubleshooter.proto",
     ];
     for f in files {
         println!("cargo:rerun-if-changed={f}");

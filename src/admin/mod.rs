@@ -16,13 +16,12 @@
 //! | [`groups`] | group membership, and its seeding from configuration |
 //! | `operation` | the steps every operation shares, written once: load the state, require the permission, write, audit |
 //! | [`audit`] | the audit event each write logs |
-//!
-//! The troubleshooter and analyzer will live beside them in `explain.rs`, answering from the
-//! same evaluation that decides a Check.
+//! | [`explain`] | the Policy Troubleshooter (`google.cloud.policytroubleshooter.iam.v3` over gRPC, `POST /v3/iam:troubleshoot`), answering from the same evaluation that decides a Check |
 
 pub mod audit;
 pub mod deployments;
 pub mod error;
+pub mod explain;
 pub mod groups;
 pub mod grpc;
 mod operation;
@@ -108,11 +107,13 @@ impl AdminState {
 }
 
 /// The whole admin listener: gRPC requests (`content-type: application/grpc…`) go to the
-/// `google.iam.v1.IAMPolicy` service, everything else to the REST [`router`]. Outside the
+/// `google.iam.v1.IAMPolicy` and Policy Troubleshooter services, everything else to the REST [`router`]. Outside the
 /// unauthenticated endpoints, the caller's bearer token is verified before anything reads the
 /// request body (`authenticate_first`).
 pub fn service(state: Arc<AdminState>) -> Router {
-    let grpc = tonic::service::Routes::new(grpc::server(state.clone())).prepare();
+    let grpc = tonic::service::Routes::new(grpc::server(state.clone()))
+        .add_service(explain::server(state.clone()))
+        .prepare();
     router(state.clone())
         .layer(axum::middleware::from_fn_with_state(grpc, by_content_type))
         .layer(axum::middleware::from_fn_with_state(
@@ -121,7 +122,7 @@ pub fn service(state: Arc<AdminState>) -> Router {
         ))
 }
 
-/// Refuses an API request (REST under `/v1/`, or gRPC) whose bearer token is missing or
+/// Refuses an API request (REST under `/v1/` or `/v3/`, or gRPC) whose bearer token is missing or
 /// invalid before its body is read, so an unauthenticated client cannot make the listener
 /// buffer what it sends. The operation checks the caller again (from the token cache) for its
 /// own authorization. The other paths (`/healthz`, `/readyz`, `/metrics`, `/dev/jwks.json`, and
@@ -131,7 +132,8 @@ async fn authenticate_first(
     request: axum::extract::Request,
     next: axum::middleware::Next,
 ) -> axum::response::Response {
-    if !request.uri().path().starts_with("/v1/") && !is_grpc(request.headers()) {
+    let path = request.uri().path();
+    if !path.starts_with("/v1/") && !path.starts_with("/v3/") && !is_grpc(request.headers()) {
         return next.run(request).await;
     }
     match state.caller(request.headers()).await {
@@ -182,6 +184,7 @@ pub fn router(state: Arc<AdminState>) -> Router {
         .route("/metrics", get(metrics))
         .route("/dev/jwks.json", get(dev_jwks))
         .merge(rest::routes())
+        .merge(explain::routes())
         .fallback(|| async {
             ApiError::NotFound("The requested URL was not found on this server.".to_owned())
         })

@@ -1,12 +1,14 @@
 //! Identity and access management: who a principal is as policy members ([`member`]), which
 //! permissions roles carry ([`roles`], [`custom`]), the policy document and its rules
-//! ([`policy`]), and the evaluation of policies against a principal on a resource ([`eval`]).
+//! ([`policy`]), the evaluation of policies against a principal on a resource ([`eval`]), and
+//! that evaluation with its reasons ([`explain`]).
 //!
 //! Everything here is pure: no I/O, no clocks, no global state, so it is tested in isolation and
 //! used unchanged by the Check hot path and the policy admin API.
 
 pub mod custom;
 pub mod eval;
+pub mod explain;
 pub mod member;
 pub mod policy;
 pub mod roles;

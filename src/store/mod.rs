@@ -766,6 +766,12 @@ impl PolicyStore {
         s
     }
 
+    /// The configured bootstrap administrators (canonical members), who hold `roles/owner` on
+    /// the project outside any stored policy.
+    pub fn bootstrap_admins(&self) -> &[Box<str>] {
+        &self.bootstrap
+    }
+
     /// The current snapshot; cheap, lock-free, for the hot path.
     pub fn snapshot(&self) -> Guard<Arc<Snapshot>> {
         self.snapshot.load()

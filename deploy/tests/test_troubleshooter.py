@@ -1,0 +1,130 @@
+"""Google's own Policy Troubleshooter client (google-cloud-policytroubleshooter-iam),
+unchanged, against a running `verifyiam serve --dev`: over plaintext gRPC and over REST.
+
+The binary is $VERIFYIAM_BIN, else target/{debug,release}/verifyiam under
+$CARGO_TARGET_DIR or the repository; without one the tests are skipped (build it
+with `cargo build`)."""
+
+import json
+import os
+import pathlib
+import subprocess
+import urllib.request
+
+import grpc
+import pytest
+from google.api_core.client_options import ClientOptions
+from google.auth.credentials import AnonymousCredentials
+from google.cloud import policytroubleshooter_iam_v3 as v3
+from google.cloud.policytroubleshooter_iam_v3.services.policy_troubleshooter.transports import (
+    PolicyTroubleshooterGrpcTransport,
+)
+
+REPO = pathlib.Path(__file__).resolve().parents[2]
+PROJECT = "dev-project"
+PROD = f"organizations/{PROJECT}/environments/prod"
+ORDERS = f"{PROD}/deployments/orders"
+INVOKE = "apigee.deployments.invoke"
+INVOKER = "roles/apigee.deploymentInvoker"
+State = v3.TroubleshootIamPolicyResponse.OverallAccessState
+
+
+def binary():
+    if os.environ.get("VERIFYIAM_BIN"):
+        return pathlib.Path(os.environ["VERIFYIAM_BIN"])
+    roots = [pathlib.Path(os.environ["CARGO_TARGET_DIR"])] if os.environ.get("CARGO_TARGET_DIR") else []
+    roots.append(REPO / "target")
+    for root in roots:
+        for profile in ("debug", "release"):
+            candidate = root / profile / "verifyiam"
+            if candidate.is_file():
+                return candidate
+    return None
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    exe = binary()
+    if exe is None:
+        pytest.skip("no verifyiam binary: run `cargo build` (or set VERIFYIAM_BIN)")
+    data = tmp_path_factory.mktemp("verifyiam-dev")
+    proc = subprocess.Popen(
+        [exe, "serve", "--dev", "--data-dir", data,
+         "--extauthz-addr", "127.0.0.1:0", "--admin-addr", "127.0.0.1:0"],
+        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    try:
+        admin = None
+        for line in proc.stdout:
+            if line.strip().startswith("admin HTTP"):
+                admin = line.split("http://", 1)[1].split()[0]
+                break
+        assert admin, "serve --dev printed no admin address"
+
+        def mint(email):
+            return subprocess.run(
+                [exe, "token", "mint", "--email", email, "--data-dir", data],
+                check=True, capture_output=True, text=True).stdout.strip()
+
+        yield {"admin": admin, "token": mint("admin@example.com")}
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
+def set_policy(server, resource, role, member):
+    body = json.dumps({"policy": {"bindings": [{"role": role, "members": [member]}]}})
+    request = urllib.request.Request(
+        f"http://{server['admin']}/v1/{resource}:setIamPolicy", data=body.encode(),
+        headers={"authorization": f"Bearer {server['token']}",
+                 "content-type": "application/json"})
+    with urllib.request.urlopen(request) as response:
+        assert response.status == 200
+
+
+def ask(client, server, resource):
+    return client.troubleshoot_iam_policy(
+        request={"access_tuple": {"principal": "alice@example.com",
+                                  "full_resource_name": resource, "permission": INVOKE}},
+        metadata=[("authorization", f"Bearer {server['token']}")],
+        retry=None, timeout=10)
+
+
+def grpc_client(server):
+    channel = grpc.insecure_channel(server["admin"])
+    return v3.PolicyTroubleshooterClient(
+        transport=PolicyTroubleshooterGrpcTransport(channel=channel))
+
+
+def rest_client(server):
+    return v3.PolicyTroubleshooterClient(
+        transport="rest", credentials=AnonymousCredentials(),
+        client_options=ClientOptions(api_endpoint=f"http://{server['admin']}"))
+
+
+def test_grpc_client_sees_environment_grant_not_passing_down(server):
+    set_policy(server, PROD, INVOKER, "user:alice@example.com")
+    answer = ask(grpc_client(server), server, f"//apigee.googleapis.com/{ORDERS}")
+    assert answer.overall_access_state == State.CANNOT_ACCESS
+    assert answer.access_tuple.permission_fqdn == "apigee.googleapis.com/deployments.invoke"
+    policies = {p.full_resource_name: p for p in answer.allow_policy_explanation.explained_policies}
+    env = policies[f"//apigee.googleapis.com/{PROD}"]
+    assert env.allow_access_state == v3.AllowAccessState.ALLOW_ACCESS_STATE_NOT_GRANTED
+    binding = env.binding_explanations[0]
+    assert binding.role_permission == v3.RolePermissionInclusionState.ROLE_PERMISSION_INCLUDED
+    assert binding.combined_membership.membership == v3.MembershipMatchingState.MEMBERSHIP_MATCHED
+    project = policies[f"//cloudresourcemanager.googleapis.com/projects/{PROJECT}"]
+    assert project.relevance == v3.HeuristicRelevance.HEURISTIC_RELEVANCE_HIGH
+
+
+def test_rest_client_sees_deployment_grant(server):
+    set_policy(server, ORDERS, INVOKER, "domain:example.com")
+    answer = ask(rest_client(server), server, ORDERS)
+    assert answer.overall_access_state == State.CAN_ACCESS
+    (orders,) = [p for p in answer.allow_policy_explanation.explained_policies
+                 if p.full_resource_name.endswith(ORDERS)]
+    binding = orders.binding_explanations[0]
+    assert binding.allow_access_state == v3.AllowAccessState.ALLOW_ACCESS_STATE_GRANTED
+    member = binding.memberships["domain:example.com"]
+    assert member.membership == v3.MembershipMatchingState.MEMBERSHIP_MATCHED
+    assert member.relevance == v3.HeuristicRelevance.HEURISTIC_RELEVANCE_HIGH
+    assert list(orders.policy.bindings[0].members) == ["domain:example.com"]

@@ -1,0 +1,788 @@
+//! The Policy Troubleshooter: "why may (or may not) this principal use this permission on this
+//! resource?", answered by [`crate::iam::explain::explain`] — the evaluation a Check uses, with
+//! its reasons — over gRPC (`google.cloud.policytroubleshooter.iam.v3.PolicyTroubleshooter/
+//! TroubleshootIamPolicy`) and REST (`POST /v3/iam:troubleshoot`).
+//!
+//! Who may ask: anyone authenticated; each policy the caller may not read (`*.getIamPolicy` at
+//! its level) is `UNKNOWN_INFO` with nothing of it shown, as Google does, and an answer that
+//! depends on such a policy is `UNKNOWN_INFO` too. Every request is audited.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::{RawQuery, State};
+use axum::http::HeaderMap;
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+use serde::Deserialize;
+use serde_json::{Value, json};
+use tonic::{Request, Status};
+
+use super::audit::AUDIT_TARGET;
+use super::grpc::policy_to_pb;
+use super::operation::invalid;
+use super::{AdminState, ApiError};
+use crate::authn::Principal;
+use crate::iam::eval::{PolicyLookup, Resource, held};
+use crate::iam::explain::{
+    ExplainSource, ExplainedBinding, ExplainedPolicy, Level, Relevance, RolePermission, explain,
+};
+use crate::iam::member::principal_members;
+use crate::iam::policy::{Binding, Policy};
+use crate::iam::roles::{PermissionSet, RoleCatalog};
+use crate::iam::{CompiledPolicy, RoleStage};
+use crate::proto::google::cloud::policytroubleshooter::iam::v3 as pb;
+use crate::store::Snapshot;
+use pb::policy_troubleshooter_server::{PolicyTroubleshooter, PolicyTroubleshooterServer};
+use pb::troubleshoot_iam_policy_response::OverallAccessState;
+
+/// The service name of project resources in full resource names.
+const PROJECTS_SERVICE: &str = "//cloudresourcemanager.googleapis.com/";
+/// The service name of Apigee resources in full resource names.
+const APIGEE_SERVICE: &str = "//apigee.googleapis.com/";
+
+/// A snapshot seen as the documents behind its compiled policies, with the bootstrap owners.
+struct View<'a> {
+    snapshot: &'a Snapshot,
+    project_name: String,
+    bootstrap: &'a [Box<str>],
+}
+
+impl PolicyLookup for View<'_> {
+    fn policy(&self, resource_name: &str) -> Option<&CompiledPolicy> {
+        self.snapshot.policy(resource_name)
+    }
+    fn groups_of(&self, member: &str) -> &[Box<str>] {
+        self.snapshot.groups_of(member)
+    }
+}
+
+impl ExplainSource for View<'_> {
+    fn document(&self, resource_name: &str) -> Option<&Policy> {
+        self.snapshot.entry(resource_name).map(|e| &e.policy)
+    }
+    fn catalog(&self) -> &dyn RoleCatalog {
+        self.snapshot.catalog()
+    }
+    fn disabled_role(&self, role: &str) -> Option<PermissionSet> {
+        self.snapshot
+            .role(role)
+            .filter(|r| r.stage == RoleStage::Disabled)
+            .map(|r| PermissionSet::of_names(&r.included_permissions))
+    }
+    fn implicit_bindings(&self, resource_name: &str) -> Vec<Binding> {
+        if resource_name != self.project_name || self.bootstrap.is_empty() {
+            return Vec::new();
+        }
+        vec![Binding {
+            role: "roles/owner".to_owned(),
+            members: self.bootstrap.iter().map(|m| m.to_string()).collect(),
+            condition: None,
+        }]
+    }
+}
+
+/// A resource's full name: `//cloudresourcemanager.googleapis.com/projects/P` or
+/// `//apigee.googleapis.com/organizations/…`.
+pub fn full_name(resource: &Resource) -> String {
+    match resource {
+        Resource::Project { .. } => format!("{PROJECTS_SERVICE}{resource}"),
+        _ => format!("{APIGEE_SERVICE}{resource}"),
+    }
+}
+
+/// Parses a full resource name, or a relative one.
+pub fn parse_resource(name: &str) -> Result<Resource, ApiError> {
+    let relative = if let Some(rest) = name.strip_prefix(PROJECTS_SERVICE) {
+        Some(rest).filter(|r| r.starts_with("projects/"))
+    } else if let Some(rest) = name.strip_prefix(APIGEE_SERVICE) {
+        Some(rest).filter(|r| r.starts_with("organizations/"))
+    } else if name.starts_with("//") {
+        None
+    } else {
+        Some(name)
+    };
+    relative.and_then(Resource::parse).ok_or_else(|| {
+        ApiError::InvalidArgument(format!(
+            "invalid full_resource_name {name:?}: expected \
+             //cloudresourcemanager.googleapis.com/projects/P, \
+             //apigee.googleapis.com/organizations/O/environments/E[/deployments/D] \
+             or the relative name"
+        ))
+    })
+}
+
+/// A permission in its v1 form; the v2 form (`apigee.googleapis.com/deployments.invoke`) is
+/// accepted too.
+fn v1_permission(permission: &str) -> String {
+    match permission.split_once(".googleapis.com/") {
+        Some((service, rest)) => format!("{service}.{rest}"),
+        None => permission.to_owned(),
+    }
+}
+
+/// A permission in its v2 form: `apigee.deployments.invoke` → `apigee.googleapis.com/deployments.invoke`.
+fn v2_permission(permission: &str) -> String {
+    match permission.split_once('.') {
+        Some((service, rest)) => format!("{service}.googleapis.com/{rest}"),
+        None => permission.to_owned(),
+    }
+}
+
+/// The permission that reads a policy at a level.
+fn reader(level: Level) -> PermissionSet {
+    match level {
+        Level::Project => PermissionSet::PROJECTS_GET_IAM_POLICY,
+        Level::Environment => PermissionSet::ENVIRONMENTS_GET_IAM_POLICY,
+        Level::Deployment => PermissionSet::DEPLOYMENTS_GET_IAM_POLICY,
+    }
+}
+
+/// One policy of an answer: shown, or hidden from a caller who may not read it.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Shown {
+    /// The caller may read it.
+    Visible(ExplainedPolicy),
+    /// The caller may not: nothing of it is shown.
+    Hidden,
+}
+
+/// The overall answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Access {
+    /// The principal holds the permission.
+    Granted,
+    /// It does not.
+    NotGranted,
+    /// The caller may not read every policy the answer depends on.
+    Unknown,
+}
+
+/// A troubleshooter answer, transport-neutral.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Troubleshot {
+    /// The principal asked about (bare email).
+    pub principal: String,
+    /// The resource asked about.
+    pub resource: Resource,
+    /// The full resource name as the caller wrote it.
+    pub full_resource_name: String,
+    /// The permission asked about, v1 form.
+    pub permission: String,
+    /// The overall answer.
+    pub access: Access,
+    /// For a deployment that is not deployed: the Check denies whatever the policies say.
+    pub not_deployed: bool,
+    /// The policies, in the order project, environment, deployment.
+    pub policies: Vec<Shown>,
+}
+
+impl AdminState {
+    /// `TroubleshootIamPolicy`: whether `principal` (an email) holds `permission` on the
+    /// resource `full_resource_name`, with the reasons the caller may see. Audited.
+    pub fn troubleshoot(
+        &self,
+        caller: &Principal,
+        principal: &str,
+        full_resource_name: &str,
+        permission: &str,
+    ) -> Result<Troubleshot, ApiError> {
+        let answer = self.troubleshoot_unaudited(caller, principal, full_resource_name, permission);
+        let outcome = match &answer {
+            Ok(t) => match t.access {
+                Access::Granted => "CAN_ACCESS",
+                Access::NotGranted => "CANNOT_ACCESS",
+                Access::Unknown => "UNKNOWN_INFO",
+            },
+            Err(_) => "error",
+        };
+        tracing::info!(
+            target: AUDIT_TARGET,
+            caller = %caller.id.escape_debug(),
+            action = "troubleshootIamPolicy",
+            resource = %full_resource_name.escape_debug(),
+            principal = %principal.escape_debug(),
+            permission = %permission.escape_debug(),
+            outcome,
+            "admin read"
+        );
+        answer
+    }
+
+    fn troubleshoot_unaudited(
+        &self,
+        caller: &Principal,
+        principal: &str,
+        full_resource_name: &str,
+        permission: &str,
+    ) -> Result<Troubleshot, ApiError> {
+        let members = principal_members(Some(principal), &[], None);
+        // A valid email yields its own member, its domain and the two public members.
+        if principal.contains(':') || members.len() < 4 {
+            return Err(ApiError::InvalidArgument(format!(
+                "invalid principal {principal:?}: expected the email of a user or a service \
+                 account, e.g. alice@example.com"
+            )));
+        }
+        let resource = parse_resource(full_resource_name)?;
+        if !self.is_ours(&resource) {
+            return Err(ApiError::InvalidArgument(format!(
+                "resource {full_resource_name:?} is not in project {:?}",
+                self.project
+            )));
+        }
+        let permission = v1_permission(permission);
+        let snapshot = self.load()?;
+        let view = View {
+            snapshot: &snapshot,
+            project_name: format!("projects/{}", self.project),
+            bootstrap: self.store.bootstrap_admins(),
+        };
+        let explanation =
+            explain(&view, &self.project, &resource, &members, &permission).map_err(invalid)?;
+        let may_read = |p: &ExplainedPolicy| {
+            Resource::parse(&p.resource).is_some_and(|on| {
+                held(&**snapshot, &self.project, &on, &caller.members).contains(reader(p.level))
+            })
+        };
+        let mut policies = Vec::with_capacity(explanation.policies.len());
+        let mut hidden_counts = false;
+        let mut visible_grants = false;
+        for policy in explanation.policies {
+            if may_read(&policy) {
+                visible_grants |= policy.granted;
+                policies.push(Shown::Visible(policy));
+            } else if policy.passes_down {
+                hidden_counts = true;
+                policies.push(Shown::Hidden);
+            }
+            // A hidden policy that does not pass down is left out: showing it would tell that
+            // it would grant.
+        }
+        let not_deployed = matches!(resource, Resource::Deployment { .. })
+            && !snapshot.is_deployed(&resource.name(), self.strict_deployments);
+        // The Check refuses invoke on a deployment that is not deployed, whatever its policies.
+        let refused_anyway = not_deployed && permission == crate::iam::roles::INVOKE;
+        let access = if visible_grants && !refused_anyway {
+            Access::Granted
+        } else if hidden_counts {
+            Access::Unknown
+        } else {
+            Access::NotGranted
+        };
+        if hidden_counts {
+            // What flips the answer depends on what the caller may not see: claim nothing.
+            for shown in &mut policies {
+                if let Shown::Visible(p) = shown {
+                    flatten_relevance(p);
+                }
+            }
+        }
+        Ok(Troubleshot {
+            principal: principal.to_owned(),
+            resource,
+            full_resource_name: full_resource_name.to_owned(),
+            permission,
+            access,
+            not_deployed,
+            policies,
+        })
+    }
+}
+
+fn flatten_relevance(p: &mut ExplainedPolicy) {
+    p.relevance = Relevance::Normal;
+    for b in &mut p.bindings {
+        b.relevance = Relevance::Normal;
+        b.role_relevance = Relevance::Normal;
+        for m in &mut b.members {
+            m.relevance = Relevance::Normal;
+        }
+    }
+}
+
+fn relevance(r: Relevance) -> i32 {
+    match r {
+        Relevance::Normal => pb::HeuristicRelevance::Normal as i32,
+        Relevance::High => pb::HeuristicRelevance::High as i32,
+    }
+}
+
+fn allow_state(granted: bool) -> i32 {
+    if granted {
+        pb::AllowAccessState::Granted as i32
+    } else {
+        pb::AllowAccessState::NotGranted as i32
+    }
+}
+
+fn binding_to_v3(b: ExplainedBinding) -> pb::AllowBindingExplanation {
+    let matches = b.matches();
+    let membership = |matched: bool| {
+        if matched {
+            pb::MembershipMatchingState::MembershipMatched as i32
+        } else {
+            pb::MembershipMatchingState::MembershipNotMatched as i32
+        }
+    };
+    // The membership as a whole flips the answer when the binding does and its members are
+    // what it hinges on (it grants, or only a member is missing).
+    let combined = if b.relevance == Relevance::High && (b.granted || !matches) {
+        Relevance::High
+    } else {
+        Relevance::Normal
+    };
+    pb::AllowBindingExplanation {
+        allow_access_state: allow_state(b.granted),
+        role: b.role,
+        role_permission: match b.role_permission {
+            RolePermission::Included => pb::RolePermissionInclusionState::RolePermissionIncluded,
+            RolePermission::NotIncluded
+            | RolePermission::Disabled
+            | RolePermission::UnknownRole => {
+                pb::RolePermissionInclusionState::RolePermissionNotIncluded
+            }
+        } as i32,
+        role_permission_relevance: relevance(b.role_relevance),
+        combined_membership: Some(pb::allow_binding_explanation::AnnotatedAllowMembership {
+            membership: membership(matches),
+            relevance: relevance(combined),
+        }),
+        memberships: b
+            .members
+            .into_iter()
+            .map(|m| {
+                (
+                    m.member,
+                    pb::allow_binding_explanation::AnnotatedAllowMembership {
+                        membership: membership(m.matched.is_some()),
+                        relevance: relevance(m.relevance),
+                    },
+                )
+            })
+            .collect(),
+        relevance: relevance(b.relevance),
+        condition: b.condition.map(|c| crate::proto::google::r#type::Expr {
+            expression: c.expression,
+            title: c.title.unwrap_or_default(),
+            description: c.description.unwrap_or_default(),
+            location: c.location.unwrap_or_default(),
+        }),
+    }
+}
+
+/// The answer as `google.cloud.policytroubleshooter.iam.v3.TroubleshootIamPolicyResponse`.
+pub fn to_v3(t: Troubleshot) -> pb::TroubleshootIamPolicyResponse {
+    let (overall, allow) = match t.access {
+        Access::Granted => (OverallAccessState::CanAccess, pb::AllowAccessState::Granted),
+        Access::NotGranted => (
+            OverallAccessState::CannotAccess,
+            pb::AllowAccessState::NotGranted,
+        ),
+        Access::Unknown => (
+            OverallAccessState::UnknownInfo,
+            pb::AllowAccessState::UnknownInfo,
+        ),
+    };
+    let explained_policies = t
+        .policies
+        .into_iter()
+        .map(|shown| match shown {
+            Shown::Hidden => pb::ExplainedAllowPolicy {
+                allow_access_state: pb::AllowAccessState::UnknownInfo as i32,
+                ..pb::ExplainedAllowPolicy::default()
+            },
+            Shown::Visible(p) => pb::ExplainedAllowPolicy {
+                allow_access_state: allow_state(p.granted),
+                full_resource_name: Resource::parse(&p.resource)
+                    .map(|r| full_name(&r))
+                    .unwrap_or(p.resource),
+                binding_explanations: p.bindings.into_iter().map(binding_to_v3).collect(),
+                relevance: relevance(p.relevance),
+                policy: Some(policy_to_pb(p.policy)),
+            },
+        })
+        .collect();
+    pb::TroubleshootIamPolicyResponse {
+        overall_access_state: overall as i32,
+        access_tuple: Some(pb::AccessTuple {
+            principal: t.principal,
+            full_resource_name: t.full_resource_name,
+            permission_fqdn: v2_permission(&t.permission),
+            permission: t.permission,
+        }),
+        allow_policy_explanation: Some(pb::AllowPolicyExplanation {
+            allow_access_state: allow as i32,
+            explained_policies,
+            relevance: relevance(Relevance::High),
+        }),
+        deny_policy_explanation: Some(pb::DenyPolicyExplanation {
+            deny_access_state: pb::DenyAccessState::NotDenied as i32,
+            relevance: relevance(Relevance::Normal),
+            permission_deniable: false,
+        }),
+    }
+}
+
+/// The service, ready to be routed.
+pub fn server(state: Arc<AdminState>) -> PolicyTroubleshooterServer<TroubleshooterService> {
+    PolicyTroubleshooterServer::new(TroubleshooterService { state })
+}
+
+/// Implements `google.cloud.policytroubleshooter.iam.v3.PolicyTroubleshooter`.
+pub struct TroubleshooterService {
+    state: Arc<AdminState>,
+}
+
+#[tonic::async_trait]
+impl PolicyTroubleshooter for TroubleshooterService {
+    async fn troubleshoot_iam_policy(
+        &self,
+        request: Request<pb::TroubleshootIamPolicyRequest>,
+    ) -> Result<tonic::Response<pb::TroubleshootIamPolicyResponse>, Status> {
+        let headers = request.metadata().clone().into_headers();
+        let caller = self.state.caller(&headers).await?;
+        let tuple = request.into_inner().access_tuple.unwrap_or_default();
+        let answer = self.state.troubleshoot(
+            &caller,
+            &tuple.principal,
+            &tuple.full_resource_name,
+            &tuple.permission,
+        )?;
+        Ok(tonic::Response::new(to_v3(answer)))
+    }
+}
+
+/// The REST routes: `POST /v3/iam:troubleshoot`.
+pub fn routes() -> Router<Arc<AdminState>> {
+    Router::new().route("/v3/iam:troubleshoot", post(troubleshoot_rest))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct RestRequest {
+    #[serde(default)]
+    access_tuple: RestAccessTuple,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct RestAccessTuple {
+    #[serde(default)]
+    principal: String,
+    #[serde(default)]
+    full_resource_name: String,
+    #[serde(default)]
+    permission: String,
+    /// Output only; ignored when sent back.
+    #[serde(default)]
+    #[allow(dead_code)]
+    permission_fqdn: String,
+    /// Conditions are not supported; an empty context is accepted and ignored.
+    #[serde(default)]
+    #[allow(dead_code)]
+    condition_context: Option<Value>,
+}
+
+/// Whether the query asks for enums as numbers (`$alt=json;enum-encoding=int`, what Google's
+/// client libraries send). Any other parameter is refused.
+fn enums_as_numbers(raw: Option<String>) -> Result<bool, ApiError> {
+    let mut numbers = false;
+    for (k, v) in url::form_urlencoded::parse(raw.unwrap_or_default().as_bytes()) {
+        match k.as_ref() {
+            "$alt" | "alt" => {
+                let mut parts = v.split(';');
+                if parts.next() != Some("json") {
+                    return Err(ApiError::InvalidArgument(format!(
+                        "unsupported {k} {v:?}: only json is served"
+                    )));
+                }
+                numbers = parts.any(|p| p.trim() == "enum-encoding=int");
+            }
+            _ => {
+                return Err(ApiError::InvalidArgument(format!(
+                    "Invalid query parameter {k:?}: accepted here: $alt"
+                )));
+            }
+        }
+    }
+    Ok(numbers)
+}
+
+async fn troubleshoot_rest(
+    State(state): State<Arc<AdminState>>,
+    RawQuery(raw): RawQuery,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let caller = state.caller(&headers).await?;
+    let numbers = enums_as_numbers(raw)?;
+    let request: RestRequest = if body.is_empty() {
+        RestRequest {
+            access_tuple: RestAccessTuple::default(),
+        }
+    } else {
+        serde_json::from_slice(&body)
+            .map_err(|e| ApiError::InvalidArgument(format!("Invalid JSON payload received. {e}")))?
+    };
+    let tuple = request.access_tuple;
+    let answer = state.troubleshoot(
+        &caller,
+        &tuple.principal,
+        &tuple.full_resource_name,
+        &tuple.permission,
+    )?;
+    Ok(axum::Json(v3_json(&to_v3(answer), numbers)).into_response())
+}
+
+/// The v3 answer in Google's JSON mapping: lowerCamelCase names, default values left out,
+/// enums as names (or numbers when asked).
+pub fn v3_json(r: &pb::TroubleshootIamPolicyResponse, numbers: bool) -> Value {
+    let e = |n: i32, name: Option<&'static str>| -> Option<Value> {
+        if n == 0 {
+            None
+        } else if numbers {
+            Some(json!(n))
+        } else {
+            Some(json!(name.unwrap_or("UNSPECIFIED")))
+        }
+    };
+    let rel = |n: i32| {
+        e(
+            n,
+            pb::HeuristicRelevance::try_from(n)
+                .ok()
+                .map(|v| v.as_str_name()),
+        )
+    };
+    let allow = |n: i32| {
+        e(
+            n,
+            pb::AllowAccessState::try_from(n)
+                .ok()
+                .map(|v| v.as_str_name()),
+        )
+    };
+    let member = |n: i32| {
+        e(
+            n,
+            pb::MembershipMatchingState::try_from(n)
+                .ok()
+                .map(|v| v.as_str_name()),
+        )
+    };
+    let annotated = |m: &pb::allow_binding_explanation::AnnotatedAllowMembership| {
+        object([
+            ("membership", member(m.membership)),
+            ("relevance", rel(m.relevance)),
+        ])
+    };
+    let binding = |b: &pb::AllowBindingExplanation| {
+        let memberships: serde_json::Map<String, Value> = b
+            .memberships
+            .iter()
+            .map(|(k, v)| (k.clone(), annotated(v)))
+            .collect();
+        object([
+            ("allowAccessState", allow(b.allow_access_state)),
+            ("role", text(&b.role)),
+            (
+                "rolePermission",
+                e(
+                    b.role_permission,
+                    pb::RolePermissionInclusionState::try_from(b.role_permission)
+                        .ok()
+                        .map(|v| v.as_str_name()),
+                ),
+            ),
+            ("rolePermissionRelevance", rel(b.role_permission_relevance)),
+            (
+                "combinedMembership",
+                b.combined_membership.as_ref().map(annotated),
+            ),
+            (
+                "memberships",
+                (!memberships.is_empty()).then_some(Value::Object(memberships)),
+            ),
+            ("relevance", rel(b.relevance)),
+            (
+                "condition",
+                b.condition.as_ref().map(|c| {
+                    object([
+                        ("expression", text(&c.expression)),
+                        ("title", text(&c.title)),
+                        ("description", text(&c.description)),
+                        ("location", text(&c.location)),
+                    ])
+                }),
+            ),
+        ])
+    };
+    let policy = |p: &crate::proto::google::iam::v1::Policy| {
+        let bindings: Vec<Value> = p
+            .bindings
+            .iter()
+            .map(|b| object([("role", text(&b.role)), ("members", Some(json!(b.members)))]))
+            .collect();
+        object([
+            ("version", (p.version != 0).then(|| json!(p.version))),
+            (
+                "etag",
+                (!p.etag.is_empty()).then(|| {
+                    json!(base64::Engine::encode(
+                        &base64::engine::general_purpose::STANDARD,
+                        &p.etag
+                    ))
+                }),
+            ),
+            ("bindings", (!bindings.is_empty()).then(|| json!(bindings))),
+        ])
+    };
+    let explained = |p: &pb::ExplainedAllowPolicy| {
+        let bindings: Vec<Value> = p.binding_explanations.iter().map(binding).collect();
+        object([
+            ("allowAccessState", allow(p.allow_access_state)),
+            ("fullResourceName", text(&p.full_resource_name)),
+            (
+                "bindingExplanations",
+                (!bindings.is_empty()).then(|| json!(bindings)),
+            ),
+            ("relevance", rel(p.relevance)),
+            ("policy", p.policy.as_ref().map(policy)),
+        ])
+    };
+    let overall = r.overall_access_state;
+    object([
+        (
+            "overallAccessState",
+            e(
+                overall,
+                OverallAccessState::try_from(overall)
+                    .ok()
+                    .map(|v| v.as_str_name()),
+            ),
+        ),
+        (
+            "accessTuple",
+            r.access_tuple.as_ref().map(|t| {
+                object([
+                    ("principal", text(&t.principal)),
+                    ("fullResourceName", text(&t.full_resource_name)),
+                    ("permission", text(&t.permission)),
+                    ("permissionFqdn", text(&t.permission_fqdn)),
+                ])
+            }),
+        ),
+        (
+            "allowPolicyExplanation",
+            r.allow_policy_explanation.as_ref().map(|a| {
+                let policies: Vec<Value> = a.explained_policies.iter().map(explained).collect();
+                object([
+                    ("allowAccessState", allow(a.allow_access_state)),
+                    (
+                        "explainedPolicies",
+                        (!policies.is_empty()).then(|| json!(policies)),
+                    ),
+                    ("relevance", rel(a.relevance)),
+                ])
+            }),
+        ),
+        (
+            "denyPolicyExplanation",
+            r.deny_policy_explanation.as_ref().map(|d| {
+                object([
+                    (
+                        "denyAccessState",
+                        e(
+                            d.deny_access_state,
+                            pb::DenyAccessState::try_from(d.deny_access_state)
+                                .ok()
+                                .map(|v| v.as_str_name()),
+                        ),
+                    ),
+                    ("relevance", rel(d.relevance)),
+                    (
+                        "permissionDeniable",
+                        d.permission_deniable.then_some(json!(true)),
+                    ),
+                ])
+            }),
+        ),
+    ])
+}
+
+/// A JSON object of the fields that are set.
+fn object<const N: usize>(fields: [(&str, Option<Value>); N]) -> Value {
+    let map: HashMap<&str, Value> = fields
+        .into_iter()
+        .filter_map(|(k, v)| v.map(|v| (k, v)))
+        .collect();
+    json!(map)
+}
+
+/// A string field, left out when empty.
+fn text(s: &str) -> Option<Value> {
+    (!s.is_empty()).then(|| json!(s))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn full_and_relative_resource_names_parse() {
+        let orders = "organizations/o/environments/prod/deployments/orders";
+        for name in [
+            format!("//apigee.googleapis.com/{orders}"),
+            orders.to_owned(),
+        ] {
+            assert_eq!(
+                parse_resource(&name).map(|r| r.name()),
+                Ok(orders.to_owned())
+            );
+        }
+        let p = parse_resource("//cloudresourcemanager.googleapis.com/projects/p").unwrap();
+        assert_eq!(
+            full_name(&p),
+            "//cloudresourcemanager.googleapis.com/projects/p"
+        );
+        for bad in [
+            "//apigee.googleapis.com/projects/p",
+            "//cloudresourcemanager.googleapis.com/organizations/o/environments/e",
+            "//compute.googleapis.com/projects/p",
+            "",
+        ] {
+            assert!(parse_resource(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn permission_forms_convert() {
+        assert_eq!(
+            v1_permission("apigee.googleapis.com/deployments.invoke"),
+            "apigee.deployments.invoke"
+        );
+        assert_eq!(
+            v1_permission("apigee.deployments.invoke"),
+            "apigee.deployments.invoke"
+        );
+        assert_eq!(
+            v2_permission("apigee.deployments.invoke"),
+            "apigee.googleapis.com/deployments.invoke"
+        );
+    }
+
+    #[test]
+    fn rest_query_accepts_the_client_libraries_alt() {
+        assert_eq!(enums_as_numbers(None), Ok(false));
+        assert_eq!(
+            enums_as_numbers(Some("%24alt=json%3Benum-encoding%3Dint".into())),
+            Ok(true)
+        );
+        assert_eq!(enums_as_numbers(Some("$alt=json".into())), Ok(false));
+        assert!(enums_as_numbers(Some("fields=x".into())).is_err());
+        assert!(enums_as_numbers(Some("$alt=proto".into())).is_err());
+    }
+}
