@@ -1,4 +1,4 @@
-//! Compiles the wire-compatible google.iam.v1 and Policy Troubleshooter protos under `proto/`
+//! Compiles the wire-compatible google.iam.v1 and Policy Troubleshooter (v3 and v1) protos under `proto/`
 //! (server and client) with the
 //! protoc shipped by `protoc-bin-vendored`, so no system protoc is needed.
 
@@ -12,7 +12,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "proto/google/iam/v1/options.proto",
         "proto/google/iam/v1/policy.proto",
         "proto/google/iam/v1/iam_policy.proto",
+        "proto/google/rpc/status.proto",
         "proto/google/cloud/policytroubleshooter/iam/v3/troubleshooter.proto",
+        "proto/google/cloud/policytroubleshooter/v1/checker.proto",
     ];
     for f in files {
         println!("cargo:rerun-if-changed={f}");

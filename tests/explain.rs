@@ -1,5 +1,5 @@
-//! The Policy Troubleshooter on the admin port, over REST (`POST /v3/iam:troubleshoot`) and gRPC
-//! (`google.cloud.policytroubleshooter.iam.v3`): its answers agree with the next Check, show an
+//! The Policy Troubleshooter on the admin port, over REST (`POST /v3/iam:troubleshoot`, `POST
+//! /v1/iam:troubleshoot`) and gRPC (`google.cloud.policytroubleshooter.iam.v3` and `.v1`): its answers agree with the next Check, show an
 //! environment's invoke grant as not passing down, mark what matters HIGH, and hide each policy
 //! the caller may not read.
 
@@ -253,4 +253,103 @@ async fn troubleshooter_refuses_bad_requests() {
     // Unauthenticated callers are refused before the body is read.
     let (status, _) = s.post("/v3/iam:troubleshoot", None, "{}").await;
     assert_eq!(status, 401);
+}
+
+#[tokio::test]
+async fn troubleshooter_v1_over_grpc_and_rest_says_the_environment_grant_does_not_pass_down() {
+    use verifyiam::proto::google::cloud::policytroubleshooter::v1 as pb1;
+    let s = Server::start().await;
+    set_policy(&s, PROD, INVOKER, &format!("user:{ALICE}")).await;
+    let full = format!("//apigee.googleapis.com/{ORDERS}");
+
+    let mut client =
+        pb1::iam_checker_client::IamCheckerClient::connect(format!("http://{}", s.admin))
+            .await
+            .unwrap();
+    let mut request = tonic::Request::new(pb1::TroubleshootIamPolicyRequest {
+        access_tuple: Some(pb1::AccessTuple {
+            principal: ALICE.into(),
+            full_resource_name: full.clone(),
+            permission: "apigee.deployments.invoke".into(),
+        }),
+    });
+    let v: MetadataValue<_> = format!("Bearer {}", token(ADMIN)).parse().unwrap();
+    request.metadata_mut().insert("authorization", v);
+    let answer = client
+        .troubleshoot_iam_policy(request)
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(answer.access, pb1::AccessState::NotGranted as i32);
+    assert!(!alice_may_invoke_orders(&s).await);
+    let env = answer
+        .explained_policies
+        .iter()
+        .find(|p| p.full_resource_name.ends_with(PROD))
+        .unwrap();
+    assert_eq!(env.access, pb1::AccessState::NotGranted as i32);
+    assert_eq!(
+        env.binding_explanations[0].memberships[&format!("user:{ALICE}")].membership,
+        pb1::binding_explanation::Membership::Included as i32
+    );
+    assert_eq!(answer.errors.len(), 1, "{:?}", answer.errors);
+    assert!(
+        answer.errors[0].message.contains("does not pass down"),
+        "{:?}",
+        answer.errors
+    );
+
+    // REST: the same answer in Google's JSON mapping, v1's unprefixed enum names.
+    let body = json!({"accessTuple": {
+        "principal": ALICE, "fullResourceName": full, "permission": "apigee.deployments.invoke"}});
+    let (status, rest) = s
+        .post(
+            "/v1/iam:troubleshoot",
+            Some(&token(ADMIN)),
+            &body.to_string(),
+        )
+        .await;
+    assert_eq!(status, 200, "{rest}");
+    assert_eq!(rest["access"], "NOT_GRANTED");
+    assert!(
+        rest["errors"][0]["message"]
+            .as_str()
+            .unwrap()
+            .contains("does not pass down"),
+        "{rest}"
+    );
+    let project = rest["explainedPolicies"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| {
+            p["fullResourceName"] == "//cloudresourcemanager.googleapis.com/projects/demo-project"
+        })
+        .unwrap();
+    assert_eq!(project["relevance"], "HIGH");
+
+    // Granted on the deployment: GRANTED, no errors; enums as numbers when asked.
+    set_policy(&s, ORDERS, INVOKER, "domain:example.com").await;
+    let (status, rest) = s
+        .post(
+            "/v1/iam:troubleshoot?%24alt=json%3Benum-encoding%3Dint",
+            Some(&token(ADMIN)),
+            &body.to_string(),
+        )
+        .await;
+    assert_eq!(status, 200, "{rest}");
+    assert_eq!(rest["access"], 1);
+    assert!(alice_may_invoke_orders(&s).await);
+    assert!(rest.get("errors").is_none(), "{rest}");
+
+    // A caller who may read nothing: UNKNOWN_INFO_DENIED, nothing shown.
+    let (_, rest) = s
+        .post(
+            "/v1/iam:troubleshoot",
+            Some(&token("eve@example.org")),
+            &body.to_string(),
+        )
+        .await;
+    assert_eq!(rest["access"], "UNKNOWN_INFO_DENIED");
+    assert!(!rest.to_string().contains("alice@"), "{rest}");
 }

@@ -1,7 +1,10 @@
 //! The Policy Troubleshooter: "why may (or may not) this principal use this permission on this
 //! resource?", answered by [`crate::iam::explain::explain`] — the evaluation a Check uses, with
 //! its reasons — over gRPC (`google.cloud.policytroubleshooter.iam.v3.PolicyTroubleshooter/
-//! TroubleshootIamPolicy`) and REST (`POST /v3/iam:troubleshoot`).
+//! TroubleshootIamPolicy`) and REST (`POST /v3/iam:troubleshoot`), and in the older v1 shape
+//! (`google.cloud.policytroubleshooter.v1.IamChecker/TroubleshootIamPolicy`, `POST
+//! /v1/iam:troubleshoot`), both converted from the one transport-neutral [`Troubleshot`]. v1 has
+//! no place for "an environment grant does not pass down" but its `errors`, so it is said there.
 //!
 //! Who may ask: anyone authenticated; each policy the caller may not read (`*.getIamPolicy` at
 //! its level) is `UNKNOWN_INFO` with nothing of it shown, as Google does, and an answer that
@@ -34,9 +37,11 @@ use crate::iam::policy::{Binding, Policy};
 use crate::iam::roles::{PermissionSet, RoleCatalog};
 use crate::iam::{CompiledPolicy, RoleStage};
 use crate::proto::google::cloud::policytroubleshooter::iam::v3 as pb;
+use crate::proto::google::cloud::policytroubleshooter::v1 as pb1;
 use crate::store::Snapshot;
 use pb::policy_troubleshooter_server::{PolicyTroubleshooter, PolicyTroubleshooterServer};
 use pb::troubleshoot_iam_policy_response::OverallAccessState;
+use pb1::iam_checker_server::{IamChecker, IamCheckerServer};
 
 /// The service name of project resources in full resource names.
 const PROJECTS_SERVICE: &str = "//cloudresourcemanager.googleapis.com/";
@@ -455,9 +460,11 @@ impl PolicyTroubleshooter for TroubleshooterService {
     }
 }
 
-/// The REST routes: `POST /v3/iam:troubleshoot`.
+/// The REST routes: `POST /v3/iam:troubleshoot` and `POST /v1/iam:troubleshoot`.
 pub fn routes() -> Router<Arc<AdminState>> {
-    Router::new().route("/v3/iam:troubleshoot", post(troubleshoot_rest))
+    Router::new()
+        .route("/v3/iam:troubleshoot", post(troubleshoot_rest))
+        .route("/v1/iam:troubleshoot", post(troubleshoot_rest_v1))
 }
 
 #[derive(Deserialize)]
@@ -511,20 +518,21 @@ fn enums_as_numbers(raw: Option<String>) -> Result<bool, ApiError> {
     Ok(numbers)
 }
 
-async fn troubleshoot_rest(
-    State(state): State<Arc<AdminState>>,
-    RawQuery(raw): RawQuery,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Result<Response, ApiError> {
-    let caller = state.caller(&headers).await?;
+/// A REST request's answer and whether its enums are to be numbers.
+async fn rest_answer(
+    state: &AdminState,
+    raw: Option<String>,
+    headers: &HeaderMap,
+    body: &[u8],
+) -> Result<(Troubleshot, bool), ApiError> {
+    let caller = state.caller(headers).await?;
     let numbers = enums_as_numbers(raw)?;
     let request: RestRequest = if body.is_empty() {
         RestRequest {
             access_tuple: RestAccessTuple::default(),
         }
     } else {
-        serde_json::from_slice(&body)
+        serde_json::from_slice(body)
             .map_err(|e| ApiError::InvalidArgument(format!("Invalid JSON payload received. {e}")))?
     };
     let tuple = request.access_tuple;
@@ -534,7 +542,27 @@ async fn troubleshoot_rest(
         &tuple.full_resource_name,
         &tuple.permission,
     )?;
+    Ok((answer, numbers))
+}
+
+async fn troubleshoot_rest(
+    State(state): State<Arc<AdminState>>,
+    RawQuery(raw): RawQuery,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let (answer, numbers) = rest_answer(&state, raw, &headers, &body).await?;
     Ok(axum::Json(v3_json(&to_v3(answer), numbers)).into_response())
+}
+
+async fn troubleshoot_rest_v1(
+    State(state): State<Arc<AdminState>>,
+    RawQuery(raw): RawQuery,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let (answer, numbers) = rest_answer(&state, raw, &headers, &body).await?;
+    Ok(axum::Json(v1_json(&to_v1(answer), numbers)).into_response())
 }
 
 /// The v3 answer in Google's JSON mapping: lowerCamelCase names, default values left out,
@@ -711,6 +739,302 @@ pub fn v3_json(r: &pb::TroubleshootIamPolicyResponse, numbers: bool) -> Value {
             }),
         ),
     ])
+}
+
+/// `google.rpc.Code.FAILED_PRECONDITION`: what v1's `errors` carry to explain the answer.
+const FAILED_PRECONDITION: i32 = 9;
+
+/// The sentences v1 carries in `errors`: when access is not granted, a visible grant that does
+/// not pass down to the resource asked about (an operator's most common surprise), and a
+/// deployment that is not deployed.
+fn v1_errors(t: &Troubleshot) -> Vec<crate::proto::google::rpc::Status> {
+    let asked = t.resource.name();
+    let mut errors = Vec::new();
+    let granted = t.access == Access::Granted;
+    for shown in t.policies.iter().filter(|_| !granted) {
+        let Shown::Visible(p) = shown else { continue };
+        if p.passes_down {
+            continue;
+        }
+        for b in &p.bindings {
+            let would_grant = b.role_permission == RolePermission::Included
+                && b.condition.is_none()
+                && b.matches();
+            if would_grant {
+                errors.push(crate::proto::google::rpc::Status {
+                    code: FAILED_PRECONDITION,
+                    message: format!(
+                        "{role} on the {level} {on} grants {perm} to {who} there, but a grant on \
+                         an {level} does not pass down to {asked}: grant it on the resource \
+                         itself or on the project",
+                        role = b.role,
+                        level = p.level.as_str(),
+                        on = p.resource,
+                        perm = t.permission,
+                        who = t.principal,
+                    ),
+                });
+            }
+        }
+    }
+    if t.not_deployed && t.permission == crate::iam::roles::INVOKE {
+        errors.push(crate::proto::google::rpc::Status {
+            code: FAILED_PRECONDITION,
+            message: format!(
+                "{asked} is not deployed: its requests are refused whatever its policies say"
+            ),
+        });
+    }
+    errors
+}
+
+fn relevance_v1(r: Relevance) -> i32 {
+    match r {
+        Relevance::Normal => pb1::HeuristicRelevance::Normal as i32,
+        Relevance::High => pb1::HeuristicRelevance::High as i32,
+    }
+}
+
+fn access_v1(granted: bool) -> i32 {
+    if granted {
+        pb1::AccessState::Granted as i32
+    } else {
+        pb1::AccessState::NotGranted as i32
+    }
+}
+
+fn binding_to_v1(b: ExplainedBinding) -> pb1::BindingExplanation {
+    use pb1::binding_explanation::{AnnotatedMembership, Membership, RolePermission as V1Role};
+    pb1::BindingExplanation {
+        access: access_v1(b.granted),
+        role: b.role,
+        role_permission: match b.role_permission {
+            RolePermission::Included => V1Role::Included,
+            RolePermission::NotIncluded
+            | RolePermission::Disabled
+            | RolePermission::UnknownRole => V1Role::NotIncluded,
+        } as i32,
+        role_permission_relevance: relevance_v1(b.role_relevance),
+        memberships: b
+            .members
+            .into_iter()
+            .map(|m| {
+                let membership = if m.matched.is_some() {
+                    Membership::Included
+                } else {
+                    Membership::NotIncluded
+                };
+                (
+                    m.member,
+                    AnnotatedMembership {
+                        membership: membership as i32,
+                        relevance: relevance_v1(m.relevance),
+                    },
+                )
+            })
+            .collect(),
+        relevance: relevance_v1(b.relevance),
+        condition: b.condition.map(|c| crate::proto::google::r#type::Expr {
+            expression: c.expression,
+            title: c.title.unwrap_or_default(),
+            description: c.description.unwrap_or_default(),
+            location: c.location.unwrap_or_default(),
+        }),
+    }
+}
+
+/// The answer as `google.cloud.policytroubleshooter.v1.TroubleshootIamPolicyResponse`.
+pub fn to_v1(t: Troubleshot) -> pb1::TroubleshootIamPolicyResponse {
+    let errors = v1_errors(&t);
+    let access = match t.access {
+        Access::Granted => pb1::AccessState::Granted,
+        Access::NotGranted => pb1::AccessState::NotGranted,
+        Access::Unknown => pb1::AccessState::UnknownInfoDenied,
+    };
+    let explained_policies = t
+        .policies
+        .into_iter()
+        .map(|shown| match shown {
+            Shown::Hidden => pb1::ExplainedPolicy {
+                access: pb1::AccessState::UnknownInfoDenied as i32,
+                ..pb1::ExplainedPolicy::default()
+            },
+            Shown::Visible(p) => pb1::ExplainedPolicy {
+                access: access_v1(p.granted),
+                full_resource_name: Resource::parse(&p.resource)
+                    .map(|r| full_name(&r))
+                    .unwrap_or(p.resource),
+                policy: Some(policy_to_pb(p.policy)),
+                binding_explanations: p.bindings.into_iter().map(binding_to_v1).collect(),
+                relevance: relevance_v1(p.relevance),
+            },
+        })
+        .collect();
+    pb1::TroubleshootIamPolicyResponse {
+        access: access as i32,
+        explained_policies,
+        errors,
+    }
+}
+
+/// The v1 answer in Google's JSON mapping: lowerCamelCase names, default values left out,
+/// enums as names (or numbers when asked).
+pub fn v1_json(r: &pb1::TroubleshootIamPolicyResponse, numbers: bool) -> Value {
+    use pb1::binding_explanation::{Membership, RolePermission as V1Role};
+    let e = |n: i32, name: Option<&'static str>| -> Option<Value> {
+        if n == 0 {
+            None
+        } else if numbers {
+            Some(json!(n))
+        } else {
+            Some(json!(name.unwrap_or("UNSPECIFIED")))
+        }
+    };
+    let rel = |n: i32| {
+        e(
+            n,
+            pb1::HeuristicRelevance::try_from(n)
+                .ok()
+                .map(|v| v.as_str_name()),
+        )
+    };
+    let access = |n: i32| {
+        e(
+            n,
+            pb1::AccessState::try_from(n).ok().map(|v| v.as_str_name()),
+        )
+    };
+    let binding = |b: &pb1::BindingExplanation| {
+        let memberships: serde_json::Map<String, Value> = b
+            .memberships
+            .iter()
+            .map(|(k, m)| {
+                let membership = e(
+                    m.membership,
+                    Membership::try_from(m.membership)
+                        .ok()
+                        .map(|v| v.as_str_name()),
+                );
+                (
+                    k.clone(),
+                    object([("membership", membership), ("relevance", rel(m.relevance))]),
+                )
+            })
+            .collect();
+        object([
+            ("access", access(b.access)),
+            ("role", text(&b.role)),
+            (
+                "rolePermission",
+                e(
+                    b.role_permission,
+                    V1Role::try_from(b.role_permission)
+                        .ok()
+                        .map(|v| v.as_str_name()),
+                ),
+            ),
+            ("rolePermissionRelevance", rel(b.role_permission_relevance)),
+            (
+                "memberships",
+                (!memberships.is_empty()).then_some(Value::Object(memberships)),
+            ),
+            ("relevance", rel(b.relevance)),
+            (
+                "condition",
+                b.condition.as_ref().map(|c| {
+                    object([
+                        ("expression", text(&c.expression)),
+                        ("title", text(&c.title)),
+                        ("description", text(&c.description)),
+                        ("location", text(&c.location)),
+                    ])
+                }),
+            ),
+        ])
+    };
+    let explained = |p: &pb1::ExplainedPolicy| {
+        let bindings: Vec<Value> = p.binding_explanations.iter().map(binding).collect();
+        object([
+            ("access", access(p.access)),
+            ("fullResourceName", text(&p.full_resource_name)),
+            ("policy", p.policy.as_ref().map(policy_json)),
+            (
+                "bindingExplanations",
+                (!bindings.is_empty()).then(|| json!(bindings)),
+            ),
+            ("relevance", rel(p.relevance)),
+        ])
+    };
+    let policies: Vec<Value> = r.explained_policies.iter().map(explained).collect();
+    let errors: Vec<Value> = r
+        .errors
+        .iter()
+        .map(|s| {
+            object([
+                ("code", (s.code != 0).then(|| json!(s.code))),
+                ("message", text(&s.message)),
+            ])
+        })
+        .collect();
+    object([
+        ("access", access(r.access)),
+        (
+            "explainedPolicies",
+            (!policies.is_empty()).then(|| json!(policies)),
+        ),
+        ("errors", (!errors.is_empty()).then(|| json!(errors))),
+    ])
+}
+
+/// A `google.iam.v1.Policy` in Google's JSON mapping.
+fn policy_json(p: &crate::proto::google::iam::v1::Policy) -> Value {
+    let bindings: Vec<Value> = p
+        .bindings
+        .iter()
+        .map(|b| object([("role", text(&b.role)), ("members", Some(json!(b.members)))]))
+        .collect();
+    object([
+        ("version", (p.version != 0).then(|| json!(p.version))),
+        (
+            "etag",
+            (!p.etag.is_empty()).then(|| {
+                json!(base64::Engine::encode(
+                    &base64::engine::general_purpose::STANDARD,
+                    &p.etag
+                ))
+            }),
+        ),
+        ("bindings", (!bindings.is_empty()).then(|| json!(bindings))),
+    ])
+}
+
+/// The v1 service, ready to be routed.
+pub fn server_v1(state: Arc<AdminState>) -> IamCheckerServer<IamCheckerService> {
+    IamCheckerServer::new(IamCheckerService { state })
+}
+
+/// Implements `google.cloud.policytroubleshooter.v1.IamChecker`.
+pub struct IamCheckerService {
+    state: Arc<AdminState>,
+}
+
+#[tonic::async_trait]
+impl IamChecker for IamCheckerService {
+    async fn troubleshoot_iam_policy(
+        &self,
+        request: Request<pb1::TroubleshootIamPolicyRequest>,
+    ) -> Result<tonic::Response<pb1::TroubleshootIamPolicyResponse>, Status> {
+        let headers = request.metadata().clone().into_headers();
+        let caller = self.state.caller(&headers).await?;
+        let tuple = request.into_inner().access_tuple.unwrap_or_default();
+        let answer = self.state.troubleshoot(
+            &caller,
+            &tuple.principal,
+            &tuple.full_resource_name,
+            &tuple.permission,
+        )?;
+        Ok(tonic::Response::new(to_v1(answer)))
+    }
 }
 
 /// A JSON object of the fields that are set.

@@ -16,7 +16,7 @@
 //! | [`groups`] | group membership, and its seeding from configuration |
 //! | `operation` | the steps every operation shares, written once: load the state, require the permission, write, audit |
 //! | [`audit`] | the audit event each write logs |
-//! | [`explain`] | the Policy Troubleshooter (`google.cloud.policytroubleshooter.iam.v3` over gRPC, `POST /v3/iam:troubleshoot`), answering from the same evaluation that decides a Check |
+//! | [`explain`] | the Policy Troubleshooter (`google.cloud.policytroubleshooter.iam.v3` and `.v1` over gRPC, `POST /v3/iam:troubleshoot` and `POST /v1/iam:troubleshoot`), answering from the same evaluation that decides a Check |
 
 pub mod audit;
 pub mod deployments;
@@ -113,6 +113,7 @@ impl AdminState {
 pub fn service(state: Arc<AdminState>) -> Router {
     let grpc = tonic::service::Routes::new(grpc::server(state.clone()))
         .add_service(explain::server(state.clone()))
+        .add_service(explain::server_v1(state.clone()))
         .prepare();
     router(state.clone())
         .layer(axum::middleware::from_fn_with_state(grpc, by_content_type))

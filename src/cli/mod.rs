@@ -1,10 +1,10 @@
 //! Command-line interface: the argument types and, beside each, its command. One file per command
 //! group: [`serve`](ServeArgs) (and `--dev`), `config`, `store`, `token`, `check`,
 //! `backend-token`, and the gcloud-shaped management commands `projects`, `environments`,
-//! `deployments`, `roles`, `groups` over [`crate::client`]. Serving itself lives in
+//! `deployments`, `roles`, `groups` over [`crate::client`], and `policy troubleshoot`. Serving itself lives in
 //! [`crate::server`]; binding the listeners is the binary's.
 //!
-//! Exit codes: 0 success (for `check`: allowed), 1 `check` denied, 2 usage or configuration
+//! Exit codes: 0 success (for `check` and `policy troubleshoot`: allowed), 1 denied, 2 usage or configuration
 //! error, 3 runtime failure (for `backend-token`: no token); the management commands add 4 to 7
 //! (see [`crate::client::exit`]).
 
@@ -12,6 +12,7 @@ mod backend_token;
 mod check;
 mod config;
 mod manage;
+mod policy;
 mod serve;
 mod store;
 mod token;
@@ -28,6 +29,7 @@ pub use manage::{
     GroupsCommand, PolicyCommand, Printed, ProjectsArgs, RoleFieldArgs, RolesArgs, RolesCommand,
     manage,
 };
+pub use policy::{PolicyArgs, PolicyTool, TroubleshootArgs, Troubleshooting, troubleshoot};
 pub use serve::{ServeArgs, dev_banner, dev_config, print_dev_banner, serve_config};
 pub use store::{StoreCommand, migrate, override_store};
 pub use token::{TokenCommand, mint};
@@ -67,6 +69,8 @@ pub enum Command {
     Roles(RolesArgs),
     /// Group memberships.
     Groups(GroupsArgs),
+    /// Explain access: why a principal may, or may not, use a permission on a resource.
+    Policy(PolicyArgs),
     /// Fetch the gateway's ID token for a backend exactly as `serve` would, and show its claims.
     BackendToken(BackendTokenArgs),
 }
@@ -84,6 +88,7 @@ pub async fn run(command: Command) -> ExitCode {
         Command::Token(c) => token::run(c),
         Command::Check(args) => check::run(&args).await,
         Command::BackendToken(args) => backend_token::run(&args).await,
+        Command::Policy(args) => policy::run(args).await,
         management => manage::run(management).await,
     }
 }
