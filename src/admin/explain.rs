@@ -565,18 +565,22 @@ async fn troubleshoot_rest_v1(
     Ok(axum::Json(v1_json(&to_v1(answer), numbers)).into_response())
 }
 
+/// An enum field in Google's JSON mapping: left out at its default (0), else its name, or its
+/// number when the caller asked for `enum-encoding=int`.
+fn enum_json(n: i32, name: Option<&'static str>, numbers: bool) -> Option<Value> {
+    if n == 0 {
+        None
+    } else if numbers {
+        Some(json!(n))
+    } else {
+        Some(json!(name.unwrap_or("UNSPECIFIED")))
+    }
+}
+
 /// The v3 answer in Google's JSON mapping: lowerCamelCase names, default values left out,
 /// enums as names (or numbers when asked).
 pub fn v3_json(r: &pb::TroubleshootIamPolicyResponse, numbers: bool) -> Value {
-    let e = |n: i32, name: Option<&'static str>| -> Option<Value> {
-        if n == 0 {
-            None
-        } else if numbers {
-            Some(json!(n))
-        } else {
-            Some(json!(name.unwrap_or("UNSPECIFIED")))
-        }
-    };
+    let e = |n: i32, name: Option<&'static str>| enum_json(n, name, numbers);
     let rel = |n: i32| {
         e(
             n,
@@ -881,15 +885,7 @@ pub fn to_v1(t: Troubleshot) -> pb1::TroubleshootIamPolicyResponse {
 /// enums as names (or numbers when asked).
 pub fn v1_json(r: &pb1::TroubleshootIamPolicyResponse, numbers: bool) -> Value {
     use pb1::binding_explanation::{Membership, RolePermission as V1Role};
-    let e = |n: i32, name: Option<&'static str>| -> Option<Value> {
-        if n == 0 {
-            None
-        } else if numbers {
-            Some(json!(n))
-        } else {
-            Some(json!(name.unwrap_or("UNSPECIFIED")))
-        }
-    };
+    let e = |n: i32, name: Option<&'static str>| enum_json(n, name, numbers);
     let rel = |n: i32| {
         e(
             n,
