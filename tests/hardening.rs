@@ -146,8 +146,9 @@ async fn spellings_of_a_more_specific_route_never_reach_a_less_specific_one() {
     }
 }
 
-#[tokio::test]
-async fn a_trailing_dot_on_the_host_does_not_fall_to_a_wider_route() {
+/// Routes `api.example.com` to `prod/api` and every other host to `prod/public`, on which alice
+/// (whose bearer is returned) may invoke.
+async fn host_routes_with_a_catch_all() -> (Server, String) {
     let extra = r#"
 [[routes]]
 host = "api.example.com"
@@ -167,7 +168,12 @@ deployment = "public"
     .await;
     s.grant_deployment("prod", "public", "user:alice@example.com", INVOKER)
         .await;
-    let bearer = format!("Bearer {}", token("alice@example.com"));
+    (s, format!("Bearer {}", token("alice@example.com")))
+}
+
+#[tokio::test]
+async fn a_trailing_dot_on_the_host_does_not_fall_to_a_wider_route() {
+    let (s, bearer) = host_routes_with_a_catch_all().await;
     for host in [
         "api.example.com.",
         "API.EXAMPLE.COM.:443",
@@ -857,26 +863,7 @@ deployment = "admin"
 /// Malformed hosts are 400 like the other malformed hosts, never a catch-all route.
 #[tokio::test]
 async fn malformed_hosts_never_reach_a_catch_all_route() {
-    let extra = r#"
-[[routes]]
-host = "api.example.com"
-path_prefix = "/"
-environment = "prod"
-deployment = "api"
-[[routes]]
-path_prefix = "/"
-environment = "prod"
-deployment = "public"
-"#
-    .to_owned();
-    let s = Server::start_with(Options {
-        extra,
-        ..Default::default()
-    })
-    .await;
-    s.grant_deployment("prod", "public", "user:alice@example.com", INVOKER)
-        .await;
-    let bearer = format!("Bearer {}", token("alice@example.com"));
+    let (s, bearer) = host_routes_with_a_catch_all().await;
     for host in [
         "api.example.com..",
         "api.example.com:abc",

@@ -783,30 +783,66 @@ async fn pg_restore(url: &str, file: &std::path::Path) {
     );
 }
 
+/// Two replicas on one database, two unrelated writes granting bob (revisions 1 and 2), and a
+/// dump of the database at revision 2: where both restore tests start.
+struct DumpedAtRevision2 {
+    a: Replica,
+    b: Replica,
+    dump: std::path::PathBuf,
+    _dir: tempfile::TempDir,
+    _up: Upstream,
+    db: TestDatabase,
+}
+
+impl DumpedAtRevision2 {
+    /// `None` (the test skips, loudly) without PostgreSQL or its dump and restore tools.
+    async fn start() -> Option<DumpedAtRevision2> {
+        let db = TestDatabase::create().await?;
+        if !restore_tools() {
+            return None;
+        }
+        let up = upstream().await;
+        let (a, b) = tokio::join!(
+            Replica::spawn(&up, &db.url, ""),
+            Replica::spawn(&up, &db.url, ""),
+        );
+        tokio::join!(a.ready(), b.ready());
+        for api in ["unrelated-1", "unrelated-2"] {
+            let bob = "user:bob@example.com";
+            assert_eq!(set_policy(&a, api, invokers(&[bob])).await.0, 200);
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let dump = dir.path().join("revision-2.dump");
+        pg_dump(&db.url, &dump).await;
+        Some(DumpedAtRevision2 {
+            a,
+            b,
+            dump,
+            _dir: dir,
+            _up: up,
+            db,
+        })
+    }
+}
+
 /// Two replicas, two unrelated writes (revisions 1 and 2), a dump, a grant (revision 3) applied
 /// by both; the dump restored; two unrelated writes through B (revisions 3 and 4 again, another
 /// history). A must drop the grant that no longer exists, in Checks and in getIamPolicy.
 #[tokio::test]
 async fn a_restored_older_dump_is_noticed_though_two_writes_pass_the_replicas_revision() {
-    let Some(db) = TestDatabase::create().await else {
+    // Every field bound: the dump's directory and the upstream must live to the test's end.
+    let Some(DumpedAtRevision2 {
+        a,
+        b,
+        dump,
+        _dir,
+        _up,
+        db,
+    }) = DumpedAtRevision2::start().await
+    else {
         return;
     };
-    if !restore_tools() {
-        return;
-    }
-    let up = upstream().await;
-    let (a, b) = tokio::join!(
-        Replica::spawn(&up, &db.url, ""),
-        Replica::spawn(&up, &db.url, ""),
-    );
-    tokio::join!(a.ready(), b.ready());
     let bob = "user:bob@example.com";
-    for api in ["unrelated-1", "unrelated-2"] {
-        assert_eq!(set_policy(&a, api, invokers(&[bob])).await.0, 200);
-    }
-    let dir = tempfile::tempdir().unwrap();
-    let dump = dir.path().join("revision-2.dump");
-    pg_dump(&db.url, &dump).await;
 
     let alice = format!("user:{ALICE}");
     assert_eq!(set_policy(&a, "orders", invokers(&[&alice])).await.0, 200);
@@ -852,25 +888,19 @@ async fn a_restored_older_dump_is_noticed_though_two_writes_pass_the_replicas_re
 /// decision cached at the old revision 3 must not be answered.
 #[tokio::test]
 async fn a_decision_cached_before_a_restore_is_not_answered_at_the_same_revision_number() {
-    let Some(db) = TestDatabase::create().await else {
+    // Every field bound: the dump's directory and the upstream must live to the test's end.
+    let Some(DumpedAtRevision2 {
+        a,
+        b,
+        dump,
+        _dir,
+        _up,
+        db,
+    }) = DumpedAtRevision2::start().await
+    else {
         return;
     };
-    if !restore_tools() {
-        return;
-    }
-    let up = upstream().await;
-    let (a, b) = tokio::join!(
-        Replica::spawn(&up, &db.url, ""),
-        Replica::spawn(&up, &db.url, ""),
-    );
-    tokio::join!(a.ready(), b.ready());
     let bob = "user:bob@example.com";
-    for api in ["unrelated-1", "unrelated-2"] {
-        assert_eq!(set_policy(&a, api, invokers(&[bob])).await.0, 200);
-    }
-    let dir = tempfile::tempdir().unwrap();
-    let dump = dir.path().join("revision-2.dump");
-    pg_dump(&db.url, &dump).await;
 
     let alice = format!("user:{ALICE}");
     assert_eq!(set_policy(&a, "orders", invokers(&[&alice])).await.0, 200);

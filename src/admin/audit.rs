@@ -84,23 +84,21 @@ pub struct Change {
     pub removed: Vec<(String, String)>,
 }
 
+/// Test support: the audit events a piece of code logs.
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::iam::policy::{Policy, binding_changes};
+pub(crate) mod capture {
     use std::sync::{Arc, Mutex};
     use tracing_subscriber::layer::{Context, SubscriberExt as _};
 
+    /// One event's fields, as text.
+    pub(crate) type Fields = Vec<(String, String)>;
+
     /// Records every event's target and fields.
-    #[derive(Default)]
-    struct Capture(Captured);
+    struct Capture(Arc<Mutex<Vec<(String, Fields)>>>);
 
-    /// Each event's target and its fields as text.
-    type Captured = Arc<Mutex<Vec<(String, Vec<(String, String)>)>>>;
+    struct Visitor(Fields);
 
-    struct Fields(Vec<(String, String)>);
-
-    impl tracing::field::Visit for Fields {
+    impl tracing::field::Visit for Visitor {
         fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
             self.0.push((field.name().to_owned(), format!("{value:?}")));
         }
@@ -111,7 +109,7 @@ mod tests {
 
     impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for Capture {
         fn on_event(&self, event: &tracing::Event<'_>, _: Context<'_, S>) {
-            let mut fields = Fields(Vec::new());
+            let mut fields = Visitor(Vec::new());
             event.record(&mut fields);
             if let Ok(mut events) = self.0.lock() {
                 events.push((event.metadata().target().to_owned(), fields.0));
@@ -119,10 +117,40 @@ mod tests {
         }
     }
 
-    #[test]
-    fn audit_event_is_one_structured_event_on_the_audit_target() {
+    /// Runs `f` and returns its result with the fields of every event it logged on
+    /// [`super::AUDIT_TARGET`], and how many events it logged in all.
+    pub(crate) fn audit_events<T>(f: impl FnOnce() -> T) -> (T, Vec<Fields>, usize) {
         let events = Arc::new(Mutex::new(Vec::new()));
         let subscriber = tracing_subscriber::registry().with(Capture(events.clone()));
+        let out = tracing::subscriber::with_default(subscriber, f);
+        let events = std::mem::take(&mut *events.lock().unwrap());
+        let all = events.len();
+        let audit = events
+            .into_iter()
+            .filter(|(target, _)| target == super::AUDIT_TARGET)
+            .map(|(_, fields)| fields)
+            .collect();
+        (out, audit, all)
+    }
+
+    /// The value of the field `name`; panics naming it when there is none.
+    pub(crate) fn field<'a>(fields: &'a [(String, String)], name: &str) -> &'a str {
+        fields
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+            .unwrap_or_else(|| panic!("no field {name}: {fields:?}"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::capture::{audit_events, field};
+    use super::*;
+    use crate::iam::policy::{Policy, binding_changes};
+
+    #[test]
+    fn audit_event_is_one_structured_event_on_the_audit_target() {
         let old = Policy {
             bindings: vec![crate::iam::policy::Binding {
                 role: "roles/apigee.deploymentInvoker".into(),
@@ -142,7 +170,7 @@ mod tests {
             ..Policy::default()
         };
         let (added, removed) = binding_changes(&old, &new);
-        tracing::subscriber::with_default(subscriber, || {
+        let ((), events, all) = audit_events(|| {
             AuditEvent {
                 caller: "ops@example.com".into(),
                 action: "setIamPolicy",
@@ -154,17 +182,9 @@ mod tests {
             }
             .log();
         });
-        let events = events.lock().unwrap();
-        assert_eq!(events.len(), 1);
-        let (target, fields) = &events[0];
-        assert_eq!(target, AUDIT_TARGET);
-        let field = |name: &str| {
-            fields
-                .iter()
-                .find(|(k, _)| k == name)
-                .map(|(_, v)| v.as_str())
-                .unwrap_or_else(|| panic!("no field {name}: {fields:?}"))
-        };
+        assert_eq!(all, 1, "one event in all");
+        assert_eq!(events.len(), 1, "on the audit target");
+        let field = |name: &str| field(&events[0], name);
         assert_eq!(field("caller"), "ops@example.com");
         assert_eq!(field("action"), "setIamPolicy");
         assert_eq!(field("resource"), "projects/p");

@@ -245,34 +245,7 @@ fn group_email(email: &str) -> Result<String, ApiError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::sync::Mutex;
-    use tracing_subscriber::layer::{Context, SubscriberExt as _};
-
-    /// Each event's target and its fields as text.
-    type Captured = Arc<Mutex<Vec<(String, Vec<(String, String)>)>>>;
-
-    struct Capture(Captured);
-
-    struct Fields(Vec<(String, String)>);
-
-    impl tracing::field::Visit for Fields {
-        fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
-            self.0.push((field.name().to_owned(), format!("{value:?}")));
-        }
-        fn record_str(&mut self, field: &tracing::field::Field, value: &str) {
-            self.0.push((field.name().to_owned(), value.to_owned()));
-        }
-    }
-
-    impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for Capture {
-        fn on_event(&self, event: &tracing::Event<'_>, _: Context<'_, S>) {
-            let mut fields = Fields(Vec::new());
-            event.record(&mut fields);
-            if let Ok(mut events) = self.0.lock() {
-                events.push((event.metadata().target().to_owned(), fields.0));
-            }
-        }
-    }
+    use crate::admin::audit::capture::{Fields, audit_events, field};
 
     fn group(email: &str, members: &[&str]) -> GroupConfig {
         GroupConfig {
@@ -282,29 +255,16 @@ mod tests {
     }
 
     /// Seeds `groups` into the store in `dir` (as a start does); the audit events it logged.
-    fn start(dir: &std::path::Path, groups: &[GroupConfig]) -> Vec<Vec<(String, String)>> {
+    fn start(dir: &std::path::Path, groups: &[GroupConfig]) -> Vec<Fields> {
         let store = PolicyStore::open(dir, "p", &[]).unwrap();
-        let events: Captured = Arc::default();
-        let subscriber = tracing_subscriber::registry().with(Capture(events.clone()));
-        tracing::subscriber::with_default(subscriber, || seed_groups(&store, groups)).unwrap();
-        let events = events.lock().unwrap();
+        let (seeded, events, _) = audit_events(|| seed_groups(&store, groups));
+        seeded.unwrap();
         events
-            .iter()
-            .filter(|(target, _)| target == crate::admin::audit::AUDIT_TARGET)
-            .map(|(_, fields)| fields.clone())
-            .collect()
     }
 
     #[test]
     fn a_start_that_changes_a_configured_group_audits_it_and_one_that_does_not_is_silent() {
         let dir = tempfile::tempdir().unwrap();
-        let field = |fields: &[(String, String)], name: &str| {
-            fields
-                .iter()
-                .find(|(k, _)| k == name)
-                .map(|(_, v)| v.clone())
-                .unwrap_or_default()
-        };
         let first = [group(
             "group:Ops@Example.com",
             &["user:carol@example.com", "user:dave@example.com"],
