@@ -652,26 +652,6 @@ pub fn v3_json(r: &pb::TroubleshootIamPolicyResponse, numbers: bool) -> Value {
             ),
         ])
     };
-    let policy = |p: &crate::proto::google::iam::v1::Policy| {
-        let bindings: Vec<Value> = p
-            .bindings
-            .iter()
-            .map(|b| object([("role", text(&b.role)), ("members", Some(json!(b.members)))]))
-            .collect();
-        object([
-            ("version", (p.version != 0).then(|| json!(p.version))),
-            (
-                "etag",
-                (!p.etag.is_empty()).then(|| {
-                    json!(base64::Engine::encode(
-                        &base64::engine::general_purpose::STANDARD,
-                        &p.etag
-                    ))
-                }),
-            ),
-            ("bindings", (!bindings.is_empty()).then(|| json!(bindings))),
-        ])
-    };
     let explained = |p: &pb::ExplainedAllowPolicy| {
         let bindings: Vec<Value> = p.binding_explanations.iter().map(binding).collect();
         object([
@@ -682,7 +662,7 @@ pub fn v3_json(r: &pb::TroubleshootIamPolicyResponse, numbers: bool) -> Value {
                 (!bindings.is_empty()).then(|| json!(bindings)),
             ),
             ("relevance", rel(p.relevance)),
-            ("policy", p.policy.as_ref().map(policy)),
+            ("policy", p.policy.as_ref().map(policy_json)),
         ])
     };
     let overall = r.overall_access_state;
