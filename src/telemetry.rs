@@ -58,8 +58,41 @@ pub fn init_logging(json: bool) {
 /// could flood the log. Each is counted in [`TLS_ILLEGAL_SNI_TOTAL`] instead, and one line of
 /// our own says so at most once a minute, with how many came since the last one.
 pub struct IllegalSniGuard {
-    /// When the line was last logged, and how many were counted since.
+    log: LogThrottle,
+}
+
+/// Lets a warning that any request can provoke through at most once per interval: the first
+/// one, then the first after each interval, each with how many came since the last line.
+pub struct LogThrottle {
+    interval: Duration,
+    /// When the line was last let through, and how many were counted since.
     last: Mutex<(Option<Instant>, u64)>,
+}
+
+impl LogThrottle {
+    /// A throttle that has let nothing through yet; usable in a `static`.
+    pub const fn new(interval: Duration) -> LogThrottle {
+        LogThrottle {
+            interval,
+            last: Mutex::new((None, 0)),
+        }
+    }
+
+    /// Counts one occurrence at `now`; `Some(n)` when the line is due, `n` the occurrences it
+    /// stands for (this one included).
+    pub fn due(&self, now: Instant) -> Option<u64> {
+        // Poisoning cannot leave the pair inconsistent: both are written together.
+        let mut last = self.last.lock().unwrap_or_else(|p| p.into_inner());
+        last.1 += 1;
+        match last.0 {
+            Some(at) if now.duration_since(at) < self.interval => None,
+            _ => {
+                let seen = std::mem::take(&mut last.1);
+                last.0 = Some(now);
+                Some(seen)
+            }
+        }
+    }
 }
 
 impl Default for IllegalSniGuard {
@@ -73,24 +106,14 @@ impl IllegalSniGuard {
     pub fn new() -> IllegalSniGuard {
         let _ = metrics_handle();
         IllegalSniGuard {
-            last: Mutex::new((None, 0)),
+            log: LogThrottle::new(ILLEGAL_SNI_LOG_INTERVAL),
         }
     }
 
     /// Counts one warning of `kind`; whether the line is due (and how many it stands for).
     fn count(&self, kind: &'static str, now: Instant) -> Option<u64> {
         metrics::counter!(TLS_ILLEGAL_SNI_TOTAL, "kind" => kind).increment(1);
-        // Poisoning cannot leave the pair inconsistent: both are written together.
-        let mut last = self.last.lock().unwrap_or_else(|p| p.into_inner());
-        last.1 += 1;
-        match last.0 {
-            Some(at) if now.duration_since(at) < ILLEGAL_SNI_LOG_INTERVAL => None,
-            _ => {
-                let seen = std::mem::take(&mut last.1);
-                last.0 = Some(now);
-                Some(seen)
-            }
-        }
+        self.log.due(now)
     }
 }
 

@@ -538,3 +538,60 @@ async fn a_backend_token_without_a_readable_exp_is_refused_and_not_asked_for_on_
         );
     }
 }
+
+/// Counts the events whose message contains `needle`, on this thread (the test's runtime runs
+/// the server's tasks too).
+#[derive(Clone, Default)]
+struct LogCount {
+    needle: &'static str,
+    seen: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for LogCount {
+    fn on_event(&self, event: &tracing::Event<'_>, _: tracing_subscriber::layer::Context<'_, S>) {
+        struct Message(String);
+        impl tracing::field::Visit for Message {
+            fn record_debug(&mut self, f: &tracing::field::Field, v: &dyn std::fmt::Debug) {
+                if f.name() == "message" {
+                    self.0 = format!("{v:?}");
+                }
+            }
+        }
+        let mut m = Message(String::new());
+        event.record(&mut m);
+        if m.0.contains(self.needle) {
+            self.seen.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_failing_metadata_server_is_logged_once_a_minute_not_once_per_check() {
+    use tracing_subscriber::layer::SubscriberExt as _;
+    let count = LogCount {
+        needle: "no ID token for the backend",
+        ..Default::default()
+    };
+    let _guard =
+        tracing::subscriber::set_default(tracing_subscriber::registry().with(count.clone()));
+    // A metadata server that answers every request 500.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let app = axum::Router::new()
+        .fallback(|| async { (axum::http::StatusCode::INTERNAL_SERVER_ERROR, "down") });
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    let s = serve(
+        format!("[backend_auth]\nsource = \"metadata\"\nmetadata_url = \"{url}\"\n"),
+        "",
+    )
+    .await;
+    let caller = bearer(&token(ALICE));
+    for _ in 0..40 {
+        assert_refused(&check(&s, Some(&caller), Some(ORDERS)).await);
+    }
+    assert_eq!(
+        count.seen.load(std::sync::atomic::Ordering::SeqCst),
+        1,
+        "40 refused Checks of one failing backend make one log line, not one each"
+    );
+}

@@ -55,6 +55,8 @@ pub struct Checker {
     deadline: Duration,
     scope: Box<str>,
     backend: Option<BackendIdentity>,
+    /// Every Check toward a backend whose ID token cannot be had would log: one line a minute.
+    backend_failure_log: crate::telemetry::LogThrottle,
 }
 
 impl Checker {
@@ -73,6 +75,7 @@ impl Checker {
             deadline,
             scope: scope.into(),
             backend: None,
+            backend_failure_log: crate::telemetry::LogThrottle::new(Duration::from_secs(60)),
         }
     }
 
@@ -232,7 +235,18 @@ impl Checker {
                         };
                     }
                     Ok(Err(e)) => {
-                        tracing::warn!(audience, error = %e, "no ID token for the backend");
+                        // Each fetch's failure is counted in
+                        // verifyiam_backend_token_failures_total.
+                        let log = &self.backend_failure_log;
+                        if let Some(since_last) = log.due(std::time::Instant::now()) {
+                            tracing::warn!(
+                                audience,
+                                error = %e,
+                                since_last,
+                                "no ID token for the backend; Checks toward it are denied 503 \
+                                 (logged at most once a minute)"
+                            );
+                        }
                         "the backend's ID token is temporarily unavailable"
                     }
                     Err(_) => "the backend's ID token could not be had within the deadline",
