@@ -117,7 +117,7 @@ impl AdminState {
             &self.project_resource(),
             PermissionSet::PROJECTS_GET_IAM_POLICY,
         )?;
-        let options = query.options.clone().unwrap_or_default();
+        let options = query.options.unwrap_or_default();
         if options.analyze_service_account_impersonation {
             return Err(ApiError::InvalidArgument(
                 "options.analyze_service_account_impersonation is not supported: verifyiam \

@@ -327,7 +327,7 @@ pub async fn analyze(args: AnalyzeArgs) -> Result<String, ClientError> {
     query.append_pair("analysisQuery.accessSelector.permissions", INVOKE);
     let shown = match (&args.deployment, &args.principal) {
         (Some(deployment), _) => {
-            let name = resource_name(deployment, Some(&org))?;
+            let name = resource_name(deployment, Some(org))?;
             if !name.contains("/deployments/") {
                 return Err(ClientError::usage(format!(
                     "--deployment {deployment:?}: expected ENV/API"
