@@ -1,4 +1,5 @@
-//! Compiles the wire-compatible google.iam.v1 and Policy Troubleshooter (v3 and v1) protos under `proto/`
+//! Compiles the wire-compatible google.iam.v1, Policy Troubleshooter (v3 and v1) and Cloud Asset
+//! (`AnalyzeIamPolicy`) protos under `proto/`
 //! (server and client) with the
 //! protoc shipped by `protoc-bin-vendored`, so no system protoc is needed.
 
@@ -15,6 +16,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "proto/google/rpc/status.proto",
         "proto/google/cloud/policytroubleshooter/iam/v3/troubleshooter.proto",
         "proto/google/cloud/policytroubleshooter/v1/checker.proto",
+        "proto/google/cloud/asset/v1/asset_service.proto",
     ];
     for f in files {
         println!("cargo:rerun-if-changed={f}");

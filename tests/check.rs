@@ -333,6 +333,11 @@ async fn deployment_grant_allows_exactly_that_deployment() {
     let o = s.check(Some(&bearer), "prod", "orders").await;
     assert!(o.allowed(), "{o:#?}");
     assert_eq!(o.metadata["deployment"], DEPLOYMENT_NAME);
+    // The access log can say through which grant: the deployment's own policy.
+    assert_eq!(o.metadata["level"], "deployment");
+    // A cached decision names it too.
+    let again = s.check(Some(&bearer), "prod", "orders").await;
+    assert_eq!(again.metadata["level"], "deployment");
     for (env, api) in [("prod", "payments"), ("test", "orders")] {
         s.check(Some(&bearer), env, api)
             .await
@@ -358,6 +363,8 @@ async fn environment_grant_does_not_pass_down() {
         )
         .await;
     o.assert_denied(PERMISSION_DENIED, 403, None);
+    // A denial names no granting level.
+    assert!(!o.metadata.contains_key("level"), "{o:#?}");
 }
 
 #[tokio::test]
@@ -366,8 +373,15 @@ async fn project_grant_allows_every_deployment() {
     s.grant_project("domain:example.com", INVOKER).await;
     let bearer = format!("Bearer {}", ec().sign(&claims("alice@example.com")));
     for (env, api) in [("prod", "orders"), ("test", "payments"), ("dev", "x")] {
-        assert!(s.check(Some(&bearer), env, api).await.allowed());
+        let o = s.check(Some(&bearer), env, api).await;
+        assert!(o.allowed());
+        assert_eq!(o.metadata["level"], "project");
     }
+    // Granted at both levels, the project's grant is the one named.
+    s.grant_deployment("prod", "orders", "user:alice@example.com", INVOKER)
+        .await;
+    let o = s.check(Some(&bearer), "prod", "orders").await;
+    assert_eq!(o.metadata["level"], "project");
     // Another organization is not the project's.
     let mut req = check_request(Some(&bearer), "h", "/");
     let ext = &mut req.attributes.as_mut().unwrap().context_extensions;

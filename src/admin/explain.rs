@@ -49,10 +49,10 @@ const PROJECTS_SERVICE: &str = "//cloudresourcemanager.googleapis.com/";
 const APIGEE_SERVICE: &str = "//apigee.googleapis.com/";
 
 /// A snapshot seen as the documents behind its compiled policies, with the bootstrap owners.
-struct View<'a> {
-    snapshot: &'a Snapshot,
-    project_name: String,
-    bootstrap: &'a [Box<str>],
+pub(super) struct View<'a> {
+    pub(super) snapshot: &'a Snapshot,
+    pub(super) project_name: String,
+    pub(super) bootstrap: &'a [Box<str>],
 }
 
 impl PolicyLookup for View<'_> {

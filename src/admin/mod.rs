@@ -16,8 +16,10 @@
 //! | [`groups`] | group membership, and its seeding from configuration |
 //! | `operation` | the steps every operation shares, written once: load the state, require the permission, write, audit |
 //! | [`audit`] | the audit event each write logs |
+//! | [`analyze`] | the Policy Analyzer (`google.cloud.asset.v1.AssetService/AnalyzeIamPolicy` over gRPC, `GET /v1/{scope}:analyzeIamPolicy`), answering from the same evaluation that decides a Check |
 //! | [`explain`] | the Policy Troubleshooter (`google.cloud.policytroubleshooter.iam.v3` and `.v1` over gRPC, `POST /v3/iam:troubleshoot` and `POST /v1/iam:troubleshoot`), answering from the same evaluation that decides a Check |
 
+pub mod analyze;
 pub mod audit;
 pub mod deployments;
 pub mod error;
@@ -107,13 +109,14 @@ impl AdminState {
 }
 
 /// The whole admin listener: gRPC requests (`content-type: application/grpc…`) go to the
-/// `google.iam.v1.IAMPolicy` and Policy Troubleshooter services, everything else to the REST [`router`]. Outside the
+/// `google.iam.v1.IAMPolicy`, Policy Troubleshooter and Policy Analyzer services, everything else to the REST [`router`]. Outside the
 /// unauthenticated endpoints, the caller's bearer token is verified before anything reads the
 /// request body (`authenticate_first`).
 pub fn service(state: Arc<AdminState>) -> Router {
     let grpc = tonic::service::Routes::new(grpc::server(state.clone()))
         .add_service(explain::server(state.clone()))
         .add_service(explain::server_v1(state.clone()))
+        .add_service(analyze::server(state.clone()))
         .prepare();
     router(state.clone())
         .layer(axum::middleware::from_fn_with_state(grpc, by_content_type))

@@ -1,7 +1,8 @@
 //! The admin REST API in Google's shapes: the IAM policy methods (`:getIamPolicy` GET or POST,
 //! `:setIamPolicy`, `:testIamPermissions`) on `projects/{p}`, `organizations/{o}/environments/{e}`
 //! and `…/deployments/{api}`; Apigee's deployments (list, describe, deploy, undeploy, update);
-//! the IAM API's custom roles; and groups. Each handler decodes HTTP, calls one operation of
+//! the IAM API's custom roles; groups; and the Policy Analyzer's `GET /v1/{scope}:analyzeIamPolicy`
+//! (answered by [`super::analyze`]). Each handler decodes HTTP, calls one operation of
 //! [`super::AdminState`], and encodes the answer.
 
 use std::collections::HashMap;
@@ -27,6 +28,7 @@ use crate::iam::policy::Policy;
 pub fn routes() -> Router<Arc<AdminState>> {
     Router::new()
         .route("/v1/projects/{name}", any(project))
+        .route("/v1/organizations/{name}", any(organization))
         .route("/v1/projects/{project}/roles", any(roles))
         .route("/v1/projects/{project}/roles/{id}", any(role))
         .route(
@@ -164,15 +166,62 @@ fn mask(text: Option<&String>) -> Vec<String> {
 async fn project(
     State(state): State<Arc<AdminState>>,
     Path(name): Path<String>,
+    RawQuery(raw): RawQuery,
     method: Method,
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, ApiError> {
+    if let Some(project) = name.strip_suffix(":analyzeIamPolicy") {
+        return analyze_method(
+            &state,
+            format!("projects/{project}"),
+            raw,
+            &method,
+            &headers,
+        )
+        .await;
+    }
     let (project, verb) = split_verb(&name)?;
     let resource = Resource::Project {
         project: project.to_owned(),
     };
     policy_method(&state, method, &headers, body, resource, verb).await
+}
+
+/// `organizations/{o}`: only the Policy Analyzer's scope.
+async fn organization(
+    State(state): State<Arc<AdminState>>,
+    Path(name): Path<String>,
+    RawQuery(raw): RawQuery,
+    method: Method,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    match name.strip_suffix(":analyzeIamPolicy") {
+        Some(org) => {
+            analyze_method(
+                &state,
+                format!("organizations/{org}"),
+                raw,
+                &method,
+                &headers,
+            )
+            .await
+        }
+        None => Err(ApiError::NotFound(format!("Method not found: {name}"))),
+    }
+}
+
+async fn analyze_method(
+    state: &AdminState,
+    scope: String,
+    raw: Option<String>,
+    method: &Method,
+    headers: &HeaderMap,
+) -> Result<Response, ApiError> {
+    if method != Method::GET {
+        return Err(unsupported(method));
+    }
+    super::analyze::rest(state, scope, raw, headers).await
 }
 
 async fn environment(

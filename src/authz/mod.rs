@@ -19,7 +19,7 @@ use tokio::time::Instant;
 
 use crate::authn::{Principal, PrincipalKey};
 use crate::config::AuthzConfig;
-use crate::iam::eval::may_invoke;
+use crate::iam::eval::{Level, invoke_level};
 use crate::route::Target;
 use crate::store::PolicyStore;
 use crate::telemetry::CacheCounters;
@@ -87,6 +87,8 @@ pub enum Decision {
         principal: Arc<Principal>,
         /// The deployment.
         target: Target,
+        /// The level whose policy granted invoke (`None` when a remote source decided).
+        level: Option<Level>,
     },
     /// Denied.
     Deny(Denial),
@@ -143,8 +145,29 @@ struct Key {
 
 #[derive(Clone, Copy)]
 struct Cached {
-    allowed: bool,
+    granted: Granted,
     at: Instant,
+}
+
+/// A source's verdict: denied, or allowed (at the level that granted, when the source knows it).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Granted {
+    No,
+    Yes(Option<Level>),
+}
+
+impl Granted {
+    fn remote(allowed: bool) -> Granted {
+        if allowed {
+            Granted::Yes(None)
+        } else {
+            Granted::No
+        }
+    }
+
+    fn allowed(self) -> bool {
+        self != Granted::No
+    }
 }
 
 type Flight = Shared<BoxFuture<'static, Result<bool, SourceError>>>;
@@ -299,8 +322,12 @@ impl Authorizer {
             });
         }
         match self.allowed(&principal, token, &target).await {
-            Ok(true) => Decision::Allow { principal, target },
-            Ok(false) => Decision::Deny(Denial {
+            Ok(Granted::Yes(level)) => Decision::Allow {
+                principal,
+                target,
+                level,
+            },
+            Ok(Granted::No) => Decision::Deny(Denial {
                 reason: Reason::PermissionDenied,
                 message: permission_denied_message(&target.name).into(),
                 principal: Some(principal),
@@ -335,7 +362,7 @@ impl Authorizer {
         principal: &Principal,
         token: &str,
         target: &Target,
-    ) -> Result<bool, SourceError> {
+    ) -> Result<Granted, SourceError> {
         match &self.source {
             Source::Local {
                 project_name,
@@ -343,7 +370,7 @@ impl Authorizer {
             } => {
                 // Project-level grants cover this project's organization only.
                 if *target.organization != **organization {
-                    return Ok(false);
+                    return Ok(Granted::No);
                 }
                 let snapshot = self.store.snapshot();
                 let key = Key {
@@ -355,22 +382,29 @@ impl Authorizer {
                 if let Some(c) = self.cache.get(&key) {
                     if c.at.elapsed() < self.ttl {
                         self.counters.hit.increment(1);
-                        return Ok(c.allowed);
+                        return Ok(c.granted);
                     }
                 }
                 self.counters.miss.increment(1);
-                let allowed =
-                    may_invoke(&**snapshot, project_name, &target.name, &principal.members);
+                let granted =
+                    match invoke_level(&**snapshot, project_name, &target.name, &principal.members)
+                    {
+                        Some(level) => Granted::Yes(Some(level)),
+                        None => Granted::No,
+                    };
                 self.cache.insert(
                     key,
                     Cached {
-                        allowed,
+                        granted,
                         at: Instant::now(),
                     },
                 );
-                Ok(allowed)
+                Ok(granted)
             }
-            Source::Remote { .. } => self.remote_allowed(principal, token, target).await,
+            Source::Remote { .. } => self
+                .remote_allowed(principal, token, target)
+                .await
+                .map(Granted::remote),
         }
     }
 
@@ -395,7 +429,7 @@ impl Authorizer {
                     // Hot and about to expire: refresh in the background, answer now.
                     drop(self.flight(&key, token, target));
                 }
-                Ok(c.allowed)
+                Ok(c.granted.allowed())
             }
             (Some(c), Some(age)) if age < self.ttl + self.max_stale => {
                 self.counters.stale.increment(1);
@@ -405,7 +439,7 @@ impl Authorizer {
                     // The source failed or is slow: the last verdict, within max_stale.
                     Ok(Err(SourceError::Unavailable(_))) | Err(_) => {
                         metrics::counter!("verifyiam_decision_stale_served_total").increment(1);
-                        Ok(c.allowed)
+                        Ok(c.granted.allowed())
                     }
                     Ok(Err(e)) => Err(e),
                 }
@@ -451,7 +485,7 @@ impl Authorizer {
                 cache.insert(
                     key_owned.clone(),
                     Cached {
-                        allowed,
+                        granted: Granted::remote(allowed),
                         at: Instant::now(),
                     },
                 );

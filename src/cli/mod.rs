@@ -29,7 +29,9 @@ pub use manage::{
     GroupsCommand, PolicyCommand, Printed, ProjectsArgs, RoleFieldArgs, RolesArgs, RolesCommand,
     manage,
 };
-pub use policy::{PolicyArgs, PolicyTool, TroubleshootArgs, Troubleshooting, troubleshoot};
+pub use policy::{
+    AnalyzeArgs, PolicyArgs, PolicyTool, TroubleshootArgs, Troubleshooting, analyze, troubleshoot,
+};
 pub use serve::{ServeArgs, dev_banner, dev_config, print_dev_banner, serve_config};
 pub use store::{StoreCommand, migrate, override_store};
 pub use token::{TokenCommand, mint};

@@ -1,3 +1,8 @@
+//! `policy analyze`: "who can invoke this deployment?" (groups expanded) and "which deployments
+//! can this principal invoke, through which level?", asked of the admin API's Policy Analyzer
+//! (`GET /v1/{scope}:analyzeIamPolicy`) and printed for a person, or as the API answers with
+//! `--format`.
+//!
 //! `policy troubleshoot`: "why may (or may not) this person invoke this deployment?", asked of the
 //! admin API's troubleshooter (`POST /v3/iam:troubleshoot`) and printed for a person: the answer
 //! first, then the bindings that decide it and why. `--format json|yaml` prints the answer as the
@@ -27,6 +32,37 @@ pub struct PolicyArgs {
 pub enum PolicyTool {
     /// Why a principal may, or may not, use a permission on a resource.
     Troubleshoot(TroubleshootArgs),
+    /// Who can invoke a deployment, or which deployments a principal can invoke.
+    Analyze(AnalyzeArgs),
+}
+
+/// `policy analyze`
+#[derive(Debug, Args)]
+#[command(group(clap::ArgGroup::new("question").required(true).args(["deployment", "principal"])))]
+pub struct AnalyzeArgs {
+    /// Who can invoke this deployment: `ENV/API` (e.g. `prod/orders`).
+    #[arg(long)]
+    pub deployment: Option<String>,
+    /// Which deployments this member can invoke: `user:EMAIL`, `serviceAccount:EMAIL`,
+    /// `group:EMAIL` or `domain:DOMAIN` (a bare email is a user or a service account).
+    #[arg(long)]
+    pub principal: Option<String>,
+    /// The Apigee organization (the project id).
+    #[arg(long, env = "VERIFYIAM_ORGANIZATION")]
+    pub organization: Option<String>,
+    /// The admin endpoint.
+    #[arg(
+        long,
+        env = "VERIFYIAM_ADMIN_URL",
+        default_value = "http://127.0.0.1:9002"
+    )]
+    pub admin_url: String,
+    /// The caller's access token.
+    #[arg(long, env = "VERIFYIAM_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+    /// The answer as the API gives it instead of the readable report.
+    #[arg(long, value_enum)]
+    pub format: Option<Format>,
 }
 
 /// `policy troubleshoot`
@@ -273,10 +309,190 @@ pub fn report(answer: &Value, shown_resource: &str, principal: &str) -> String {
     out
 }
 
-/// Runs `policy …`: the report on stdout; exit 0 when granted, 1 when not, or `ERROR: …` and
-/// the error's exit code.
+/// The member asked about: a bare email is a user's, or a service account's.
+fn member(principal: &str) -> String {
+    if principal.contains(':') || principal == "allUsers" || principal == "allAuthenticatedUsers" {
+        principal.to_owned()
+    } else if principal.ends_with(".gserviceaccount.com") {
+        format!("serviceAccount:{principal}")
+    } else {
+        format!("user:{principal}")
+    }
+}
+
+/// `policy analyze`: asks the admin API's analyzer and renders its answer.
+pub async fn analyze(args: AnalyzeArgs) -> Result<String, ClientError> {
+    let org = super::manage::segment("--organization", args.organization.as_deref())?;
+    let mut query = url::form_urlencoded::Serializer::new(String::new());
+    query.append_pair("analysisQuery.accessSelector.permissions", INVOKE);
+    let shown = match (&args.deployment, &args.principal) {
+        (Some(deployment), _) => {
+            let name = resource_name(deployment, Some(org))?;
+            if !name.contains("/deployments/") {
+                return Err(ClientError::usage(format!(
+                    "--deployment {deployment:?}: expected ENV/API"
+                )));
+            }
+            query
+                .append_pair("analysisQuery.resourceSelector.fullResourceName", &name)
+                .append_pair("analysisQuery.options.expandGroups", "true")
+                .append_pair("analysisQuery.options.outputGroupEdges", "true");
+            deployment.clone()
+        }
+        (None, Some(principal)) => {
+            let member = member(principal);
+            query
+                .append_pair("analysisQuery.identitySelector.identity", &member)
+                .append_pair("analysisQuery.options.expandResources", "true");
+            member
+        }
+        (None, None) => {
+            return Err(ClientError::usage(
+                "one of --deployment or --principal is required",
+            ));
+        }
+    };
+    let client = AdminClient::new(&args.admin_url, args.token)?;
+    let path = format!(
+        "/v1/organizations/{org}:analyzeIamPolicy?{}",
+        query.finish()
+    );
+    let answer = client.call(reqwest::Method::GET, &path, None).await?;
+    Ok(match args.format {
+        Some(format) => format.render(&answer),
+        None if args.deployment.is_some() => who_can_invoke(&answer, &shown),
+        None => what_can_invoke(&answer, &shown),
+    })
+}
+
+/// The analyzer's results with the level and role of each.
+fn analysis_results(answer: &Value) -> Vec<(&'static str, String, &Value)> {
+    answer["mainAnalysis"]["analysisResults"]
+        .as_array()
+        .map(|results| {
+            results
+                .iter()
+                .map(|r| {
+                    let attached = relative(r["attachedResourceFullName"].as_str().unwrap_or(""));
+                    let role = r["iamBinding"]["role"].as_str().unwrap_or("?").to_owned();
+                    (level(attached), role, r)
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn partial_note(answer: &Value, out: &mut String) {
+    if answer["fullyExplored"] != true {
+        out.push_str("\n(Partial: the answer was capped; narrow the question to see the rest.)\n");
+    }
+}
+
+/// "Who can invoke D": one line per identity, with the level, role and group that grant it.
+pub fn who_can_invoke(answer: &Value, deployment: &str) -> String {
+    let mut lines = std::collections::BTreeSet::new();
+    for (level, role, r) in analysis_results(answer) {
+        let edges = r["identityList"]["groupEdges"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
+        for identity in r["identityList"]["identities"]
+            .as_array()
+            .into_iter()
+            .flatten()
+        {
+            let Some(name) = identity["name"].as_str() else {
+                continue;
+            };
+            let via = edges
+                .iter()
+                .filter(|e| e["targetNode"] == name)
+                .filter_map(|e| e["sourceNode"].as_str())
+                .collect::<Vec<_>>();
+            let via = if via.is_empty() {
+                String::new()
+            } else {
+                format!(", as a member of {}", via.join(", "))
+            };
+            lines.insert(format!("  {name}  ({level} policy: {role}{via})"));
+        }
+    }
+    let mut out = String::new();
+    if lines.is_empty() {
+        writeln!(out, "Nobody can invoke {deployment}.").ok();
+    } else {
+        writeln!(out, "Who can invoke {deployment}:").ok();
+        for line in lines {
+            writeln!(out, "{line}").ok();
+        }
+    }
+    partial_note(answer, &mut out);
+    out
+}
+
+/// "What can X invoke": each deployment with the levels and roles that grant it; an
+/// environment's grant is said not to pass down.
+pub fn what_can_invoke(answer: &Value, member: &str) -> String {
+    let mut deployments: std::collections::BTreeMap<String, Vec<String>> = Default::default();
+    let mut environments = Vec::new();
+    for (level, role, r) in analysis_results(answer) {
+        for acl in r["accessControlLists"].as_array().into_iter().flatten() {
+            for resource in acl["resources"].as_array().into_iter().flatten() {
+                let name = relative(resource["fullResourceName"].as_str().unwrap_or(""));
+                match name.split('/').collect::<Vec<_>>().as_slice() {
+                    ["organizations", _, "environments", env, "deployments", api] => {
+                        deployments
+                            .entry(format!("{env}/{api}"))
+                            .or_default()
+                            .push(format!("{level} policy: {role}"));
+                    }
+                    ["organizations", _, "environments", env] if level == "environment" => {
+                        environments.push(format!("{env} ({role})"));
+                    }
+                    _ => {}
+                }
+            }
+        }
+    }
+    let mut out = String::new();
+    if deployments.is_empty() {
+        writeln!(out, "{member} can invoke no deployment.").ok();
+    } else {
+        writeln!(out, "{member} can invoke:").ok();
+        for (deployment, grants) in &deployments {
+            writeln!(out, "  {deployment}  ({})", grants.join("; ")).ok();
+        }
+    }
+    for env in environments {
+        writeln!(
+            out,
+            "\nInvoke granted on the environment {env} does not pass down to its deployments: \
+             grant it on a deployment or the project instead."
+        )
+        .ok();
+    }
+    partial_note(answer, &mut out);
+    out
+}
+
+/// Runs `policy …`: the report on stdout; for `troubleshoot`, exit 0 when granted, 1 when not;
+/// or `ERROR: …` and the error's exit code.
 pub(super) async fn run(args: PolicyArgs) -> ExitCode {
-    let PolicyTool::Troubleshoot(t) = args.command;
+    let t = match args.command {
+        PolicyTool::Troubleshoot(t) => t,
+        PolicyTool::Analyze(a) => {
+            return match analyze(a).await {
+                Ok(out) => {
+                    print!("{out}");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("ERROR: {}", e.message);
+                    ExitCode::from(e.code)
+                }
+            };
+        }
+    };
     match troubleshoot(t).await {
         Ok(found) => {
             print!("{}", found.stdout);

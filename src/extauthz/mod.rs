@@ -198,8 +198,16 @@ impl Checker {
         };
         let decision = self.authorizer.decide(principal, token, target).await;
         match (decision, audience) {
-            (Decision::Allow { principal, target }, Some(audience)) => {
-                self.backend_token(principal, target, audience, until).await
+            (
+                Decision::Allow {
+                    principal,
+                    target,
+                    level,
+                },
+                Some(audience),
+            ) => {
+                self.backend_token(principal, target, level, audience, until)
+                    .await
             }
             (decision, _) => decision.into(),
         }
@@ -210,6 +218,7 @@ impl Checker {
         &self,
         principal: Arc<crate::authn::Principal>,
         target: crate::route::Target,
+        level: Option<crate::iam::Level>,
         audience: &str,
         until: tokio::time::Instant,
     ) -> Verdict {
@@ -230,7 +239,11 @@ impl Checker {
                 match tokio::time::timeout_at(until, identity.id_token(audience)).await {
                     Ok(Ok(id_token)) => {
                         return Verdict {
-                            decision: Decision::Allow { principal, target },
+                            decision: Decision::Allow {
+                                principal,
+                                target,
+                                level,
+                            },
                             id_token: Some(id_token),
                         };
                     }
@@ -399,7 +412,9 @@ impl CheckService {
         // Continue on error: a denial that Envoy forwards, marked.
         let continues = self.checker.continues(decision);
         let reason = match decision {
-            Decision::Allow { principal, target } => {
+            Decision::Allow {
+                principal, target, ..
+            } => {
                 self.metrics.allowed.increment(1);
                 span.in_scope(|| {
                     tracing::debug!(
@@ -423,7 +438,18 @@ impl CheckService {
             .record(started.elapsed().as_secs_f64());
         let answer = match (verdict.decision, &verdict.id_token) {
             // The common answer, written straight from what it names.
-            (Decision::Allow { principal, target }, None) => Answer::Allowed { principal, target },
+            (
+                Decision::Allow {
+                    principal,
+                    target,
+                    level,
+                },
+                None,
+            ) => Answer::Allowed {
+                principal,
+                target,
+                level,
+            },
             (decision, id_token) => {
                 let mut response = match &decision {
                     Decision::Deny(d) if continues => response::continued(d),
@@ -450,6 +476,8 @@ pub enum Answer {
         principal: Arc<crate::authn::Principal>,
         /// The deployment.
         target: crate::route::Target,
+        /// The level that granted, when known.
+        level: Option<crate::iam::Level>,
     },
     /// Any other answer.
     Response(CheckResponse),
@@ -459,9 +487,16 @@ impl Answer {
     /// Writes the answer's protobuf encoding.
     pub fn encode(&self, out: &mut impl bytes::BufMut) {
         match self {
-            Answer::Allowed { principal, target } => {
-                response::encode_allow(&principal.id, &target.name, out)
-            }
+            Answer::Allowed {
+                principal,
+                target,
+                level,
+            } => response::encode_allow(
+                &principal.id,
+                &target.name,
+                level.map(crate::iam::Level::as_str),
+                out,
+            ),
             Answer::Response(r) => r.encode_raw(out),
         }
     }
@@ -476,9 +511,18 @@ impl Answer {
     /// The answer as a message; `scope` is the required scope (named on `insufficient_scope`).
     pub fn into_response(self, scope: &str) -> CheckResponse {
         match self {
-            Answer::Allowed { principal, target } => {
-                response::check_response(&Decision::Allow { principal, target }, scope)
-            }
+            Answer::Allowed {
+                principal,
+                target,
+                level,
+            } => response::check_response(
+                &Decision::Allow {
+                    principal,
+                    target,
+                    level,
+                },
+                scope,
+            ),
             Answer::Response(r) => r,
         }
     }

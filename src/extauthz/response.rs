@@ -21,6 +21,9 @@ pub const PRINCIPAL_HEADER: &str = "x-verifyiam-principal";
 pub const RESULT_HEADER: &str = "x-verifyiam-result";
 /// On a denied request that continues to the backend: the denial's reason label.
 pub const REASON_HEADER: &str = "x-verifyiam-reason";
+/// On an allow decided by the local store: the dynamic-metadata key naming the level whose
+/// policy granted, `project` or `deployment`.
+pub const LEVEL_KEY: &str = "level";
 /// Where the caller's own `Authorization` goes when the backend gets the gateway's ID token.
 pub const FORWARDED_AUTHORIZATION_HEADER: &str = "x-forwarded-authorization";
 const REALM: &str = "verifyiam";
@@ -58,8 +61,9 @@ fn metadata(
     reason: &str,
     principal: Option<&str>,
     deployment: Option<&str>,
+    level: Option<&str>,
 ) -> Struct {
-    let mut fields = HashMap::with_capacity(4);
+    let mut fields = HashMap::with_capacity(5);
     fields.insert("decision".to_owned(), string(decision));
     fields.insert("reason".to_owned(), string(reason));
     if let Some(p) = principal {
@@ -67,6 +71,9 @@ fn metadata(
     }
     if let Some(d) = deployment {
         fields.insert("deployment".to_owned(), string(d));
+    }
+    if let Some(l) = level {
+        fields.insert(LEVEL_KEY.to_owned(), string(l));
     }
     Struct { fields }
 }
@@ -114,7 +121,11 @@ fn quoted(s: &str) -> String {
 /// `insufficient_scope`).
 pub fn check_response(decision: &Decision, scope: &str) -> CheckResponse {
     match decision {
-        Decision::Allow { principal, target } => CheckResponse {
+        Decision::Allow {
+            principal,
+            target,
+            level,
+        } => CheckResponse {
             status: Some(rpc::Status {
                 code: code::OK,
                 ..Default::default()
@@ -130,6 +141,7 @@ pub fn check_response(decision: &Decision, scope: &str) -> CheckResponse {
                 "ok",
                 Some(&principal.id),
                 Some(&target.name),
+                level.map(crate::iam::Level::as_str),
             )),
         },
         Decision::Deny(denial) => denied(denial, scope),
@@ -138,7 +150,7 @@ pub fn check_response(decision: &Decision, scope: &str) -> CheckResponse {
 
 /// What [`check_response`] builds for an allow, written straight into `out` as protobuf bytes:
 /// no message, map or string is made on the way.
-pub fn encode_allow(principal: &str, deployment: &str, out: &mut impl BufMut) {
+pub fn encode_allow(principal: &str, deployment: &str, level: Option<&str>, out: &mut impl BufMut) {
     use prost::encoding::{WireType, encode_key, encode_varint, encoded_len_varint, key_len};
     fn str_len(tag: u32, s: &str) -> usize {
         key_len(tag) + encoded_len_varint(s.len() as u64) + s.len()
@@ -155,10 +167,11 @@ pub fn encode_allow(principal: &str, deployment: &str, out: &mut impl BufMut) {
         out.put_slice(s.as_bytes());
     }
     let fields = [
-        ("decision", "allow"),
-        ("reason", "ok"),
-        ("principal", principal),
-        ("deployment", deployment),
+        Some(("decision", "allow")),
+        Some(("reason", "ok")),
+        Some(("principal", principal)),
+        Some(("deployment", deployment)),
+        level.map(|l| (LEVEL_KEY, l)),
     ];
     // HeaderValueOption { header: HeaderValue { key, value }, append_action }.
     let header = str_len(1, PRINCIPAL_HEADER) + str_len(2, principal);
@@ -166,7 +179,7 @@ pub fn encode_allow(principal: &str, deployment: &str, out: &mut impl BufMut) {
     let ok = msg_len(2, option) + str_len(5, RESULT_HEADER) + str_len(5, REASON_HEADER);
     // Struct { fields: map<string, Value { string_value }> }.
     let entry = |(k, v): (&str, &str)| str_len(1, k) + msg_len(2, str_len(3, v));
-    let metadata: usize = fields.iter().map(|f| msg_len(1, entry(*f))).sum();
+    let metadata: usize = fields.iter().flatten().map(|f| msg_len(1, entry(*f))).sum();
     // status: an empty google.rpc.Status (code OK).
     put_head(1, 0, out);
     put_head(3, ok, out);
@@ -179,7 +192,7 @@ pub fn encode_allow(principal: &str, deployment: &str, out: &mut impl BufMut) {
     put_str(5, RESULT_HEADER, out);
     put_str(5, REASON_HEADER, out);
     put_head(4, metadata, out);
-    for (k, v) in fields {
+    for (k, v) in fields.into_iter().flatten() {
         put_head(1, entry((k, v)), out);
         put_str(1, k, out);
         put_head(2, str_len(3, v), out);
@@ -240,6 +253,7 @@ pub fn continued(d: &Denial) -> CheckResponse {
             d.reason.label(),
             d.principal.as_ref().map(|p| &*p.id),
             d.target.as_ref().map(|t| &*t.name),
+            None,
         )),
     }
 }
@@ -315,6 +329,7 @@ fn denied(d: &Denial, scope: &str) -> CheckResponse {
             d.reason.label(),
             d.principal.as_ref().map(|p| &*p.id),
             d.target.as_ref().map(|t| &*t.name),
+            None,
         )),
     }
 }
@@ -327,6 +342,7 @@ mod tests {
 
     use super::*;
     use crate::authn::Principal;
+    use crate::iam::Level;
     use crate::route::Target;
 
     #[test]
@@ -347,12 +363,31 @@ mod tests {
                 has_scope: true,
             });
             let target = Target::new(deployment.0, deployment.1, deployment.2);
-            let mut out = Vec::new();
-            encode_allow(&principal.id, &target.name, &mut out);
-            let written = CheckResponse::decode(out.as_slice()).unwrap();
-            let built = check_response(&Decision::Allow { principal, target }, "scope");
-            assert_eq!(written, built);
-            assert_eq!(out.len(), built.encoded_len());
+            for level in [None, Some(Level::Project), Some(Level::Deployment)] {
+                let mut out = Vec::new();
+                encode_allow(
+                    &principal.id,
+                    &target.name,
+                    level.map(Level::as_str),
+                    &mut out,
+                );
+                let written = CheckResponse::decode(out.as_slice()).unwrap();
+                let built = check_response(
+                    &Decision::Allow {
+                        principal: principal.clone(),
+                        target: target.clone(),
+                        level,
+                    },
+                    "scope",
+                );
+                assert_eq!(written, built);
+                assert_eq!(out.len(), built.encoded_len());
+                let fields = &built.dynamic_metadata.as_ref().unwrap().fields;
+                assert_eq!(
+                    fields.get(LEVEL_KEY).and_then(|v| v.kind.clone()),
+                    level.map(|l| Kind::StringValue(l.as_str().to_owned()))
+                );
+            }
         }
     }
 

@@ -203,6 +203,13 @@ impl CompiledPolicy {
             .unwrap_or(PermissionSet::EMPTY)
     }
 
+    /// Every permission the policy grants to anyone.
+    pub fn granted_to_anyone(&self) -> PermissionSet {
+        self.grants
+            .values()
+            .fold(PermissionSet::EMPTY, |acc, perms| acc.union(*perms))
+    }
+
     /// Whether the policy grants nothing to anyone.
     pub fn is_empty(&self) -> bool {
         self.grants.values().all(|perms| perms.is_empty())
@@ -253,9 +260,19 @@ fn granted_on<L: PolicyLookup + ?Sized>(
     resource_name: &str,
     members: &[Box<str>],
 ) -> PermissionSet {
-    let Some(policy) = lookup.policy(resource_name) else {
-        return PermissionSet::EMPTY;
-    };
+    match lookup.policy(resource_name) {
+        Some(policy) => granted_in(lookup, policy, members),
+        None => PermissionSet::EMPTY,
+    }
+}
+
+/// The permissions `policy` grants to `members` or to the groups `lookup` says they belong to.
+#[inline]
+pub fn granted_in<L: PolicyLookup + ?Sized>(
+    lookup: &L,
+    policy: &CompiledPolicy,
+    members: &[Box<str>],
+) -> PermissionSet {
     // The principal's own members, then the groups the store says they belong to: no allocation.
     members.iter().fold(PermissionSet::EMPTY, |acc, member| {
         lookup
@@ -267,14 +284,84 @@ fn granted_on<L: PolicyLookup + ?Sized>(
     })
 }
 
-/// The permissions `members` hold on `resource`, whose organization maps to project `project`.
+/// The level of the resource a policy is attached to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Level {
+    /// `projects/{project}`: reaches every resource of the project.
+    Project,
+    /// `organizations/{o}/environments/{e}`: reaches its deployments, except for invoke.
+    Environment,
+    /// `organizations/{o}/environments/{e}/deployments/{d}`: grants only invoke, on itself.
+    Deployment,
+}
+
+impl Level {
+    /// The level's name as verifyiam prints it (and as a Check's metadata names it).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Level::Project => "project",
+            Level::Environment => "environment",
+            Level::Deployment => "deployment",
+        }
+    }
+}
+
+/// One policy that bears on a resource: where it is attached, its level, and the permissions
+/// whose grant in it reaches the resource.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reach {
+    /// The full name of the resource the policy is attached to.
+    pub name: String,
+    /// Its level.
+    pub level: Level,
+    /// The permissions a grant in it passes to the resource asked about (before
+    /// [`applicable`] limits them).
+    pub passes: PermissionSet,
+}
+
+/// The policies that bear on `resource` (whose organization maps to project `project`), in the
+/// order project, environment, deployment: the rules of §1 in one table, read by [`held`], by
+/// the explanations and by the analyzer.
 ///
 /// - Deployment: `apigee.deployments.invoke` from the project policy or the deployment's own
 ///   policy, never from the environment's (environment-level invoke does not pass down); every
-///   other `apigee.deployments.*` permission from the project or the parent environment policy.
-///   A deployment's own policy grants only invoke.
+///   other permission from the project or the parent environment policy. A deployment's own
+///   policy grants only invoke.
 /// - Environment: from the project policy or the environment's own.
 /// - Project: from the project's own policy.
+pub fn reaches(project: &str, resource: &Resource) -> Vec<Reach> {
+    let reach = |name: String, level, passes| Reach {
+        name,
+        level,
+        passes,
+    };
+    let project_name = format!("projects/{project}");
+    match resource {
+        Resource::Project { .. } => {
+            vec![reach(resource.name(), Level::Project, PermissionSet::all())]
+        }
+        Resource::Environment { .. } => vec![
+            reach(project_name, Level::Project, PermissionSet::all()),
+            reach(resource.name(), Level::Environment, PermissionSet::all()),
+        ],
+        Resource::Deployment {
+            organization,
+            environment,
+            ..
+        } => vec![
+            reach(project_name, Level::Project, PermissionSet::all()),
+            reach(
+                environment_name(organization, environment),
+                Level::Environment,
+                PermissionSet::all().difference(PermissionSet::INVOKE),
+            ),
+            reach(resource.name(), Level::Deployment, PermissionSet::INVOKE),
+        ],
+    }
+}
+
+/// The permissions `members` hold on `resource`, whose organization maps to project `project`,
+/// by the table of [`reaches`].
 ///
 /// The result is always within [`applicable`]`(resource)`. The organization is not compared
 /// with `project`: mapping one to the other is the caller's job.
@@ -284,45 +371,45 @@ pub fn held<L: PolicyLookup + ?Sized>(
     resource: &Resource,
     members: &[Box<str>],
 ) -> PermissionSet {
-    let held = match resource {
-        Resource::Project { .. } => granted_on(lookup, &resource.name(), members),
-        Resource::Environment { .. } => granted_on(lookup, &format!("projects/{project}"), members)
-            .union(granted_on(lookup, &resource.name(), members)),
-        Resource::Deployment {
-            organization,
-            environment,
-            ..
-        } => {
-            let from_project = granted_on(lookup, &format!("projects/{project}"), members);
-            let from_environment = granted_on(
-                lookup,
-                &environment_name(organization, environment),
-                members,
-            )
-            .difference(PermissionSet::INVOKE);
-            let from_deployment =
-                granted_on(lookup, &resource.name(), members).intersection(PermissionSet::INVOKE);
-            from_project.union(from_environment).union(from_deployment)
-        }
-    };
-    held.intersection(applicable(resource))
+    reaches(project, resource)
+        .iter()
+        .fold(PermissionSet::EMPTY, |acc, r| {
+            acc.union(granted_on(lookup, &r.name, members).intersection(r.passes))
+        })
+        .intersection(applicable(resource))
 }
 
-/// Whether `members` may invoke a deployment: the hot-path form of
-/// `held(..).contains(PermissionSet::INVOKE)`.
+/// The level whose policy lets `members` invoke a deployment (the project's first), or `None`:
+/// the hot-path form of [`held`] for invoke, which a test holds equal to it.
 ///
 /// Takes full resource names, `project_name` = `projects/{project}` and `deployment_name` =
 /// `organizations/{org}/environments/{env}/deployments/{api}`, so it formats nothing and
 /// allocates nothing itself (callers build the names once per route). The environment is not
 /// needed: invoke granted on an environment does not pass down.
+pub fn invoke_level<L: PolicyLookup + ?Sized>(
+    lookup: &L,
+    project_name: &str,
+    deployment_name: &str,
+    members: &[Box<str>],
+) -> Option<Level> {
+    let invokes = |name: &str| granted_on(lookup, name, members).contains(PermissionSet::INVOKE);
+    if invokes(project_name) {
+        Some(Level::Project)
+    } else if invokes(deployment_name) {
+        Some(Level::Deployment)
+    } else {
+        None
+    }
+}
+
+/// Whether `members` may invoke a deployment: [`invoke_level`] is some level.
 pub fn may_invoke<L: PolicyLookup + ?Sized>(
     lookup: &L,
     project_name: &str,
     deployment_name: &str,
     members: &[Box<str>],
 ) -> bool {
-    let invokes = |name: &str| granted_on(lookup, name, members).contains(PermissionSet::INVOKE);
-    invokes(project_name) || invokes(deployment_name)
+    invoke_level(lookup, project_name, deployment_name, members).is_some()
 }
 
 /// The subset of `asked` that `members` hold on `resource`, in the asked order, without
@@ -425,6 +512,19 @@ mod tests {
         let slow =
             held(store, PROJECT, &resource(deployment), members).contains(PermissionSet::INVOKE);
         assert_eq!(fast, slow, "may_invoke and held disagree on {deployment}");
+        // The granting level is the first policy of `reaches` whose grant of invoke passes down.
+        let level = reaches(PROJECT, &resource(deployment))
+            .into_iter()
+            .find(|r| {
+                r.passes.contains(PermissionSet::INVOKE)
+                    && granted_on(store, &r.name, members).contains(PermissionSet::INVOKE)
+            })
+            .map(|r| r.level);
+        assert_eq!(
+            invoke_level(store, PROJECT_NAME, deployment, members),
+            level,
+            "invoke_level disagrees with reaches on {deployment}"
+        );
         fast
     }
 

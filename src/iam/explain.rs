@@ -9,32 +9,12 @@
 
 use std::collections::HashSet;
 
-use super::eval::{EvalError, PolicyLookup, Resource, applicable};
+use super::eval::{EvalError, PolicyLookup, Resource, applicable, held, reaches};
 use super::member::Member;
 use super::policy::{Binding, Expr, Policy};
 use super::roles::{PermissionSet, RoleCatalog};
 
-/// The level of the resource a policy is attached to.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Level {
-    /// `projects/{project}`: reaches every resource of the project.
-    Project,
-    /// `organizations/{o}/environments/{e}`: reaches its deployments, except for invoke.
-    Environment,
-    /// `organizations/{o}/environments/{e}/deployments/{d}`: grants only invoke, on itself.
-    Deployment,
-}
-
-impl Level {
-    /// The level's name as verifyiam prints it.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Level::Project => "project",
-            Level::Environment => "environment",
-            Level::Deployment => "deployment",
-        }
-    }
-}
+pub use super::eval::Level;
 
 /// How much a fact weighs on the answer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -171,28 +151,6 @@ pub trait ExplainSource: PolicyLookup {
     }
 }
 
-/// The policies that bear on `resource`, each with the permissions whose grant in it reaches
-/// `resource` (the rules of [`held`](super::eval::held), in one table).
-fn levels(project: &str, resource: &Resource) -> Vec<(String, Level, PermissionSet)> {
-    let project_name = format!("projects/{project}");
-    match resource {
-        Resource::Project { .. } => vec![(resource.name(), Level::Project, PermissionSet::all())],
-        Resource::Environment { .. } => vec![
-            (project_name, Level::Project, PermissionSet::all()),
-            (resource.name(), Level::Environment, PermissionSet::all()),
-        ],
-        Resource::Deployment { .. } => vec![
-            (project_name, Level::Project, PermissionSet::all()),
-            (
-                resource.environment_name().unwrap_or_default(),
-                Level::Environment,
-                PermissionSet::all().difference(PermissionSet::INVOKE),
-            ),
-            (resource.name(), Level::Deployment, PermissionSet::INVOKE),
-        ],
-    }
-}
-
 /// Explains whether `members` hold `permission` on `resource` (whose organization maps to
 /// `project`), by the same rules as [`held`](super::eval::held).
 ///
@@ -219,8 +177,9 @@ pub fn explain<S: ExplainSource + ?Sized>(
         .flat_map(|m| source.groups_of(m).iter().map(|g| &**g))
         .collect();
     let mut policies = Vec::new();
-    for (name, level, reaches) in levels(project, resource) {
-        let passes_down = reaches.contains(wanted);
+    for reach in reaches(project, resource) {
+        let (name, level) = (reach.name, reach.level);
+        let passes_down = reach.passes.contains(wanted);
         let document = source.document(&name).cloned();
         let mut bindings: Vec<ExplainedBinding> = source
             .implicit_bindings(&name)
@@ -254,7 +213,10 @@ pub fn explain<S: ExplainSource + ?Sized>(
             relevance: Relevance::Normal,
         });
     }
-    let granted = policies.iter().any(|p| p.granted);
+    // The answer is the Check's own evaluation; the reasons above are read from the same table
+    // of levels, and must agree with it.
+    let granted = held(source, project, resource, members).contains(wanted);
+    debug_assert_eq!(granted, policies.iter().any(|p| p.granted));
     mark_relevance(&mut policies, granted);
     Ok(Explanation { granted, policies })
 }
@@ -376,133 +338,14 @@ fn mark_relevance(policies: &mut [ExplainedPolicy], granted: bool) {
 
 #[cfg(test)]
 mod tests {
-    use std::collections::HashMap;
-
     use proptest::prelude::*;
 
     use super::*;
-    use crate::iam::custom::{Catalog, CustomRole, RoleStage};
-    use crate::iam::eval::{CompiledPolicy, held, may_invoke};
+    use crate::iam::custom::{CustomRole, RoleStage};
+    use crate::iam::eval::{held, may_invoke};
     use crate::iam::member::principal_members;
     use crate::iam::roles::{DEPLOYMENT_INVOKER, INVOKE, PERMISSIONS};
-
-    const PROJECT: &str = "demo-project";
-    const PROJECT_NAME: &str = "projects/demo-project";
-    const PROD: &str = "organizations/demo-project/environments/prod";
-    const ORDERS: &str = "organizations/demo-project/environments/prod/deployments/orders";
-
-    /// A store as the snapshot keeps one: documents, their compiled forms, custom roles, groups,
-    /// and bootstrap owners compiled into the project policy.
-    struct Fixture {
-        documents: HashMap<String, Policy>,
-        compiled: HashMap<String, CompiledPolicy>,
-        roles: Vec<CustomRole>,
-        catalog: Catalog,
-        groups_of: HashMap<Box<str>, Box<[Box<str>]>>,
-        bootstrap: Vec<String>,
-    }
-
-    impl Fixture {
-        fn new(
-            documents: Vec<(&str, Policy)>,
-            roles: Vec<CustomRole>,
-            groups: &[(&str, &[&str])],
-            bootstrap: &[&str],
-        ) -> Fixture {
-            let catalog = Catalog::new(&roles);
-            let mut compiled: HashMap<String, CompiledPolicy> = documents
-                .iter()
-                .map(|(n, p)| ((*n).to_owned(), CompiledPolicy::compile(p, &catalog)))
-                .collect();
-            let owner = catalog.permissions("roles/owner").unwrap_or_default();
-            for m in bootstrap {
-                compiled
-                    .entry(PROJECT_NAME.to_owned())
-                    .or_default()
-                    .grant(m, owner);
-            }
-            let mut groups_of: HashMap<Box<str>, Vec<Box<str>>> = HashMap::new();
-            for (group, members) in groups {
-                for m in *members {
-                    groups_of
-                        .entry((*m).into())
-                        .or_default()
-                        .push(format!("group:{group}").into());
-                }
-            }
-            Fixture {
-                documents: documents
-                    .into_iter()
-                    .map(|(n, p)| (n.to_owned(), p))
-                    .collect(),
-                compiled,
-                roles,
-                catalog,
-                groups_of: groups_of
-                    .into_iter()
-                    .map(|(k, v)| (k, v.into_boxed_slice()))
-                    .collect(),
-                bootstrap: bootstrap.iter().map(|m| (*m).to_owned()).collect(),
-            }
-        }
-    }
-
-    impl PolicyLookup for Fixture {
-        fn policy(&self, name: &str) -> Option<&CompiledPolicy> {
-            self.compiled.get(name)
-        }
-        fn groups_of(&self, member: &str) -> &[Box<str>] {
-            self.groups_of.get(member).map_or(&[], |g| g)
-        }
-    }
-
-    impl ExplainSource for Fixture {
-        fn document(&self, name: &str) -> Option<&Policy> {
-            self.documents.get(name)
-        }
-        fn catalog(&self) -> &dyn RoleCatalog {
-            &self.catalog
-        }
-        fn disabled_role(&self, role: &str) -> Option<PermissionSet> {
-            self.roles
-                .iter()
-                .find(|r| r.name == role && r.stage == RoleStage::Disabled)
-                .map(|r| PermissionSet::of_names(&r.included_permissions))
-        }
-        fn implicit_bindings(&self, name: &str) -> Vec<Binding> {
-            if name != PROJECT_NAME || self.bootstrap.is_empty() {
-                return Vec::new();
-            }
-            vec![Binding {
-                role: "roles/owner".into(),
-                members: self.bootstrap.clone(),
-                condition: None,
-            }]
-        }
-    }
-
-    fn policy(bindings: &[(&str, &[&str])]) -> Policy {
-        Policy {
-            version: 1,
-            bindings: bindings
-                .iter()
-                .map(|(role, members)| Binding {
-                    role: (*role).to_owned(),
-                    members: members.iter().map(|m| (*m).to_owned()).collect(),
-                    condition: None,
-                })
-                .collect(),
-            ..Policy::default()
-        }
-    }
-
-    fn alice() -> Vec<Box<str>> {
-        principal_members(Some("alice@example.com"), &[], None)
-    }
-
-    fn resource(name: &str) -> Resource {
-        Resource::parse(name).unwrap_or_else(|| panic!("{name} is a resource name"))
-    }
+    use crate::iam::testing::*;
 
     fn invoke(f: &Fixture, on: &str, members: &[Box<str>]) -> Explanation {
         explain(f, PROJECT, &resource(on), members, INVOKE).expect("invoke applies")
@@ -704,94 +547,6 @@ mod tests {
 
     // --- the troubleshooter and the Check can never disagree ---
 
-    const EMAILS: &[&str] = &[
-        "alice@example.com",
-        "bob@example.com",
-        "eve@example.org",
-        "svc@demo-project.iam.gserviceaccount.com",
-    ];
-    const ROLES: &[&str] = &[
-        DEPLOYMENT_INVOKER,
-        "roles/owner",
-        "roles/viewer",
-        "roles/apigee.admin",
-        "roles/apigee.readOnlyAdmin",
-        "projects/demo-project/roles/caller",
-        "projects/demo-project/roles/off",
-        "projects/demo-project/roles/gone",
-    ];
-    const RESOURCES: &[&str] = &[
-        PROJECT_NAME,
-        PROD,
-        "organizations/demo-project/environments/test",
-        ORDERS,
-        "organizations/demo-project/environments/prod/deployments/payments",
-        "organizations/demo-project/environments/test/deployments/orders",
-    ];
-
-    fn member_strategy() -> impl Strategy<Value = String> {
-        prop_oneof![
-            (0..EMAILS.len()).prop_map(|i| {
-                let e = EMAILS[i];
-                if e.ends_with(".gserviceaccount.com") {
-                    format!("serviceAccount:{e}")
-                } else {
-                    format!("user:{e}")
-                }
-            }),
-            prop_oneof![Just("group:ops@example.com"), Just("group:eng@example.com")]
-                .prop_map(String::from),
-            prop_oneof![Just("domain:example.com"), Just("domain:example.org")]
-                .prop_map(String::from),
-            Just("allUsers".to_owned()),
-            Just("allAuthenticatedUsers".to_owned()),
-        ]
-    }
-
-    fn binding_strategy() -> impl Strategy<Value = Binding> {
-        (
-            0..ROLES.len(),
-            prop::collection::vec(member_strategy(), 1..4),
-        )
-            .prop_map(|(r, members)| Binding {
-                role: ROLES[r].to_owned(),
-                members,
-                condition: None,
-            })
-    }
-
-    fn policy_strategy() -> impl Strategy<Value = Option<Policy>> {
-        prop::option::of(
-            prop::collection::vec(binding_strategy(), 0..4).prop_map(|bindings| Policy {
-                version: 1,
-                bindings,
-                ..Policy::default()
-            }),
-        )
-    }
-
-    fn custom_roles(caller: &[usize]) -> Vec<CustomRole> {
-        let perms: Vec<String> = caller.iter().map(|&i| PERMISSIONS[i].to_owned()).collect();
-        vec![
-            CustomRole {
-                name: "projects/demo-project/roles/caller".into(),
-                title: String::new(),
-                description: String::new(),
-                included_permissions: perms.clone(),
-                stage: RoleStage::Ga,
-                etag: None,
-            },
-            CustomRole {
-                name: "projects/demo-project/roles/off".into(),
-                title: String::new(),
-                description: String::new(),
-                included_permissions: perms,
-                stage: RoleStage::Disabled,
-                etag: None,
-            },
-        ]
-    }
-
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(512))]
 
@@ -832,6 +587,8 @@ mod tests {
                             .map_err(|e| TestCaseError::fail(e.to_string()))?;
                         let wanted = PermissionSet::of(permission).unwrap_or_default();
                         prop_assert_eq!(e.granted, held.contains(wanted), "{} {} {}", email, name, permission);
+                        // The reasons agree with the answer: some policy grants exactly when it is granted.
+                        prop_assert_eq!(e.policies.iter().any(|p| p.granted), e.granted);
                     }
                     if matches!(on, Resource::Deployment { .. }) {
                         let e = explain(&f, PROJECT, &on, &members, INVOKE)
