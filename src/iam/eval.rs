@@ -166,8 +166,10 @@ impl CompiledPolicy {
                 continue;
             };
             for member in &binding.members {
-                if let Ok(member) = Member::parse(member) {
-                    compiled.insert(member.to_string().into_boxed_str(), permissions);
+                match Member::parse(member) {
+                    // A deleted principal is kept in the document and grants nothing.
+                    Ok(Member::Deleted(_)) | Err(_) => {}
+                    Ok(member) => compiled.insert(member.to_string().into_boxed_str(), permissions),
                 }
             }
         }
