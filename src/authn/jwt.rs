@@ -26,7 +26,7 @@ struct Issuer {
     keys: KeySource,
     audiences: Vec<String>,
     /// The pool the issuer belongs to, compiled; `Err` (every token refused) only for a
-    /// configuration that was never validated.
+    /// configuration that was never validated (a CEL error, no audiences).
     federation: Option<Result<Arc<Federation>, String>>,
 }
 
@@ -116,7 +116,12 @@ impl JwtVerifier {
                     Issuer {
                         keys: KeySource::Remote(j.jwks_uri.clone()),
                         audiences: j.audiences.clone(),
+                        // Fails closed on a configuration that skipped validation: a pool
+                        // token's audience is what binds it here, so none means no token.
                         federation: j.federation.as_ref().map(|f| {
+                            if j.audiences.is_empty() {
+                                return Err("an issuer in a pool must list its audiences".into());
+                            }
                             f.compiled(&format!("token.jwt[{i}].federation"))
                                 .map_err(|e| e.to_string())
                         }),

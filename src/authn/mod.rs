@@ -401,3 +401,56 @@ impl Authenticator {
         (self.cache.entry_count(), self.rejected.entry_count())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pool_verified(attributes: &[(&str, &str)], groups: &[&str]) -> Verified {
+        Verified {
+            email: None,
+            subject: Some("u-1".into()),
+            issuer: "https://partner.test".into(),
+            expires_at: unix_now() + 600,
+            has_scope: true,
+            federated: Some(federation::Mapped {
+                pool: "locations/global/workforcePools/partners".into(),
+                subject: "u-1".into(),
+                groups: groups.iter().map(|g| g.to_string()).collect(),
+                attributes: attributes
+                    .iter()
+                    .map(|(n, v)| (n.to_string(), v.to_string()))
+                    .collect(),
+            }),
+        }
+    }
+
+    #[test]
+    fn pool_principal_is_named_by_its_pool_and_keyed_by_every_member() {
+        let p = Principal::from_verified(pool_verified(&[("team", "orders")], &[])).unwrap();
+        assert_eq!(
+            &*p.id,
+            "principal://iam.googleapis.com/locations/global/workforcePools/partners/subject/u-1"
+        );
+        assert!(p.members.iter().any(|m| &**m
+            == "principalSet://iam.googleapis.com/locations/global/workforcePools/partners/attribute.team/orders"));
+        // Same subject, other attributes or groups: another decision-cache key.
+        let keys = [
+            p.key,
+            Principal::from_verified(pool_verified(&[("team", "payments")], &[]))
+                .unwrap()
+                .key,
+            Principal::from_verified(pool_verified(&[("team", "orders")], &["sre"]))
+                .unwrap()
+                .key,
+            Principal::from_verified(pool_verified(&[], &[]))
+                .unwrap()
+                .key,
+        ];
+        for (i, a) in keys.iter().enumerate() {
+            for b in &keys[i + 1..] {
+                assert_ne!(a, b);
+            }
+        }
+    }
+}
