@@ -786,6 +786,29 @@ mod tests {
                 .prop_map(String::from),
             Just("allUsers".to_owned()),
             Just("allAuthenticatedUsers".to_owned()),
+            prop_oneof![
+                Just(format!(
+                    "principal://iam.googleapis.com/{POOL}/subject/orders"
+                )),
+                Just(format!(
+                    "principalSet://iam.googleapis.com/{POOL}/attribute.ns/default"
+                )),
+                Just(format!("principalSet://iam.googleapis.com/{POOL}/group/ci")),
+                Just(format!("principalSet://iam.googleapis.com/{POOL}/*")),
+                Just("deleted:user:alice@example.com?uid=7".to_owned()),
+            ],
+        ]
+    }
+
+    const POOL: &str = "projects/1/locations/global/workloadIdentityPools/k8s";
+
+    /// Pool identities beside the email ones: with the attribute, with the group, with neither.
+    fn pool_callers() -> Vec<Vec<Box<str>>> {
+        let pool = crate::iam::member::pool_members;
+        vec![
+            pool(POOL, "orders", &[], &[("ns".into(), "default".into())]),
+            pool(POOL, "billing", &["ci".into()], &[]),
+            pool(POOL, "other", &[], &[]),
         ]
     }
 
@@ -863,8 +886,11 @@ mod tests {
                 &[("ops@example.com", &ops_refs)],
                 &boot_refs,
             );
-            for email in EMAILS {
-                let members = principal_members(Some(email), &[], None);
+            let callers = EMAILS
+                .iter()
+                .map(|email| (email.to_string(), principal_members(Some(email), &[], None)))
+                .chain(pool_callers().into_iter().map(|m| (m[0].to_string(), m)));
+            for (email, members) in callers {
                 for name in RESOURCES {
                     let on = resource(name);
                     let held = held(&f, PROJECT, &on, &members);
