@@ -28,9 +28,10 @@ use verifyiam::authn::keys::{Key, KeySet, KeySets, parse_key_set};
 use verifyiam::authn::{AuthnError, Verified};
 use verifyiam::config::{CLOUD_PLATFORM_SCOPE, RouteConfig, TokenConfig};
 use verifyiam::extauthz::AuthzRequest;
-use verifyiam::iam::member::Member;
+use verifyiam::iam::member::{Member, pool_members, principal_members};
 use verifyiam::iam::policy::{Etag, MAX_GROUPS, MAX_PRINCIPALS, Policy, normalize};
 use verifyiam::iam::roles::PredefinedRoles;
+use verifyiam::iam::{CompiledPolicy, PermissionSet};
 use verifyiam::route::{RouteError, Router, path::PathError};
 
 const ISSUER: &str = "https://issuer.test";
@@ -460,6 +461,11 @@ fn member_text() -> impl Strategy<Value = String> {
                 "domain:",
                 "principal://",
                 "principalSet://",
+                "principal://iam.googleapis.com/locations/global/workforcePools/staff/subject/",
+                "principalSet://iam.googleapis.com/projects/123/locations/global/workloadIdentityPools/k8s/attribute.ns/",
+                "principalSet://iam.googleapis.com/projects/123/locations/global/workloadIdentityPools/k8s/group/",
+                "deleted:user:",
+                "deleted:group:",
                 "User:",
                 "",
             ]),
@@ -1108,5 +1114,106 @@ proptest! {
             Err(RouteError::Malformed(PathError::DotSegment)),
             "{}", path
         );
+    }
+}
+
+// ---- federated identities and email identities never match each other's members --------------
+
+fn pool_name() -> impl Strategy<Value = String> {
+    prop_oneof![
+        ("[0-9]{1,12}", "[a-z0-9]([a-z0-9-]{0,10}[a-z0-9])?")
+            .prop_map(|(n, p)| format!("projects/{n}/locations/global/workloadIdentityPools/{p}")),
+        "[a-z0-9]([a-z0-9-]{0,10}[a-z0-9])?"
+            .prop_map(|p| format!("locations/global/workforcePools/{p}")),
+    ]
+}
+
+/// Values a hostile issuer might map: emails, member-looking text, anything printable.
+fn federated_value() -> impl Strategy<Value = String> {
+    prop_oneof![
+        "[a-z0-9.]{1,12}@[a-z0-9]{1,8}\\.(com|org)",
+        (
+            "(user|serviceAccount|group|domain):",
+            "[a-z0-9.]{1,12}@[a-z0-9]{1,8}\\.com"
+        )
+            .prop_map(|(k, v)| format!("{k}{v}")),
+        "[!-~]{1,40}",
+        proptest::sample::select(vec![
+            "allUsers",
+            "allAuthenticatedUsers",
+            "*",
+            "alice@example.com",
+            "example.com",
+        ])
+        .prop_map(str::to_owned),
+    ]
+}
+
+fn email() -> impl Strategy<Value = String> {
+    (
+        "[a-z0-9.]{1,12}",
+        "[a-z0-9]{1,8}\\.(com|org|iam\\.gserviceaccount\\.com)",
+    )
+        .prop_map(|(l, d)| format!("{l}@{d}"))
+}
+
+/// A member string of a pool (any of the four forms), possibly malformed by its value.
+fn pool_member() -> impl Strategy<Value = String> {
+    (pool_name(), 0..4usize, "[a-z0-9_]{1,12}", federated_value()).prop_map(
+        |(pool, kind, name, value)| match kind {
+            0 => format!("principal://iam.googleapis.com/{pool}/subject/{value}"),
+            1 => format!("principalSet://iam.googleapis.com/{pool}/group/{value}"),
+            2 => format!("principalSet://iam.googleapis.com/{pool}/attribute.{name}/{value}"),
+            _ => format!("principalSet://iam.googleapis.com/{pool}/*"),
+        },
+    )
+}
+
+/// The permissions `members` hold from a policy granting invoke to `member` alone.
+fn granted_through(member: &str, members: &[Box<str>]) -> PermissionSet {
+    let mut policy = CompiledPolicy::default();
+    policy.grant(member, PermissionSet::INVOKE);
+    policy.granted(members)
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(2000))]
+
+    /// A principal with an email (a user or a service account, in any groups) never holds what a
+    /// pool member is granted.
+    #[test]
+    fn no_email_principal_matches_a_pool_member(
+        email in email(),
+        groups in proptest::collection::vec(email(), 0..3),
+        member in pool_member(),
+    ) {
+        let members = principal_members(Some(&email), &groups, None);
+        prop_assert_eq!(granted_through(&member, &members), PermissionSet::EMPTY, "{} {:?}", member, members);
+    }
+
+    /// A pool identity, whatever its subject, groups and attributes hold (emails, member-looking
+    /// text), never holds what an email member (`user:`, `serviceAccount:`, `group:`, `domain:`)
+    /// is granted.
+    #[test]
+    fn no_pool_principal_matches_an_email_member(
+        pool in pool_name(),
+        subject in federated_value(),
+        groups in proptest::collection::vec(federated_value(), 0..3),
+        attributes in proptest::collection::vec(("[a-z0-9_]{1,8}", federated_value()), 0..3),
+        kind in proptest::sample::select(vec!["user:", "serviceAccount:", "group:"]),
+        email in email(),
+    ) {
+        let members = pool_members(&pool, &subject, &groups, &attributes);
+        let domain = email.split_once('@').map(|(_, d)| d.to_owned()).unwrap_or_default();
+        for member in [format!("{kind}{email}"), format!("domain:{domain}")] {
+            prop_assert!(Member::parse(&member).is_ok(), "{}", member);
+            prop_assert_eq!(granted_through(&member, &members), PermissionSet::EMPTY, "{} {:?}", member, members);
+        }
+        // And the email-shaped values it carries are not turned into email members either.
+        for value in std::iter::once(&subject).chain(&groups).chain(attributes.iter().map(|(_, v)| v)) {
+            for kind in ["user:", "serviceAccount:", "group:", "domain:"] {
+                prop_assert!(!members.iter().any(|m| m.starts_with(kind)), "{} {:?}", value, members);
+            }
+        }
     }
 }

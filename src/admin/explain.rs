@@ -32,7 +32,7 @@ use crate::iam::eval::{PolicyLookup, Resource, held};
 use crate::iam::explain::{
     ExplainSource, ExplainedBinding, ExplainedPolicy, Level, Relevance, RolePermission, explain,
 };
-use crate::iam::member::principal_members;
+use crate::iam::member::{Member, pool_members, principal_members};
 use crate::iam::policy::{Binding, Policy};
 use crate::iam::roles::{PermissionSet, RoleCatalog};
 use crate::iam::{CompiledPolicy, RoleStage};
@@ -223,12 +223,18 @@ impl AdminState {
         full_resource_name: &str,
         permission: &str,
     ) -> Result<Troubleshot, ApiError> {
-        let members = principal_members(Some(principal), &[], None);
+        let members = match pool_identity(principal) {
+            // A pool identity is known here by its name alone: its subject and its pool (so
+            // `principalSet://…/*` includes it); its groups and attributes come only with a token.
+            Some((pool, subject)) => pool_members(pool, subject, &[], &[]),
+            None => principal_members(Some(principal), &[], None),
+        };
         // A valid email yields its own member, its domain and the two public members.
-        if principal.contains(':') || members.len() < 4 {
+        if (principal.contains(':') || members.len() < 4) && pool_identity(principal).is_none() {
             return Err(ApiError::InvalidArgument(format!(
                 "invalid principal {principal:?}: expected the email of a user or a service \
-                 account, e.g. alice@example.com"
+                 account, e.g. alice@example.com, or a pool identity, \
+                 principal://iam.googleapis.com/POOL/subject/SUBJECT"
             )));
         }
         let resource = parse_resource(full_resource_name)?;
@@ -1025,6 +1031,18 @@ fn object<const N: usize>(fields: [(&str, Option<Value>); N]) -> Value {
 /// A string field, left out when empty.
 fn text(s: &str) -> Option<Value> {
     (!s.is_empty()).then(|| json!(s))
+}
+
+/// `(POOL, SUBJECT)` of a well-formed `principal://iam.googleapis.com/POOL/subject/SUBJECT`.
+fn pool_identity(principal: &str) -> Option<(&str, &str)> {
+    match Member::parse(principal).ok()? {
+        Member::Principal(_) => {
+            let rest = principal.strip_prefix("principal://iam.googleapis.com/")?;
+            // A pool's name holds no `/subject/`: the first one ends it.
+            rest.split_once("/subject/")
+        }
+        _ => None,
+    }
 }
 
 #[cfg(test)]

@@ -119,6 +119,7 @@ impl Introspection {
             issuer: answer.iss.unwrap_or_else(|| self.config.url.clone()),
             expires_at,
             has_scope,
+            federated: None,
         })
     }
 }

@@ -9,6 +9,7 @@ use base64::Engine as _;
 use jsonwebtoken::Algorithm;
 use serde::Deserialize;
 
+use super::federation::Federation;
 use super::keys::{KeyError, KeySet, KeySets, SignatureError};
 use super::{AuthnError, Verified, unix_now};
 use crate::config::TokenConfig;
@@ -24,6 +25,9 @@ pub enum KeySource {
 struct Issuer {
     keys: KeySource,
     audiences: Vec<String>,
+    /// The pool the issuer belongs to, compiled; `Err` (every token refused) only for a
+    /// configuration that was never validated (a CEL error, no audiences).
+    federation: Option<Result<Arc<Federation>, String>>,
 }
 
 /// Verifies JWTs from every trusted issuer.
@@ -105,12 +109,22 @@ impl JwtVerifier {
         let mut issuers: HashMap<String, Issuer> = token
             .jwt
             .iter()
-            .map(|j| {
+            .enumerate()
+            .map(|(i, j)| {
                 (
                     j.issuer.clone(),
                     Issuer {
                         keys: KeySource::Remote(j.jwks_uri.clone()),
                         audiences: j.audiences.clone(),
+                        // Fails closed on a configuration that skipped validation: a pool
+                        // token's audience is what binds it here, so none means no token.
+                        federation: j.federation.as_ref().map(|f| {
+                            if j.audiences.is_empty() {
+                                return Err("an issuer in a pool must list its audiences".into());
+                            }
+                            f.compiled(&format!("token.jwt[{i}].federation"))
+                                .map_err(|e| e.to_string())
+                        }),
                     },
                 )
             })
@@ -121,6 +135,7 @@ impl JwtVerifier {
                 Issuer {
                     keys: KeySource::Fixed(set),
                     audiences: Vec::new(),
+                    federation: None,
                 },
             );
         }
@@ -162,15 +177,19 @@ impl JwtVerifier {
             .iss
             .as_deref()
             .ok_or_else(|| invalid("the token has no issuer (iss)"))?;
+        let mut federation = None;
         let (source, audiences, service_account) = match self.issuers.get(iss) {
-            Some(issuer) => (
-                match &issuer.keys {
-                    KeySource::Remote(u) => Source::Url(u.clone()),
-                    KeySource::Fixed(set) => Source::Fixed(set),
-                },
-                issuer.audiences.as_slice(),
-                false,
-            ),
+            Some(issuer) => {
+                federation = issuer.federation.as_ref();
+                (
+                    match &issuer.keys {
+                        KeySource::Remote(u) => Source::Url(u.clone()),
+                        KeySource::Fixed(set) => Source::Fixed(set),
+                    },
+                    issuer.audiences.as_slice(),
+                    false,
+                )
+            }
             None => match &self.service_accounts {
                 Some(sa) if is_service_account(iss) => (
                     Source::Account(sa.template.replace(
@@ -226,17 +245,36 @@ impl JwtVerifier {
             }
         }
 
-        let email = if service_account {
+        let federated = match federation {
+            None => None,
+            Some(Err(e)) => {
+                return Err(AuthnError::InvalidToken(
+                    format!("the issuer's pool is misconfigured: {e}").into(),
+                ));
+            }
+            // Only now, with the signature verified: the claims go through the pool's CEL.
+            Some(Ok(pool)) => Some(
+                pool.map(&decode_assertion(payload)?)
+                    .map_err(|e| AuthnError::InvalidToken(e.into()))?,
+            ),
+        };
+        let email = if federated.is_some() {
+            // A pool identity is named by its pool; an email claim names no Google account.
+            None
+        } else if service_account {
             Some(iss.to_owned())
         } else {
             // Only an email its issuer vouches for names the caller.
             let vouched = super::tokeninfo::vouched(claims.email_verified.as_ref());
             claims.email.clone().filter(|_| vouched)
         };
-        let has_scope = claims
-            .scope
-            .as_deref()
-            .is_some_and(|s| s.split(' ').any(|x| x == required_scope))
+        // A pool's token carries no OAuth scope (Google's pools check the audience instead,
+        // and the issuer's `audiences` are required to be set for one): its audience binds it.
+        let has_scope = federated.is_some()
+            || claims
+                .scope
+                .as_deref()
+                .is_some_and(|s| s.split(' ').any(|x| x == required_scope))
             || match &claims.scp {
                 Some(Scopes::List(l)) => l.iter().any(|x| x == required_scope),
                 Some(Scopes::One(s)) => s.split(' ').any(|x| x == required_scope),
@@ -249,6 +287,7 @@ impl JwtVerifier {
             issuer: iss.to_owned(),
             expires_at,
             has_scope,
+            federated,
         })
     }
 
@@ -311,6 +350,17 @@ fn decode_claims(payload: &str) -> Result<Claims, AuthnError> {
         .decode(payload.trim_end_matches('='))
         .map_err(|_| invalid("the token's claims are not base64url"))?;
     serde_json::from_slice(&bytes).map_err(|_| invalid("the token's claims are malformed"))
+}
+
+/// The claims part as a whole JSON object: a pool's mapping may read any claim.
+fn decode_assertion(payload: &str) -> Result<serde_json::Value, AuthnError> {
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(payload.trim_end_matches('='))
+        .map_err(|_| invalid("the token's claims are not base64url"))?;
+    match serde_json::from_slice(&bytes) {
+        Ok(v @ serde_json::Value::Object(_)) => Ok(v),
+        _ => Err(invalid("the token's claims are malformed")),
+    }
 }
 
 /// A Google service account: `name@project.iam.gserviceaccount.com` and the like.

@@ -4,6 +4,7 @@
 
 pub mod bearer;
 pub mod dev;
+pub mod federation;
 pub mod introspection;
 pub mod jwt;
 pub mod keys;
@@ -19,7 +20,7 @@ use futures_util::future::{BoxFuture, Shared};
 use sha2::{Digest, Sha256};
 
 use crate::config::TokenConfig;
-use crate::iam::member::principal_members;
+use crate::iam::member::{pool_members, pool_principal, principal_members};
 use crate::telemetry::CacheCounters;
 
 /// Verified principals kept at most this long, whatever the token's own expiry.
@@ -62,12 +63,15 @@ pub struct Verified {
     pub expires_at: u64,
     /// Whether the required scope is among the token's scopes.
     pub has_scope: bool,
+    /// What the issuer's pool mapped the token to, when the issuer belongs to one.
+    pub federated: Option<federation::Mapped>,
 }
 
 /// An authenticated caller.
 #[derive(Debug)]
 pub struct Principal {
-    /// What `x-verifyiam-principal` carries: the email, else the subject.
+    /// What `x-verifyiam-principal` carries: the email, else the subject; for a pool's
+    /// identity its `principal://iam.googleapis.com/POOL/subject/SUBJECT` name.
     pub id: Box<str>,
     /// Identifies the principal in decision-cache keys: a SHA-256 of issuer, id and members
     /// together, so two issuers' principals that share an id never share a decision. Inline, so
@@ -84,9 +88,23 @@ pub struct Principal {
 impl Principal {
     /// The principal a verified token names. Its id is the email when the issuer vouches for
     /// one, else the subject qualified by its issuer (`{iss}#{sub}`), so two issuers' subjects
-    /// never look alike. A claim that would reach a header and holds a control character makes
-    /// the token invalid.
+    /// never look alike; a pool's identity is its `principal://` name, and it matches the
+    /// pool's members only (its key covers every one of them: subject, groups, attributes).
+    /// A claim that would reach a header and holds a control character makes the token invalid.
     fn from_verified(v: Verified) -> Result<Principal, AuthnError> {
+        if let Some(m) = v.federated {
+            // The mapping refused control characters in every value already.
+            let id = pool_principal(&m.pool, &m.subject);
+            let members = pool_members(&m.pool, &m.subject, &m.groups, &m.attributes);
+            let key = principal_key(&v.issuer, &id, &members);
+            return Ok(Principal {
+                id: id.into(),
+                key,
+                members,
+                expires_at: v.expires_at,
+                has_scope: v.has_scope,
+            });
+        }
         if [&v.email, &v.subject]
             .into_iter()
             .flatten()
@@ -381,5 +399,58 @@ impl Authenticator {
     /// Entries in the token caches (verified, rejected), for the size gauges.
     pub fn cache_sizes(&self) -> (u64, u64) {
         (self.cache.entry_count(), self.rejected.entry_count())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pool_verified(attributes: &[(&str, &str)], groups: &[&str]) -> Verified {
+        Verified {
+            email: None,
+            subject: Some("u-1".into()),
+            issuer: "https://partner.test".into(),
+            expires_at: unix_now() + 600,
+            has_scope: true,
+            federated: Some(federation::Mapped {
+                pool: "locations/global/workforcePools/partners".into(),
+                subject: "u-1".into(),
+                groups: groups.iter().map(|g| g.to_string()).collect(),
+                attributes: attributes
+                    .iter()
+                    .map(|(n, v)| (n.to_string(), v.to_string()))
+                    .collect(),
+            }),
+        }
+    }
+
+    #[test]
+    fn pool_principal_is_named_by_its_pool_and_keyed_by_every_member() {
+        let p = Principal::from_verified(pool_verified(&[("team", "orders")], &[])).unwrap();
+        assert_eq!(
+            &*p.id,
+            "principal://iam.googleapis.com/locations/global/workforcePools/partners/subject/u-1"
+        );
+        assert!(p.members.iter().any(|m| &**m
+            == "principalSet://iam.googleapis.com/locations/global/workforcePools/partners/attribute.team/orders"));
+        // Same subject, other attributes or groups: another decision-cache key.
+        let keys = [
+            p.key,
+            Principal::from_verified(pool_verified(&[("team", "payments")], &[]))
+                .unwrap()
+                .key,
+            Principal::from_verified(pool_verified(&[("team", "orders")], &["sre"]))
+                .unwrap()
+                .key,
+            Principal::from_verified(pool_verified(&[], &[]))
+                .unwrap()
+                .key,
+        ];
+        for (i, a) in keys.iter().enumerate() {
+            for b in &keys[i + 1..] {
+                assert_ne!(a, b);
+            }
+        }
     }
 }

@@ -131,6 +131,7 @@ impl Tokeninfo {
             issuer: "https://accounts.google.com".to_owned(),
             expires_at,
             has_scope,
+            federated: None,
         })
     }
 }

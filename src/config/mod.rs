@@ -24,8 +24,8 @@ pub use iam::{GroupConfig, IamConfig};
 pub use routes::RouteConfig;
 pub use server::{OnDependencyFailure, ServerConfig, TlsConfig};
 pub use token::{
-    DevIssuerConfig, IntrospectionConfig, JwtIssuerConfig, ServiceAccountsConfig, TokenConfig,
-    TokeninfoConfig,
+    DevIssuerConfig, FederationConfig, IntrospectionConfig, JwtIssuerConfig, ServiceAccountsConfig,
+    TokenConfig, TokeninfoConfig,
 };
 
 /// The scope every token must carry unless configured otherwise.

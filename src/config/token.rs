@@ -2,8 +2,9 @@
 //! introspection, the development issuer), what they must carry, and how verified tokens and key
 //! sets are cached.
 
-use std::collections::HashSet;
+use std::collections::{BTreeMap, HashSet};
 use std::path::PathBuf;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use serde::Deserialize;
@@ -120,6 +121,48 @@ pub struct JwtIssuerConfig {
     /// Accepted `aud` values; empty means `aud` is not checked.
     #[serde(default)]
     pub audiences: Vec<String>,
+    /// The workload or workforce identity pool the issuer belongs to; absent: its tokens name
+    /// their caller by email (or `{iss}#{sub}`) as any issuer's do.
+    #[serde(default)]
+    pub federation: Option<FederationConfig>,
+}
+
+/// `[token.jwt.federation]`: the pool an issuer belongs to, how its claims map to Google
+/// attributes, and which of its tokens the pool accepts (both in CEL).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FederationConfig {
+    /// `projects/NUMBER/locations/global/workloadIdentityPools/POOL_ID` or
+    /// `locations/global/workforcePools/POOL_ID`.
+    pub pool: String,
+    /// `google.subject` (required), `google.groups`, `attribute.NAME` → a CEL expression over
+    /// `assertion` (the token's claims).
+    #[serde(default)]
+    pub attribute_mapping: BTreeMap<String, String>,
+    /// A CEL expression over `assertion`, `google` and `attribute`; a token it does not hold
+    /// for is refused (401).
+    #[serde(default)]
+    pub attribute_condition: Option<String>,
+    /// The compiled form, made once when the configuration is validated.
+    #[serde(skip)]
+    pub(crate) compiled: OnceLock<Arc<crate::authn::federation::Federation>>,
+}
+
+impl FederationConfig {
+    /// The mapping and condition compiled (once: later calls return the same); `field` names
+    /// this table in errors (`token.jwt[1].federation`).
+    pub fn compiled(
+        &self,
+        field: &str,
+    ) -> Result<Arc<crate::authn::federation::Federation>, ConfigError> {
+        if let Some(c) = self.compiled.get() {
+            return Ok(c.clone());
+        }
+        let compiled = crate::authn::federation::Federation::compile(self, field)
+            .map(Arc::new)
+            .map_err(|e| invalid(e.field, e.message))?;
+        Ok(self.compiled.get_or_init(|| compiled).clone())
+    }
 }
 
 /// `[token.google_service_accounts]`
@@ -248,6 +291,16 @@ impl TokenConfig {
                 ));
             }
             check_url(&format!("{field}.jwks_uri"), &j.jwks_uri)?;
+            if let Some(f) = &j.federation {
+                if j.audiences.is_empty() {
+                    return Err(invalid(
+                        format!("{field}.audiences"),
+                        "must list the accepted audiences when the issuer belongs to a pool: a \
+                         pool's token carries no scope, its audience is what binds it to this API",
+                    ));
+                }
+                f.compiled(&format!("{field}.federation"))?;
+            }
         }
         if let Some(dev) = &self.dev {
             if !seen.insert(dev.issuer.as_str()) {

@@ -166,8 +166,10 @@ impl CompiledPolicy {
                 continue;
             };
             for member in &binding.members {
-                if let Ok(member) = Member::parse(member) {
-                    compiled.insert(member.to_string().into_boxed_str(), permissions);
+                match Member::parse(member) {
+                    // A deleted principal is kept in the document and grants nothing.
+                    Ok(Member::Deleted(_)) | Err(_) => {}
+                    Ok(member) => compiled.insert(member.to_string().into_boxed_str(), permissions),
                 }
             }
         }
@@ -767,6 +769,44 @@ mod tests {
             &store,
             ORDERS,
             &principal_members(None, &[], Some(subject))
+        ));
+        assert!(!invokes(&store, ORDERS, &alice()));
+    }
+
+    #[test]
+    fn deleted_members_grant_nothing() {
+        let store = store(&[(
+            ORDERS,
+            policy(&[(
+                DEPLOYMENT_INVOKER,
+                &["deleted:user:alice@example.com?uid=1234567890"],
+            )]),
+        )]);
+        assert!(!invokes(&store, ORDERS, &alice()));
+    }
+
+    #[test]
+    fn pool_sets_match_the_pool_identities_they_describe_and_nobody_else() {
+        use crate::iam::member::pool_members;
+        const POOL: &str = "projects/1/locations/global/workloadIdentityPools/k8s";
+        let set = "principalSet://iam.googleapis.com/projects/1/locations/global/workloadIdentityPools/k8s/attribute.namespace/default";
+        let store = store(&[(ORDERS, policy(&[(DEPLOYMENT_INVOKER, &[set])]))]);
+        let namespace = |ns: &str| vec![("namespace".to_string(), ns.to_string())];
+        assert!(invokes(
+            &store,
+            ORDERS,
+            &pool_members(POOL, "a", &[], &namespace("default"))
+        ));
+        assert!(!invokes(
+            &store,
+            ORDERS,
+            &pool_members(POOL, "a", &[], &namespace("other"))
+        ));
+        let other_pool = "projects/1/locations/global/workloadIdentityPools/ci";
+        assert!(!invokes(
+            &store,
+            ORDERS,
+            &pool_members(other_pool, "a", &[], &namespace("default"))
         ));
         assert!(!invokes(&store, ORDERS, &alice()));
     }

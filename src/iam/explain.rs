@@ -43,6 +43,9 @@ pub enum RolePermission {
 pub enum Match {
     /// The principal's own member (`user:`, `serviceAccount:`, `principal://`).
     Direct,
+    /// A set of a pool's identities that includes the principal (`principalSet://`: the whole
+    /// pool, or one of its groups or attribute values).
+    PrincipalSet,
     /// A group the principal belongs to.
     Group,
     /// The domain of the principal's email.
@@ -269,10 +272,10 @@ fn matches(member: &str, own: &HashSet<&str>, groups: &HashSet<&str>) -> Option<
     let parsed = Member::parse(member).ok()?;
     let canonical = parsed.to_string();
     let kind = match parsed {
-        Member::User(_)
-        | Member::ServiceAccount(_)
-        | Member::Principal(_)
-        | Member::PrincipalSet(_) => Match::Direct,
+        Member::User(_) | Member::ServiceAccount(_) | Member::Principal(_) => Match::Direct,
+        Member::PrincipalSet(_) => Match::PrincipalSet,
+        // A deleted principal includes nobody.
+        Member::Deleted(_) => return None,
         Member::Group(_) => Match::Group,
         Member::Domain(_) => Match::Domain,
         Member::AllAuthenticatedUsers => Match::AllAuthenticatedUsers,
@@ -349,6 +352,44 @@ mod tests {
 
     fn invoke(f: &Fixture, on: &str, members: &[Box<str>]) -> Explanation {
         explain(f, PROJECT, &resource(on), members, INVOKE).expect("invoke applies")
+    }
+
+    #[test]
+    fn explanation_shows_a_pool_set_as_including_the_pool_principal_and_deleted_as_nobody() {
+        const POOL: &str = "projects/1/locations/global/workloadIdentityPools/k8s";
+        let set = format!("principalSet://iam.googleapis.com/{POOL}/attribute.namespace/default");
+        let other = format!("principalSet://iam.googleapis.com/{POOL}/attribute.namespace/other");
+        let f = Fixture::new(
+            vec![(
+                ORDERS,
+                policy(&[(
+                    DEPLOYMENT_INVOKER,
+                    &[
+                        "deleted:user:alice@example.com?uid=1",
+                        other.as_str(),
+                        set.as_str(),
+                    ],
+                )]),
+            )],
+            vec![],
+            &[],
+            &[],
+        );
+        let caller = crate::iam::member::pool_members(
+            POOL,
+            "system:serviceaccount:default:orders",
+            &[],
+            &[("namespace".into(), "default".into())],
+        );
+        let e = invoke(&f, ORDERS, &caller);
+        assert!(e.granted);
+        let b = &e.policies[1].bindings[0];
+        let matched: Vec<_> = b.members.iter().map(|m| m.matched).collect();
+        assert_eq!(matched, [None, None, Some(Match::PrincipalSet)]);
+        // The deleted member is not alice, and grants her nothing.
+        let e = invoke(&f, ORDERS, &alice());
+        assert!(!e.granted);
+        assert_eq!(e.policies[1].bindings[0].members[0].matched, None);
     }
 
     #[test]
@@ -577,8 +618,11 @@ mod tests {
                 &[("ops@example.com", &ops_refs)],
                 &boot_refs,
             );
-            for email in EMAILS {
-                let members = principal_members(Some(email), &[], None);
+            let callers = EMAILS
+                .iter()
+                .map(|email| (email.to_string(), principal_members(Some(email), &[], None)))
+                .chain(pool_callers().into_iter().map(|m| (m[0].to_string(), m)));
+            for (email, members) in callers {
                 for name in RESOURCES {
                     let on = resource(name);
                     let held = held(&f, PROJECT, &on, &members);

@@ -201,6 +201,30 @@ pub(crate) fn member_strategy() -> impl Strategy<Value = String> {
         prop_oneof![Just("domain:example.com"), Just("domain:example.org")].prop_map(String::from),
         Just("allUsers".to_owned()),
         Just("allAuthenticatedUsers".to_owned()),
+        prop_oneof![
+            Just(format!(
+                "principal://iam.googleapis.com/{POOL}/subject/orders"
+            )),
+            Just(format!(
+                "principalSet://iam.googleapis.com/{POOL}/attribute.ns/default"
+            )),
+            Just(format!("principalSet://iam.googleapis.com/{POOL}/group/ci")),
+            Just(format!("principalSet://iam.googleapis.com/{POOL}/*")),
+            Just("deleted:user:alice@example.com?uid=7".to_owned()),
+        ],
+    ]
+}
+
+/// The workload identity pool the random policies' pool members name.
+pub(crate) const POOL: &str = "projects/1/locations/global/workloadIdentityPools/k8s";
+
+/// Pool identities beside the email ones: with the attribute, with the group, with neither.
+pub(crate) fn pool_callers() -> Vec<Vec<Box<str>>> {
+    let pool = crate::iam::member::pool_members;
+    vec![
+        pool(POOL, "orders", &[], &[("ns".into(), "default".into())]),
+        pool(POOL, "billing", &["ci".into()], &[]),
+        pool(POOL, "other", &[], &[]),
     ]
 }
 
