@@ -187,14 +187,16 @@ pub struct Troubleshot {
 impl AdminState {
     /// `TroubleshootIamPolicy`: whether `principal` (an email) holds `permission` on the
     /// resource `full_resource_name`, with the reasons the caller may see. Audited.
-    pub fn troubleshoot(
+    pub async fn troubleshoot(
         &self,
         caller: &Principal,
         principal: &str,
         full_resource_name: &str,
         permission: &str,
     ) -> Result<Troubleshot, ApiError> {
-        let answer = self.troubleshoot_unaudited(caller, principal, full_resource_name, permission);
+        let answer = self
+            .troubleshoot_unaudited(caller, principal, full_resource_name, permission)
+            .await;
         let outcome = match &answer {
             Ok(t) => match t.access {
                 Access::Granted => "CAN_ACCESS",
@@ -216,7 +218,7 @@ impl AdminState {
         answer
     }
 
-    fn troubleshoot_unaudited(
+    async fn troubleshoot_unaudited(
         &self,
         caller: &Principal,
         principal: &str,
@@ -239,7 +241,7 @@ impl AdminState {
             )));
         }
         let permission = v1_permission(permission);
-        let snapshot = self.load()?;
+        let snapshot = self.load().await?;
         let view = View {
             snapshot: &snapshot,
             project_name: format!("projects/{}", self.project),
@@ -450,12 +452,15 @@ impl PolicyTroubleshooter for TroubleshooterService {
         let headers = request.metadata().clone().into_headers();
         let caller = self.state.caller(&headers).await?;
         let tuple = request.into_inner().access_tuple.unwrap_or_default();
-        let answer = self.state.troubleshoot(
-            &caller,
-            &tuple.principal,
-            &tuple.full_resource_name,
-            &tuple.permission,
-        )?;
+        let answer = self
+            .state
+            .troubleshoot(
+                &caller,
+                &tuple.principal,
+                &tuple.full_resource_name,
+                &tuple.permission,
+            )
+            .await?;
         Ok(tonic::Response::new(to_v3(answer)))
     }
 }
@@ -536,12 +541,14 @@ async fn rest_answer(
             .map_err(|e| ApiError::InvalidArgument(format!("Invalid JSON payload received. {e}")))?
     };
     let tuple = request.access_tuple;
-    let answer = state.troubleshoot(
-        &caller,
-        &tuple.principal,
-        &tuple.full_resource_name,
-        &tuple.permission,
-    )?;
+    let answer = state
+        .troubleshoot(
+            &caller,
+            &tuple.principal,
+            &tuple.full_resource_name,
+            &tuple.permission,
+        )
+        .await?;
     Ok((answer, numbers))
 }
 
@@ -1003,12 +1010,15 @@ impl IamChecker for IamCheckerService {
         let headers = request.metadata().clone().into_headers();
         let caller = self.state.caller(&headers).await?;
         let tuple = request.into_inner().access_tuple.unwrap_or_default();
-        let answer = self.state.troubleshoot(
-            &caller,
-            &tuple.principal,
-            &tuple.full_resource_name,
-            &tuple.permission,
-        )?;
+        let answer = self
+            .state
+            .troubleshoot(
+                &caller,
+                &tuple.principal,
+                &tuple.full_resource_name,
+                &tuple.permission,
+            )
+            .await?;
         Ok(tonic::Response::new(to_v1(answer)))
     }
 }

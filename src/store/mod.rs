@@ -103,6 +103,10 @@ pub enum StoreError {
 /// answered before that one gives up and lets it in.
 pub const WRITER_WAIT: Duration = Duration::from_secs(3);
 
+/// How long an admin read waits for the read barrier ([`PolicyStore::read_barrier`]) before it
+/// is answered 503 (never from a snapshot that may be behind).
+pub const READ_BARRIER_DEADLINE: Duration = Duration::from_secs(2);
+
 fn io(e: impl std::fmt::Display) -> StoreError {
     StoreError::Io(e.to_string())
 }
@@ -680,6 +684,27 @@ impl PolicyStore {
     /// within `iam.max_staleness`. Cheap (two atomic loads and a clock read): on the hot path.
     pub fn is_fresh(&self) -> bool {
         self.staleness().is_some_and(|s| s <= self.max_staleness)
+    }
+
+    /// The read barrier of the admin API: returns once this replica's snapshot holds every
+    /// write the database had committed when it was called (any replica's), catching up if it
+    /// must, or fails once `deadline` has passed. The embedded store is its own database: always
+    /// current. Checks do not use it: they read the snapshot as it is.
+    pub async fn read_barrier(&self, deadline: Duration) -> Result<(), StoreError> {
+        match &self.backend {
+            Backend::Embedded(_) => Ok(()),
+            Backend::Postgres(pg) => {
+                match tokio::time::timeout(deadline, postgres::read_barrier(self, pg)).await {
+                    Ok(done) => done,
+                    Err(_) => {
+                        postgres::forget_reader(pg);
+                        Err(StoreError::Unavailable(format!(
+                            "could not confirm the policy store is current within {deadline:?}"
+                        )))
+                    }
+                }
+            }
+        }
     }
 
     /// Keeps the snapshot in step with a shared database until `stop` (returns at once for the

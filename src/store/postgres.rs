@@ -82,6 +82,9 @@ pub struct Postgres {
     /// The connection writes go through, and the writer's turn: held across a write's awaits
     /// (never on the Check path) and by every snapshot swap, so swaps stay in revision order.
     pub(super) writer: tokio::sync::Mutex<Option<Client>>,
+    /// The connection read barriers ask the revision on: shared (queries pipeline on it), and
+    /// replaced when it closes; the mutex is only held to open a new one.
+    reader: tokio::sync::Mutex<Option<Arc<Client>>>,
 }
 
 impl Postgres {
@@ -90,6 +93,7 @@ impl Postgres {
         Postgres {
             url,
             writer: tokio::sync::Mutex::new(None),
+            reader: tokio::sync::Mutex::new(None),
         }
     }
 }
@@ -207,6 +211,53 @@ async fn catch_up(
     }
     store.confirm_fresh();
     Ok(())
+}
+
+/// The database's revision and its chain, in one read.
+const HEAD: &str = "SELECT m.revision, h.chain FROM verifyiam_meta m \
+     LEFT JOIN verifyiam_revisions h ON h.revision = m.revision WHERE m.id = 1";
+
+/// The read barrier (see [`PolicyStore::read_barrier`]): asks the database for its revision
+/// and chain; when the snapshot holds them already, it is current; otherwise this replica
+/// catches up (in the writer's turn, as every snapshot swap) before the read goes on.
+pub(super) async fn read_barrier(store: &PolicyStore, pg: &Postgres) -> Result<(), StoreError> {
+    let client = {
+        let mut slot = pg.reader.lock().await;
+        match slot.as_ref() {
+            Some(c) if !c.is_closed() => c.clone(),
+            _ => {
+                *slot = None;
+                let c = Arc::new(pg.url.client().await?);
+                *slot = Some(c.clone());
+                c
+            }
+        }
+    };
+    let row = match client.query_one(HEAD, &[]).await {
+        Ok(row) => row,
+        Err(e) => {
+            forget_reader(pg);
+            return Err(pg_error(e));
+        }
+    };
+    let revision = u64::try_from(row.get::<_, i64>(0)).unwrap_or(0);
+    let head = row.get::<_, Option<&[u8]>>(1).and_then(Chain::from_slice);
+    let current = store.snapshot.load();
+    if current.epoch == revision && head.is_some() && current.chain() == head {
+        store.confirm_fresh();
+        return Ok(());
+    }
+    drop(current);
+    let _turn = pg.writer.lock().await;
+    catch_up(store, &*client).await
+}
+
+/// Drops the read barrier's connection (it failed or did not answer in time): the next read
+/// opens a new one rather than wait on a connection that may be dead.
+pub(super) fn forget_reader(pg: &Postgres) {
+    if let Ok(mut slot) = pg.reader.try_lock() {
+        *slot = None;
+    }
 }
 
 /// A write ready to commit: what the caller gets and what the snapshot becomes once it has.
