@@ -19,6 +19,7 @@
 //! which starts a new [`Snapshot::generation`]. Decisions are cached by generation and epoch, so
 //! one revision number never stands for two histories.
 
+pub mod dump;
 pub mod embedded;
 pub mod migrations;
 pub mod postgres;
@@ -84,6 +85,10 @@ pub enum StoreError {
     /// before sending anything: nothing was applied (HTTP 503 / gRPC `UNAVAILABLE`).
     #[error("the write waited {0:?} for the writes ahead of it; the change was not applied")]
     Busy(Duration),
+    /// An import into a store that holds other records (without `--replace`); nothing was
+    /// written.
+    #[error("the store is not empty: {0}")]
+    NotEmpty(String),
     /// The database's schema is newer than this binary knows.
     #[error(
         "the PostgreSQL schema is at version {found}, newer than the {known} this verifyiam knows; \
@@ -116,17 +121,22 @@ fn decode<T: serde::de::DeserializeOwned>(name: &str, bytes: &[u8]) -> Result<T,
 }
 
 /// The records one write changed (or, at load, every record stored): `None` deletes.
-/// Deployments are never deleted (an undeployed one stays as a tombstone record).
+/// The API never deletes a deployment (an undeployed one stays, `deployed: false`, so its
+/// API is denied); only an import that replaces everything does.
 #[derive(Default)]
 pub struct Changes {
     /// Policies by resource name.
     pub policies: Vec<(String, Option<Policy>)>,
     /// Deployment records by full name.
-    pub deployments: Vec<(String, Deployment)>,
+    pub deployments: Vec<(String, Option<Deployment>)>,
     /// Custom roles by full name.
     pub roles: Vec<(String, Option<CustomRole>)>,
     /// Groups by email.
     pub groups: Vec<(String, Option<Group>)>,
+    /// The least revision this write may take (0: the next one): an import keeps the etags it
+    /// loads, so the store's revision moves past every one of them and no later write can
+    /// make an etag a client already holds again.
+    pub floor: u64,
 }
 
 impl Changes {
@@ -148,7 +158,11 @@ impl Changes {
             rows.push(("policy", name.as_str(), p.as_ref().map(json).transpose()?));
         }
         for (name, d) in &self.deployments {
-            rows.push(("deployment", name.as_str(), Some(json(d)?)));
+            rows.push((
+                "deployment",
+                name.as_str(),
+                d.as_ref().map(json).transpose()?,
+            ));
         }
         for (name, r) in &self.roles {
             rows.push(("role", name.as_str(), r.as_ref().map(json).transpose()?));
@@ -440,7 +454,9 @@ impl<'a> Draft<'a> {
 
     /// Stores a deployment record.
     pub fn put_deployment(&mut self, name: &str, deployment: Deployment) {
-        self.changes.deployments.push((name.to_owned(), deployment));
+        self.changes
+            .deployments
+            .push((name.to_owned(), Some(deployment)));
     }
 
     /// Stores a custom role; returns it as stored (new etag).
@@ -707,6 +723,15 @@ impl PolicyStore {
         }
     }
 
+    /// Loads the store once without keeping it in step (for commands that do not serve); a
+    /// writing command (`migrate`) brings a PostgreSQL schema up to date first.
+    pub async fn load_now(&self, migrate: bool) -> Result<(), StoreError> {
+        match &self.backend {
+            Backend::Embedded(_) => Ok(()),
+            Backend::Postgres(pg) => postgres::load_once(self, pg, migrate).await,
+        }
+    }
+
     /// Keeps the snapshot in step with a shared database until `stop` (returns at once for the
     /// embedded store). An error means the store can never load (a refused login, a schema
     /// newer than this binary).
@@ -888,6 +913,7 @@ impl PolicyStore {
         if changes.is_empty() {
             return Ok(out);
         }
+        let epoch = epoch.max(changes.floor);
         let chain = current
             .chain
             .unwrap_or_else(|| Chain::unique(current.epoch))
@@ -912,6 +938,7 @@ impl PolicyStore {
             deployments,
             roles,
             groups,
+            floor: _,
         } = changes;
         let roles_changed = !roles.is_empty();
         let mut custom = current.roles.clone();
@@ -949,7 +976,10 @@ impl PolicyStore {
         }
         let mut all_deployments = current.deployments.clone();
         for (name, d) in deployments {
-            all_deployments.insert(name.into_boxed_str(), d);
+            match d {
+                Some(d) => all_deployments.insert(name.into_boxed_str(), d),
+                None => all_deployments.remove(name.as_str()),
+            };
         }
         let mut all_groups = current.groups.clone();
         for (email, group) in groups {

@@ -138,12 +138,9 @@ fn changes_of(rows: &[Row]) -> Result<Seen, StoreError> {
             "policy" => changes
                 .policies
                 .push((name.clone(), bytes.map(|b| decode(&name, b)).transpose()?)),
-            "deployment" => {
-                if let Some(b) = bytes {
-                    let d = decode(&name, b)?;
-                    changes.deployments.push((name, d));
-                }
-            }
+            "deployment" => changes
+                .deployments
+                .push((name.clone(), bytes.map(|b| decode(&name, b)).transpose()?)),
             "role" => changes
                 .roles
                 .push((name.clone(), bytes.map(|b| decode(&name, b)).transpose()?)),
@@ -405,6 +402,7 @@ where
         // Dropping the transaction rolls it back.
         return Ok(Written::Unchanged(out));
     }
+    let epoch = epoch.max(changes.floor);
     let rows = changes.rows()?;
     let chain = current
         .chain()
@@ -605,6 +603,32 @@ impl Drop for AbortOnDrop {
     fn drop(&mut self) {
         self.0.abort();
     }
+}
+
+/// Loads the snapshot once, for a command that reads or writes the store without serving
+/// (`store export`, `import`, `copy`): migrates the schema when `migrate` (a writing
+/// command), else refuses a schema that is not this binary's.
+pub(super) async fn load_once(
+    store: &PolicyStore,
+    pg: &Postgres,
+    migrate: bool,
+) -> Result<(), StoreError> {
+    let mut client = pg.url.client().await?;
+    let found = migrations::current(&client).await?;
+    migrations::refuse_newer(found)?;
+    if migrate {
+        migrations::migrate(&mut client).await?;
+    } else if found < migrations::latest() {
+        return Err(StoreError::Unavailable(format!(
+            "the PostgreSQL schema is at version {found}, not {}: run `verifyiam store migrate` \
+             first",
+            migrations::latest()
+        )));
+    }
+    let _turn = pg.writer.lock().await;
+    catch_up(store, &client).await?;
+    store.mark_loaded();
+    Ok(())
 }
 
 /// `verifyiam store migrate`: applies the migrations the database lacks.
