@@ -658,9 +658,9 @@ async fn store_migrate_applies_the_schema_and_a_newer_schema_is_refused() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    assert!(String::from_utf8_lossy(&out.stdout).contains("applied [1, 2]"));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("applied [1, 2, 3]"));
     let out = migrate().await;
-    assert!(String::from_utf8_lossy(&out.stdout).contains("already at version 2"));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("already at version 3"));
 
     let (client, connection) = tokio_postgres::connect(&db.url, tokio_postgres::NoTls)
         .await
@@ -1445,4 +1445,88 @@ async fn store_copy_from_embedded_into_a_database_a_replica_serves() {
             .allowed()
     })
     .await;
+}
+
+/// Deletions are pruned past the horizon; a replica that was away since before the pruned
+/// revisions does not keep the deleted policy (it could not see the deletion), it reloads.
+#[tokio::test]
+async fn a_replica_away_past_the_tombstone_horizon_reloads_and_drops_what_was_deleted() {
+    use verifyiam::store::{Draft, PgUrl, PolicyStore, StoreError};
+    let Some(db) = TestDatabase::create().await else {
+        return;
+    };
+    let open = || {
+        Arc::new(PolicyStore::postgres(
+            PgUrl::parse(&db.url).unwrap(),
+            PROJECT,
+            &[],
+            Duration::from_secs(300),
+        ))
+    };
+    let (a, c) = (open(), open());
+    let (stop_a, stop_c) = (
+        tokio_util::sync::CancellationToken::new(),
+        tokio_util::sync::CancellationToken::new(),
+    );
+    let run_a = tokio::spawn(a.clone().run(stop_a.clone()));
+    let run_c = tokio::spawn(c.clone().run(stop_c.clone()));
+    tokio::join!(a.loaded(), c.loaded());
+    let name = format!("organizations/{PROJECT}/environments/prod/deployments/orders");
+    let policy: verifyiam::iam::policy::Policy =
+        serde_json::from_value(invokers(&[&format!("user:{ALICE}")])).unwrap();
+    let put = name.clone();
+    a.mutate(move |d: &mut Draft<'_>| {
+        d.put_policy(&put, policy);
+        Ok::<_, StoreError>(())
+    })
+    .await
+    .unwrap();
+    c.read_barrier(Duration::from_secs(5)).await.unwrap();
+    assert!(c.snapshot().entry(&name).is_some());
+    // C goes away holding the policy.
+    stop_c.cancel();
+    run_c.await.unwrap().unwrap();
+
+    let gone = name.clone();
+    a.mutate(move |d: &mut Draft<'_>| {
+        d.delete_policy(&gone);
+        Ok::<_, StoreError>(())
+    })
+    .await
+    .unwrap();
+    a.mutate(|d: &mut Draft<'_>| {
+        d.put_group("team@example.com", vec!["user:bob@example.com".into()]);
+        Ok::<_, StoreError>(())
+    })
+    .await
+    .unwrap();
+    let sql = sql(&db.url).await;
+    let tombstones = async || -> i64 {
+        sql.query_one(
+            "SELECT count(*) FROM verifyiam_records WHERE value IS NULL",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0)
+    };
+    assert_eq!(tombstones().await, 1);
+    // A horizon of zero: everything committed before now is past it.
+    assert_eq!(a.prune_tombstones(Duration::ZERO).await.unwrap(), 1);
+    assert_eq!(tombstones().await, 0);
+
+    // C comes back: its revision's entry is gone, so it reloads rather than catch up.
+    let stop_c = tokio_util::sync::CancellationToken::new();
+    let run_c = tokio::spawn(c.clone().run(stop_c.clone()));
+    c.read_barrier(Duration::from_secs(5)).await.unwrap();
+    assert_eq!(c.snapshot().epoch, a.snapshot().epoch);
+    assert!(
+        c.snapshot().entry(&name).is_none(),
+        "the returning replica still holds a policy deleted while it was away"
+    );
+    assert!(c.snapshot().group("team@example.com").is_some());
+    for (stop, run) in [(stop_a, run_a), (stop_c, run_c)] {
+        stop.cancel();
+        run.await.unwrap().unwrap();
+    }
 }

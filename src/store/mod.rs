@@ -524,6 +524,8 @@ pub struct PolicyStore {
     configured_groups: std::sync::OnceLock<Vec<String>>,
     /// The last [`Snapshot::generation`] handed out.
     generations: AtomicU64,
+    /// PostgreSQL: deletions older than this are pruned (`iam.tombstone_horizon`).
+    tombstone_horizon: Duration,
 }
 
 impl PolicyStore {
@@ -572,12 +574,10 @@ impl PolicyStore {
         if PgUrl::is_postgres(&location) {
             let url = PgUrl::parse(&location)
                 .map_err(|reason| StoreError::Io(format!("iam.store: {reason}")))?;
-            Ok(Self::postgres(
-                url,
-                &iam.project,
-                &iam.bootstrap_admins,
-                iam.max_staleness,
-            ))
+            let mut store =
+                Self::postgres(url, &iam.project, &iam.bootstrap_admins, iam.max_staleness);
+            store.tombstone_horizon = iam.tombstone_horizon;
+            Ok(store)
         } else {
             Self::open(&iam.store, &iam.project, &iam.bootstrap_admins)
         }
@@ -624,6 +624,7 @@ impl PolicyStore {
             seed: Mutex::new(None),
             configured_groups: std::sync::OnceLock::new(),
             generations: AtomicU64::new(0),
+            tombstone_horizon: Duration::from_secs(7 * 24 * 3600),
         };
         store.snapshot.store(Arc::new(store.empty_snapshot()));
         store
@@ -720,6 +721,19 @@ impl PolicyStore {
                     }
                 }
             }
+        }
+    }
+
+    /// PostgreSQL: deletes the tombstones (deleted records' NULL rows) and revision entries
+    /// of revisions committed more than `horizon` ago; how many tombstones went. A replica
+    /// holding a revision older than that finds its revision's entry gone and reloads fully
+    /// instead of catching up (it could not see those deletions). Serving replicas run it with
+    /// `iam.tombstone_horizon` about once a minute. Nothing to do for the embedded store, whose
+    /// deletions remove the record.
+    pub async fn prune_tombstones(&self, horizon: Duration) -> Result<u64, StoreError> {
+        match &self.backend {
+            Backend::Embedded(_) => Ok(0),
+            Backend::Postgres(pg) => postgres::prune(pg, horizon).await,
         }
     }
 

@@ -571,6 +571,7 @@ async fn session(
             "PostgreSQL policy store reconnected and caught up"
         );
     }
+    let mut pruned_at: Option<tokio::time::Instant> = None;
     let mut tick = tokio::time::interval(REVISION_CHECK);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -588,7 +589,14 @@ async fn session(
                 Some(Err(e)) => return Err(e),
                 None => return Err(StoreError::Unavailable("the listening connection closed".into())),
             },
-            _ = tick.tick() => {}
+            _ = tick.tick() => {
+                if pruned_at.is_none_or(|t| t.elapsed() >= PRUNE_EVERY) {
+                    pruned_at = Some(tokio::time::Instant::now());
+                    if let Err(e) = prune(pg, store.tombstone_horizon).await {
+                        tracing::warn!(error = %e, "pruning tombstones failed; retried later");
+                    }
+                }
+            }
         }
         let _turn = pg.writer.lock().await;
         tokio::time::timeout(QUERY_TIMEOUT, catch_up(store, &client))
@@ -629,6 +637,54 @@ pub(super) async fn load_once(
     catch_up(store, &client).await?;
     store.mark_loaded();
     Ok(())
+}
+
+/// How often a serving replica prunes tombstones past `iam.tombstone_horizon`.
+const PRUNE_EVERY: Duration = Duration::from_secs(60);
+
+/// See [`PolicyStore::prune_tombstones`]. Under the revision row lock, so it is serial with
+/// writes, and in one transaction with the revision entries it removes, so a replica either
+/// finds both (and catches up) or neither (and reloads).
+pub(super) async fn prune(pg: &Postgres, horizon: Duration) -> Result<u64, StoreError> {
+    let mut client = pg.url.client().await?;
+    let tx = client.transaction().await.map_err(pg_error)?;
+    tx.query_one(LOCK_REVISION, &[]).await.map_err(pg_error)?;
+    let below: Option<i64> = tx
+        .query_one(
+            "SELECT max(revision) FROM verifyiam_revisions \
+             WHERE committed_at < now() - make_interval(secs => $1)",
+            &[&horizon.as_secs_f64()],
+        )
+        .await
+        .map_err(pg_error)?
+        .get(0);
+    let Some(below) = below.filter(|b| *b > 0) else {
+        return Ok(0);
+    };
+    let pruned = tx
+        .execute(
+            "DELETE FROM verifyiam_records WHERE value IS NULL AND revision <= $1",
+            &[&below],
+        )
+        .await
+        .map_err(pg_error)?;
+    // The entry of `below` itself stays: a replica holding it missed no deletion.
+    tx.execute(
+        "DELETE FROM verifyiam_revisions WHERE revision < $1",
+        &[&below],
+    )
+    .await
+    .map_err(pg_error)?;
+    tx.commit().await.map_err(pg_error)?;
+    if pruned > 0 {
+        tracing::info!(
+            pruned,
+            below = below,
+            "pruned deletions past the tombstone horizon"
+        );
+        metrics::counter!("verifyiam_store_tombstones_pruned_total").increment(pruned);
+    }
+    Ok(pruned)
 }
 
 /// `verifyiam store migrate`: applies the migrations the database lacks.
