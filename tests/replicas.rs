@@ -658,9 +658,9 @@ async fn store_migrate_applies_the_schema_and_a_newer_schema_is_refused() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    assert!(String::from_utf8_lossy(&out.stdout).contains("applied [1, 2]"));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("applied [1, 2, 3]"));
     let out = migrate().await;
-    assert!(String::from_utf8_lossy(&out.stdout).contains("already at version 2"));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("already at version 3"));
 
     let (client, connection) = tokio_postgres::connect(&db.url, tokio_postgres::NoTls)
         .await
@@ -1177,4 +1177,356 @@ async fn a_stale_replica_answers_admin_reads_503() {
     })
     .await;
     assert_eq!(test_permissions(&token(ALICE)).await.0, 200);
+}
+
+/// Read-your-writes across replicas: a write acknowledged through one replica is in the very
+/// next admin read through the other, every time (the read barrier), in both directions. Prints
+/// what an admin read costs with the barrier, and the barrier alone.
+#[tokio::test]
+async fn a_write_through_one_replica_is_read_back_through_another_at_once_every_time() {
+    let Some(db) = TestDatabase::create().await else {
+        return;
+    };
+    let up = upstream().await;
+    let (a, b) = tokio::join!(
+        Replica::spawn(&up, &db.url, ""),
+        Replica::spawn(&up, &db.url, "")
+    );
+    tokio::join!(a.ready(), b.ready());
+    let admin = token(ADMIN);
+    for i in 0..100 {
+        let (writer, reader) = if i % 2 == 0 { (&a, &b) } else { (&b, &a) };
+        let member = format!("user:n{i}@example.com");
+        let (status, written) = set_policy(writer, "orders", invokers(&[&member])).await;
+        assert_eq!(status, 200, "{written}");
+        let (status, read) = reader
+            .post(&dep_path("orders", "getIamPolicy"), Some(&admin), "{}")
+            .await;
+        assert_eq!(status, 200, "{read}");
+        assert_eq!(read, written, "read {i} through the other replica");
+        let (status, listed) = reader
+            .get(
+                &format!("/v1/organizations/{PROJECT}/environments/prod/deployments/orders"),
+                Some(&admin),
+            )
+            .await;
+        assert_eq!(status, 200, "{listed}");
+    }
+
+    // What the barrier costs: admin reads through B, then the barrier alone, in this process.
+    let n = 300;
+    let started = Instant::now();
+    for _ in 0..n {
+        let (status, _) = b
+            .post(&dep_path("orders", "getIamPolicy"), Some(&admin), "{}")
+            .await;
+        assert_eq!(status, 200);
+    }
+    let per_read = started.elapsed() / n;
+    let store = Arc::new(verifyiam::store::PolicyStore::postgres(
+        verifyiam::store::PgUrl::parse(&db.url).unwrap(),
+        PROJECT,
+        &[],
+        Duration::from_secs(300),
+    ));
+    let stop = tokio_util::sync::CancellationToken::new();
+    let running = tokio::spawn(store.clone().run(stop.clone()));
+    store.loaded().await;
+    let started = Instant::now();
+    for _ in 0..n {
+        store.read_barrier(Duration::from_secs(2)).await.unwrap();
+    }
+    let per_barrier = started.elapsed() / n;
+    println!(
+        "admin getIamPolicy through a replica with the read barrier: {per_read:?} per read \
+         ({:.0}/s, one client); the barrier alone: {per_barrier:?}",
+        1.0 / per_read.as_secs_f64()
+    );
+    stop.cancel();
+    running.await.unwrap().unwrap();
+}
+
+/// A replica cut off from the database answers admin reads 503 at once, well inside
+/// `iam.max_staleness` (5 minutes here), rather than from a snapshot a write through another
+/// replica has left behind; once the database is back it reads the new state.
+#[tokio::test]
+async fn a_replica_that_cannot_reach_the_database_answers_admin_reads_503_not_stale() {
+    let Some(db) = TestDatabase::create().await else {
+        return;
+    };
+    let mut url = url::Url::parse(&db.url).unwrap();
+    let target: SocketAddr = format!("{}:{}", url.host_str().unwrap(), url.port().unwrap_or(5432))
+        .parse()
+        .expect("the test server is addressed by IP");
+    let proxy = Proxy::start(target).await;
+    url.set_port(Some(proxy.addr.port())).unwrap();
+    let up = upstream().await;
+    let (a, b) = tokio::join!(
+        Replica::spawn(&up, url.as_str(), ""),
+        Replica::spawn(&up, &db.url, "")
+    );
+    tokio::join!(a.ready(), b.ready());
+    let alice = format!("user:{ALICE}");
+    assert_eq!(set_policy(&b, "orders", invokers(&[&alice])).await.0, 200);
+    let admin = token(ADMIN);
+    let read = async || {
+        a.post(&dep_path("orders", "getIamPolicy"), Some(&admin), "{}")
+            .await
+    };
+    let (status, v) = read().await;
+    assert_eq!(status, 200, "{v}");
+    assert!(v.to_string().contains(ALICE), "{v}");
+
+    proxy.cut();
+    let (status, v) = set_policy(&b, "orders", invokers(&["user:bob@example.com"])).await;
+    assert_eq!(status, 200, "{v}");
+    for _ in 0..3 {
+        let (status, v) = read().await;
+        assert_eq!(status, 503, "A answered a read it could not confirm: {v}");
+        assert_eq!(v["error"]["status"], "UNAVAILABLE", "{v}");
+    }
+    // Checks still answer from the snapshot (static stability), as documented.
+    let as_alice = format!("Bearer {}", token(ALICE));
+    assert!(a.check(Some(&as_alice), "prod", "orders").await.allowed());
+
+    proxy.heal();
+    until("A reads the write made while it was cut off", async || {
+        let (status, v) = read().await;
+        status == 200 && v.to_string().contains("bob@example.com")
+    })
+    .await;
+}
+
+/// An older state restored under two running replicas: the admin reads right after the
+/// restore, through either replica, show the restored state, never the vanished newer one.
+/// First with `pg_restore` of a dump, then with `store import --replace` of an export.
+#[tokio::test]
+async fn right_after_a_restore_no_replica_answers_from_the_vanished_state() {
+    let Some(DumpedAtRevision2 {
+        a,
+        b,
+        dump,
+        _dir,
+        _up,
+        db,
+    }) = DumpedAtRevision2::start().await
+    else {
+        return;
+    };
+    let admin = token(ADMIN);
+    let config = _dir.path().join("cli.toml");
+    std::fs::write(
+        &config,
+        format!("[iam]\nproject = \"{PROJECT}\"\nstore = \"{}\"\n", db.url),
+    )
+    .unwrap();
+    let export = _dir.path().join("revision-2.jsonl");
+    let out = Command::new(BIN)
+        .args(["store", "export", "--config"])
+        .arg(&config)
+        .arg("--output")
+        .arg(&export)
+        .output()
+        .await
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let alice = format!("user:{ALICE}");
+    let as_alice = format!("Bearer {}", token(ALICE));
+
+    for restore in ["pg_restore", "store import --replace"] {
+        assert_eq!(set_policy(&a, "orders", invokers(&[&alice])).await.0, 200);
+        for r in [&a, &b] {
+            until("the grant applied on both replicas", async || {
+                r.check(Some(&as_alice), "prod", "orders").await.allowed()
+            })
+            .await;
+        }
+        if restore == "pg_restore" {
+            pg_restore(&db.url, &dump).await;
+        } else {
+            let out = Command::new(BIN)
+                .args(["store", "import", "--replace", "--config"])
+                .arg(&config)
+                .arg(&export)
+                .output()
+                .await
+                .unwrap();
+            assert!(
+                out.status.success(),
+                "{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        for (name, r) in [("A", &a), ("B", &b)] {
+            let (status, policy) = r
+                .post(&dep_path("orders", "getIamPolicy"), Some(&admin), "{}")
+                .await;
+            assert_eq!(status, 200, "{policy}");
+            assert!(
+                !policy.to_string().contains(ALICE),
+                "{restore}: replica {name} answered from the vanished state: {policy}"
+            );
+            let (status, kept) = r
+                .post(&dep_path("unrelated-2", "getIamPolicy"), Some(&admin), "{}")
+                .await;
+            assert_eq!(status, 200, "{kept}");
+            assert!(kept.to_string().contains("bob@example.com"), "{kept}");
+            // The admin read brought the replica's snapshot back: Checks follow at once.
+            assert!(
+                !r.check(Some(&as_alice), "prod", "orders").await.allowed(),
+                "{restore}: replica {name} allows a grant the restore removed"
+            );
+        }
+    }
+}
+
+/// `store copy` from an embedded store (its server stopped: two policies and the deployment one
+/// of them implies) into the PostgreSQL database a
+/// replica is already serving: verified, and the replica answers the copied policies with
+/// their etags.
+#[tokio::test]
+async fn store_copy_from_embedded_into_a_database_a_replica_serves() {
+    let Some(db) = TestDatabase::create().await else {
+        return;
+    };
+    let up = upstream().await;
+    let replica = Replica::spawn(&up, &db.url, "").await;
+    replica.ready().await;
+
+    let embedded = Server::start().await;
+    let alice = format!("user:{ALICE}");
+    let (status, policy) = set_policy(&embedded, "orders", invokers(&[&alice])).await;
+    assert_eq!(status, 200, "{policy}");
+    embedded
+        .grant_project("user:bob@example.com", "roles/viewer")
+        .await;
+    let store = embedded.stop().await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("embedded.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[iam]\nproject = \"{PROJECT}\"\nstore = \"{}\"\n",
+            store.location()
+        ),
+    )
+    .unwrap();
+    let out = Command::new(BIN)
+        .args(["store", "copy", "--from"])
+        .arg(&config)
+        .args(["--to", &db.url])
+        .output()
+        .await
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(text.contains("verified: 3 records, etags equal"), "{text}");
+    let (status, read) = replica
+        .post(
+            &dep_path("orders", "getIamPolicy"),
+            Some(&token(ADMIN)),
+            "{}",
+        )
+        .await;
+    assert_eq!((status, &read), (200, &policy));
+    let as_alice = format!("Bearer {}", token(ALICE));
+    until("the replica allows the copied grant", async || {
+        replica
+            .check(Some(&as_alice), "prod", "orders")
+            .await
+            .allowed()
+    })
+    .await;
+}
+
+/// Deletions are pruned past the horizon; a replica that was away since before the pruned
+/// revisions does not keep the deleted policy (it could not see the deletion), it reloads.
+#[tokio::test]
+async fn a_replica_away_past_the_tombstone_horizon_reloads_and_drops_what_was_deleted() {
+    use verifyiam::store::{Draft, PgUrl, PolicyStore, StoreError};
+    let Some(db) = TestDatabase::create().await else {
+        return;
+    };
+    let open = || {
+        Arc::new(PolicyStore::postgres(
+            PgUrl::parse(&db.url).unwrap(),
+            PROJECT,
+            &[],
+            Duration::from_secs(300),
+        ))
+    };
+    let (a, c) = (open(), open());
+    let (stop_a, stop_c) = (
+        tokio_util::sync::CancellationToken::new(),
+        tokio_util::sync::CancellationToken::new(),
+    );
+    let run_a = tokio::spawn(a.clone().run(stop_a.clone()));
+    let run_c = tokio::spawn(c.clone().run(stop_c.clone()));
+    tokio::join!(a.loaded(), c.loaded());
+    let name = format!("organizations/{PROJECT}/environments/prod/deployments/orders");
+    let policy: verifyiam::iam::policy::Policy =
+        serde_json::from_value(invokers(&[&format!("user:{ALICE}")])).unwrap();
+    let put = name.clone();
+    a.mutate(move |d: &mut Draft<'_>| {
+        d.put_policy(&put, policy);
+        Ok::<_, StoreError>(())
+    })
+    .await
+    .unwrap();
+    c.read_barrier(Duration::from_secs(5)).await.unwrap();
+    assert!(c.snapshot().entry(&name).is_some());
+    // C goes away holding the policy.
+    stop_c.cancel();
+    run_c.await.unwrap().unwrap();
+
+    let gone = name.clone();
+    a.mutate(move |d: &mut Draft<'_>| {
+        d.delete_policy(&gone);
+        Ok::<_, StoreError>(())
+    })
+    .await
+    .unwrap();
+    a.mutate(|d: &mut Draft<'_>| {
+        d.put_group("team@example.com", vec!["user:bob@example.com".into()]);
+        Ok::<_, StoreError>(())
+    })
+    .await
+    .unwrap();
+    let sql = sql(&db.url).await;
+    let tombstones = async || -> i64 {
+        sql.query_one(
+            "SELECT count(*) FROM verifyiam_records WHERE value IS NULL",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0)
+    };
+    assert_eq!(tombstones().await, 1);
+    // A horizon of zero: everything committed before now is past it.
+    assert_eq!(a.prune_tombstones(Duration::ZERO).await.unwrap(), 1);
+    assert_eq!(tombstones().await, 0);
+
+    // C comes back: its revision's entry is gone, so it reloads rather than catch up.
+    let stop_c = tokio_util::sync::CancellationToken::new();
+    let run_c = tokio::spawn(c.clone().run(stop_c.clone()));
+    c.read_barrier(Duration::from_secs(5)).await.unwrap();
+    assert_eq!(c.snapshot().epoch, a.snapshot().epoch);
+    assert!(
+        c.snapshot().entry(&name).is_none(),
+        "the returning replica still holds a policy deleted while it was away"
+    );
+    assert!(c.snapshot().group("team@example.com").is_some());
+    for (stop, run) in [(stop_a, run_a), (stop_c, run_c)] {
+        stop.cancel();
+        run.await.unwrap().unwrap();
+    }
 }

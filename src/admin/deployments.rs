@@ -74,7 +74,7 @@ impl AdminState {
     }
 
     /// Lists an environment's deployments (`apigee.deployments.list`), by API name.
-    pub fn list_deployments(
+    pub async fn list_deployments(
         &self,
         caller: &Principal,
         organization: &str,
@@ -84,7 +84,9 @@ impl AdminState {
             organization: organization.to_owned(),
             environment: environment.to_owned(),
         };
-        let op = self.require(caller, &env, PermissionSet::DEPLOYMENTS_LIST)?;
+        let op = self
+            .require(caller, &env, PermissionSet::DEPLOYMENTS_LIST)
+            .await?;
         let snapshot = op.snapshot();
         let prefix = format!("{}/deployments/", env.name());
         let mut names: Vec<&str> = snapshot
@@ -105,12 +107,14 @@ impl AdminState {
     }
 
     /// Describes one deployment (`apigee.deployments.get`).
-    pub fn describe_deployment(
+    pub async fn describe_deployment(
         &self,
         caller: &Principal,
         resource: &Resource,
     ) -> Result<DeploymentView, ApiError> {
-        let op = self.require(caller, resource, PermissionSet::DEPLOYMENTS_GET)?;
+        let op = self
+            .require(caller, resource, PermissionSet::DEPLOYMENTS_GET)
+            .await?;
         if !self.exists(op.snapshot(), &resource.name()) {
             return Err(not_deployed(resource));
         }
@@ -126,7 +130,9 @@ impl AdminState {
         revision: &str,
         continue_on_error: Option<bool>,
     ) -> Result<DeploymentView, ApiError> {
-        let op = self.require(caller, resource, PermissionSet::DEPLOYMENTS_CREATE)?;
+        let op = self
+            .require(caller, resource, PermissionSet::DEPLOYMENTS_CREATE)
+            .await?;
         let revision = check_revision(revision)?;
         let name = resource.name();
         let change = move |draft: &mut Draft<'_>| {
@@ -163,7 +169,9 @@ impl AdminState {
         resource: &Resource,
         revision: &str,
     ) -> Result<DeploymentView, ApiError> {
-        let op = self.require(caller, resource, PermissionSet::DEPLOYMENTS_DELETE)?;
+        let op = self
+            .require(caller, resource, PermissionSet::DEPLOYMENTS_DELETE)
+            .await?;
         let revision = check_revision(revision)?;
         let view = Self::view(op.snapshot(), resource);
         let name = resource.name();
@@ -226,7 +234,9 @@ impl AdminState {
         resource: &Resource,
         continue_on_error: bool,
     ) -> Result<DeploymentView, ApiError> {
-        let op = self.require(caller, resource, PermissionSet::DEPLOYMENTS_UPDATE)?;
+        let op = self
+            .require(caller, resource, PermissionSet::DEPLOYMENTS_UPDATE)
+            .await?;
         if !self.exists(op.snapshot(), &resource.name()) {
             return Err(not_deployed(resource));
         }

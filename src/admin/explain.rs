@@ -187,14 +187,16 @@ pub struct Troubleshot {
 impl AdminState {
     /// `TroubleshootIamPolicy`: whether `principal` (an email) holds `permission` on the
     /// resource `full_resource_name`, with the reasons the caller may see. Audited.
-    pub fn troubleshoot(
+    pub async fn troubleshoot(
         &self,
         caller: &Principal,
         principal: &str,
         full_resource_name: &str,
         permission: &str,
     ) -> Result<Troubleshot, ApiError> {
-        let answer = self.troubleshoot_unaudited(caller, principal, full_resource_name, permission);
+        let answer = self
+            .troubleshoot_unaudited(caller, principal, full_resource_name, permission)
+            .await;
         let outcome = match &answer {
             Ok(t) => match t.access {
                 Access::Granted => "CAN_ACCESS",
@@ -216,7 +218,7 @@ impl AdminState {
         answer
     }
 
-    fn troubleshoot_unaudited(
+    async fn troubleshoot_unaudited(
         &self,
         caller: &Principal,
         principal: &str,
@@ -245,7 +247,7 @@ impl AdminState {
             )));
         }
         let permission = v1_permission(permission);
-        let snapshot = self.load()?;
+        let snapshot = self.load().await?;
         let view = View {
             snapshot: &snapshot,
             project_name: format!("projects/{}", self.project),
@@ -456,12 +458,15 @@ impl PolicyTroubleshooter for TroubleshooterService {
         let headers = request.metadata().clone().into_headers();
         let caller = self.state.caller(&headers).await?;
         let tuple = request.into_inner().access_tuple.unwrap_or_default();
-        let answer = self.state.troubleshoot(
-            &caller,
-            &tuple.principal,
-            &tuple.full_resource_name,
-            &tuple.permission,
-        )?;
+        let answer = self
+            .state
+            .troubleshoot(
+                &caller,
+                &tuple.principal,
+                &tuple.full_resource_name,
+                &tuple.permission,
+            )
+            .await?;
         Ok(tonic::Response::new(to_v3(answer)))
     }
 }
@@ -542,12 +547,14 @@ async fn rest_answer(
             .map_err(|e| ApiError::InvalidArgument(format!("Invalid JSON payload received. {e}")))?
     };
     let tuple = request.access_tuple;
-    let answer = state.troubleshoot(
-        &caller,
-        &tuple.principal,
-        &tuple.full_resource_name,
-        &tuple.permission,
-    )?;
+    let answer = state
+        .troubleshoot(
+            &caller,
+            &tuple.principal,
+            &tuple.full_resource_name,
+            &tuple.permission,
+        )
+        .await?;
     Ok((answer, numbers))
 }
 
@@ -1009,12 +1016,15 @@ impl IamChecker for IamCheckerService {
         let headers = request.metadata().clone().into_headers();
         let caller = self.state.caller(&headers).await?;
         let tuple = request.into_inner().access_tuple.unwrap_or_default();
-        let answer = self.state.troubleshoot(
-            &caller,
-            &tuple.principal,
-            &tuple.full_resource_name,
-            &tuple.permission,
-        )?;
+        let answer = self
+            .state
+            .troubleshoot(
+                &caller,
+                &tuple.principal,
+                &tuple.full_resource_name,
+                &tuple.permission,
+            )
+            .await?;
         Ok(tonic::Response::new(to_v1(answer)))
     }
 }

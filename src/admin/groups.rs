@@ -111,7 +111,7 @@ pub fn seed_groups(store: &PolicyStore, groups: &[GroupConfig]) -> Result<(), St
 impl AdminState {
     /// Loads the state and refuses unless the caller may read (or, `write`, change) groups:
     /// the project's policy permissions, since membership decides what a policy grants.
-    fn require_groups<'a>(
+    async fn require_groups<'a>(
         &'a self,
         caller: &'a Principal,
         write: bool,
@@ -122,11 +122,12 @@ impl AdminState {
             PermissionSet::PROJECTS_GET_IAM_POLICY
         };
         self.require(caller, &self.project_resource(), permission)
+            .await
     }
 
     /// Every group (`resourcemanager.projects.getIamPolicy`), by email.
-    pub fn list_groups(&self, caller: &Principal) -> Result<Vec<GroupView>, ApiError> {
-        let op = self.require_groups(caller, false)?;
+    pub async fn list_groups(&self, caller: &Principal) -> Result<Vec<GroupView>, ApiError> {
+        let op = self.require_groups(caller, false).await?;
         Ok(op
             .snapshot()
             .groups()
@@ -135,8 +136,12 @@ impl AdminState {
     }
 
     /// One group (`resourcemanager.projects.getIamPolicy`).
-    pub fn describe_group(&self, caller: &Principal, email: &str) -> Result<GroupView, ApiError> {
-        let op = self.require_groups(caller, false)?;
+    pub async fn describe_group(
+        &self,
+        caller: &Principal,
+        email: &str,
+    ) -> Result<GroupView, ApiError> {
+        let op = self.require_groups(caller, false).await?;
         let email = group_email(email)?;
         op.snapshot()
             .group(&email)
@@ -153,7 +158,7 @@ impl AdminState {
         member: &str,
         add: bool,
     ) -> Result<GroupView, ApiError> {
-        let op = self.require_groups(caller, true)?;
+        let op = self.require_groups(caller, true).await?;
         let email = group_email(email)?;
         if self.store.is_configured_group(&email) {
             // The configuration is the single source of these: a change here would be undone

@@ -121,7 +121,10 @@ impl IamPolicy for IamPolicyService {
         let request = request.into_inner();
         let resource = resource(&request.resource)?;
         let version = request.options.map_or(0, |o| o.requested_policy_version);
-        let policy = self.state.get_iam_policy(&caller, &resource, version)?;
+        let policy = self
+            .state
+            .get_iam_policy(&caller, &resource, version)
+            .await?;
         Ok(Response::new(policy_to_pb(policy)))
     }
 
@@ -132,9 +135,10 @@ impl IamPolicy for IamPolicyService {
         let caller = self.caller(&request).await?;
         let request = request.into_inner();
         let resource = resource(&request.resource)?;
-        let permissions =
-            self.state
-                .test_iam_permissions(&caller, &resource, &request.permissions)?;
+        let permissions = self
+            .state
+            .test_iam_permissions(&caller, &resource, &request.permissions)
+            .await?;
         Ok(Response::new(pb::TestIamPermissionsResponse {
             permissions,
         }))

@@ -5,7 +5,7 @@
 //! audit log. An operation then reads as "require this permission, then act":
 //!
 //! ```text
-//! let op = self.require(caller, resource, PermissionSet::DEPLOYMENTS_UPDATE)?;
+//! let op = self.require(caller, resource, PermissionSet::DEPLOYMENTS_UPDATE).await?;
 //! op.write("updateDeployment", move |draft| …, |result| Some(Change { … })).await
 //! ```
 //!
@@ -21,7 +21,7 @@ use super::{AdminState, ApiError};
 use crate::authn::Principal;
 use crate::iam::eval::{Resource, held};
 use crate::iam::roles::PermissionSet;
-use crate::store::{Draft, Snapshot};
+use crate::store::{Draft, READ_BARRIER_DEADLINE, Snapshot};
 
 /// What an operation needs: `permission` on `resource`, for the caller's members. It owns what
 /// it needs, so a write's closure can take it along and hold it against the state it writes.
@@ -65,7 +65,7 @@ pub(super) struct Operation<'a> {
 impl AdminState {
     /// Loads the current state and refuses unless `caller` holds `permission` on `resource` in
     /// it: the first step of every operation that needs a permission.
-    pub(super) fn require<'a>(
+    pub(super) async fn require<'a>(
         &'a self,
         caller: &'a Principal,
         resource: &Resource,
@@ -78,7 +78,7 @@ impl AdminState {
             permission,
             members: caller.members.clone(),
         };
-        let snapshot = self.load()?;
+        let snapshot = self.load().await?;
         requirement.check(&snapshot)?;
         Ok(Operation {
             admin: self,
@@ -91,7 +91,18 @@ impl AdminState {
     /// The current state, for an operation to read: refused with 503 `UNAVAILABLE` while the
     /// store is not fresh (not loaded yet, or — PostgreSQL — not heard from the database within
     /// `iam.max_staleness`), as Checks are, so no admin answer comes from a stale snapshot.
-    pub(super) fn load(&self) -> Result<Guard<Arc<Snapshot>>, ApiError> {
+    /// First the read barrier: the snapshot is brought up to every write the database had
+    /// committed when the read began, whichever replica acknowledged it (read-your-writes on
+    /// every replica); past [`READ_BARRIER_DEADLINE`] the read answers 503, never stale.
+    pub(super) async fn load(&self) -> Result<Guard<Arc<Snapshot>>, ApiError> {
+        if self.store.is_loaded()
+            && let Err(e) = self.store.read_barrier(READ_BARRIER_DEADLINE).await
+        {
+            tracing::warn!(error = %e, "admin read barrier failed");
+            return Err(ApiError::Unavailable(format!(
+                "the policy store could not be confirmed current: {e}; retry later"
+            )));
+        }
         if self.store.is_fresh() {
             return Ok(self.store.snapshot());
         }
@@ -262,6 +273,7 @@ mod tests {
             .expect("a deployment name");
         let op = admin
             .require(&mallory, &orders, PermissionSet::DEPLOYMENTS_SET_IAM_POLICY)
+            .await
             .expect("mallory holds roles/apigee.admin");
         admin
             .set_iam_policy(&owner, &project, None, &[])

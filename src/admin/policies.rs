@@ -32,14 +32,14 @@ fn policy_permissions(resource: &Resource) -> [PermissionSet; 2] {
 
 impl AdminState {
     /// `getIamPolicy`. `requested_version` is the caller's `requestedPolicyVersion` (0 when unset).
-    pub fn get_iam_policy(
+    pub async fn get_iam_policy(
         &self,
         caller: &Principal,
         resource: &Resource,
         requested_version: i32,
     ) -> Result<Policy, ApiError> {
         let [get, _] = policy_permissions(resource);
-        let op = self.require(caller, resource, get)?;
+        let op = self.require(caller, resource, get).await?;
         if !matches!(requested_version, 0 | 1 | 3) {
             return Err(ApiError::InvalidArgument(format!(
                 "invalid requested policy version {requested_version}: use 0, 1 or 3"
@@ -49,13 +49,13 @@ impl AdminState {
     }
 
     /// The authorization of `setIamPolicy` alone, for transports that check it before decoding.
-    pub fn set_iam_policy_precheck(
+    pub async fn set_iam_policy_precheck(
         &self,
         caller: &Principal,
         resource: &Resource,
     ) -> Result<(), ApiError> {
         let [_, set] = policy_permissions(resource);
-        self.require(caller, resource, set).map(drop)
+        self.require(caller, resource, set).await.map(drop)
     }
 
     /// `setIamPolicy`. `policy` `None` (the request `{}`) removes every binding; `update_mask`
@@ -68,7 +68,7 @@ impl AdminState {
         update_mask: &[String],
     ) -> Result<Policy, ApiError> {
         let [_, set] = policy_permissions(resource);
-        let op = self.require(caller, resource, set)?;
+        let op = self.require(caller, resource, set).await?;
         if let Some(bad) = update_mask
             .iter()
             .map(|f| f.trim())
@@ -125,14 +125,14 @@ impl AdminState {
     }
 
     /// `testIamPermissions`: the subset of `permissions` the caller holds; needs no permission.
-    pub fn test_iam_permissions(
+    pub async fn test_iam_permissions(
         &self,
         caller: &Principal,
         resource: &Resource,
         permissions: &[String],
     ) -> Result<Vec<String>, ApiError> {
         // No permission needed, but never an answer from a stale snapshot.
-        let snapshot = self.load()?;
+        let snapshot = self.load().await?;
         if !self.is_ours(resource) {
             return Ok(Vec::new());
         }

@@ -255,7 +255,9 @@ async fn deployment(
         };
         let caller = state.caller(&headers).await?;
         return match method {
-            Method::GET => Ok(Json(state.describe_deployment(&caller, &resource)?).into_response()),
+            Method::GET => {
+                Ok(Json(state.describe_deployment(&caller, &resource).await?).into_response())
+            }
             Method::PATCH => {
                 let request: UpdateDeploymentRequest = parse_json(&body)?;
                 let view = state
@@ -296,11 +298,11 @@ async fn policy_method(
                 parse_json(&body)?
             };
             let version = request.options.map_or(0, |o| o.requested_policy_version);
-            Ok(Json(state.get_iam_policy(&caller, &resource, version)?).into_response())
+            Ok(Json(state.get_iam_policy(&caller, &resource, version).await?).into_response())
         }
         Verb::Set => {
             // Authorization comes before parsing, so a caller without permission learns nothing.
-            state.set_iam_policy_precheck(&caller, &resource)?;
+            state.set_iam_policy_precheck(&caller, &resource).await?;
             let request: SetIamPolicyRequest = parse_json(&body)?;
             let stored = state
                 .set_iam_policy(
@@ -314,8 +316,9 @@ async fn policy_method(
         }
         Verb::Test => {
             let request: TestIamPermissionsRequest = parse_json(&body)?;
-            let permissions =
-                state.test_iam_permissions(&caller, &resource, &request.permissions)?;
+            let permissions = state
+                .test_iam_permissions(&caller, &resource, &request.permissions)
+                .await?;
             Ok(Json(TestIamPermissionsResponse { permissions }).into_response())
         }
     }
@@ -337,7 +340,9 @@ async fn list_deployments(
 ) -> Result<Response, ApiError> {
     let caller = state.caller(&headers).await?;
     query(raw, &[])?;
-    let deployments = state.list_deployments(&caller, &organization, &environment)?;
+    let deployments = state
+        .list_deployments(&caller, &organization, &environment)
+        .await?;
     Ok(Json(DeploymentList { deployments }).into_response())
 }
 
@@ -392,11 +397,11 @@ async fn roles(
     let caller = state.caller(&headers).await?;
     match method {
         Method::GET => {
-            let roles = state.list_roles(&caller, &project)?;
+            let roles = state.list_roles(&caller, &project).await?;
             Ok(Json(RoleList { roles }).into_response())
         }
         Method::POST => {
-            state.require_roles_precheck(&caller, &project)?;
+            state.require_roles_precheck(&caller, &project).await?;
             let request: CreateRoleRequest = parse_json(&body)?;
             let role = state
                 .create_role(&caller, &project, &request.role_id, request.role)
@@ -417,7 +422,7 @@ async fn role(
 ) -> Result<Response, ApiError> {
     let caller = state.caller(&headers).await?;
     match method {
-        Method::GET => Ok(Json(state.describe_role(&caller, &project, &id)?).into_response()),
+        Method::GET => Ok(Json(state.describe_role(&caller, &project, &id).await?).into_response()),
         Method::PATCH => {
             let params = query(raw, &["updateMask"])?;
             let fields: RoleFields = parse_json(&body)?;
@@ -453,7 +458,7 @@ async fn list_groups(
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     let caller = state.caller(&headers).await?;
-    let groups = state.list_groups(&caller)?;
+    let groups = state.list_groups(&caller).await?;
     Ok(Json(GroupList { groups }).into_response())
 }
 
@@ -466,7 +471,9 @@ async fn group(
 ) -> Result<Response, ApiError> {
     let caller = state.caller(&headers).await?;
     match (method, name.rsplit_once(':')) {
-        (Method::GET, None) => Ok(Json(state.describe_group(&caller, &name)?).into_response()),
+        (Method::GET, None) => {
+            Ok(Json(state.describe_group(&caller, &name).await?).into_response())
+        }
         (Method::POST, Some((email, verb @ ("addMember" | "removeMember")))) => {
             let request: MemberRequest = parse_json(&body)?;
             let group = state

@@ -51,7 +51,7 @@ impl AdminState {
 
     /// Loads the state and refuses unless the caller holds `permission` on `project` (where
     /// every role permission is checked).
-    fn require_on_project<'a>(
+    async fn require_on_project<'a>(
         &'a self,
         caller: &'a Principal,
         project: &str,
@@ -60,16 +60,17 @@ impl AdminState {
         let resource = Resource::Project {
             project: project.to_owned(),
         };
-        self.require(caller, &resource, permission)
+        self.require(caller, &resource, permission).await
     }
 
     /// The authorization of `create_role` alone, for transports that check it before decoding.
-    pub fn require_roles_precheck(
+    pub async fn require_roles_precheck(
         &self,
         caller: &Principal,
         project: &str,
     ) -> Result<(), ApiError> {
         self.require_on_project(caller, project, PermissionSet::ROLES_CREATE)
+            .await
             .map(drop)
     }
 
@@ -81,7 +82,9 @@ impl AdminState {
         role_id: &str,
         fields: RoleFields,
     ) -> Result<CustomRole, ApiError> {
-        let op = self.require_on_project(caller, project, PermissionSet::ROLES_CREATE)?;
+        let op = self
+            .require_on_project(caller, project, PermissionSet::ROLES_CREATE)
+            .await?;
         let name = self.role_name(project, role_id)?;
         let permissions =
             check_permissions(&fields.included_permissions.unwrap_or_default()).map_err(invalid)?;
@@ -114,13 +117,15 @@ impl AdminState {
     }
 
     /// One custom role (`iam.roles.get`).
-    pub fn describe_role(
+    pub async fn describe_role(
         &self,
         caller: &Principal,
         project: &str,
         role_id: &str,
     ) -> Result<CustomRole, ApiError> {
-        let op = self.require_on_project(caller, project, PermissionSet::ROLES_GET)?;
+        let op = self
+            .require_on_project(caller, project, PermissionSet::ROLES_GET)
+            .await?;
         let name = self.role_name(project, role_id)?;
         op.snapshot()
             .role(&name)
@@ -129,12 +134,14 @@ impl AdminState {
     }
 
     /// The project's custom roles (`iam.roles.list`), by name.
-    pub fn list_roles(
+    pub async fn list_roles(
         &self,
         caller: &Principal,
         project: &str,
     ) -> Result<Vec<CustomRole>, ApiError> {
-        let op = self.require_on_project(caller, project, PermissionSet::ROLES_LIST)?;
+        let op = self
+            .require_on_project(caller, project, PermissionSet::ROLES_LIST)
+            .await?;
         Ok(op.snapshot().roles().map(|r| (**r).clone()).collect())
     }
 
@@ -149,7 +156,9 @@ impl AdminState {
         fields: RoleFields,
         update_mask: &[String],
     ) -> Result<CustomRole, ApiError> {
-        let op = self.require_on_project(caller, project, PermissionSet::ROLES_UPDATE)?;
+        let op = self
+            .require_on_project(caller, project, PermissionSet::ROLES_UPDATE)
+            .await?;
         let author = op.requirement();
         let name = self.role_name(project, role_id)?;
         let project_owned = project.to_owned();
@@ -213,7 +222,9 @@ impl AdminState {
         project: &str,
         role_id: &str,
     ) -> Result<CustomRole, ApiError> {
-        let op = self.require_on_project(caller, project, PermissionSet::ROLES_DELETE)?;
+        let op = self
+            .require_on_project(caller, project, PermissionSet::ROLES_DELETE)
+            .await?;
         let name = self.role_name(project, role_id)?;
         let change = move |draft: &mut Draft<'_>| {
             let old = stored_role(draft, &name)?;

@@ -70,6 +70,7 @@ pub fn dev_config(data_dir: &Path) -> Config {
             organization: None,
             store: data_dir.join("store"),
             max_staleness: Duration::from_secs(300),
+            tombstone_horizon: Duration::from_secs(7 * 24 * 3600),
             bootstrap_admins: vec!["user:admin@example.com".to_owned()],
             strict_deployments: false,
             groups: Vec::new(),

@@ -29,6 +29,10 @@ pub struct IamConfig {
     /// from its last snapshot; past it, Checks answer 503.
     #[serde(default = "default_max_staleness", with = "humantime_serde")]
     pub max_staleness: Duration,
+    /// PostgreSQL store: deletions (kept as tombstone rows so replicas catching up see them)
+    /// older than this are pruned; a replica away for longer reloads everything on its return.
+    #[serde(default = "default_tombstone_horizon", with = "humantime_serde")]
+    pub tombstone_horizon: Duration,
     /// Members that always hold `roles/owner` on the project.
     #[serde(default)]
     pub bootstrap_admins: Vec<String>,
@@ -73,6 +77,9 @@ impl IamConfig {
         let store = self.store.to_string_lossy();
         if crate::store::PgUrl::is_postgres(&store) {
             crate::store::PgUrl::parse(&store).map_err(|e| invalid("iam.store", e))?;
+        }
+        if self.tombstone_horizon < Duration::from_secs(60) {
+            return Err(invalid("iam.tombstone_horizon", "must be at least 1m"));
         }
         if self.max_staleness < Duration::from_secs(1) {
             return Err(invalid("iam.max_staleness", "must be at least 1s"));
@@ -124,6 +131,10 @@ fn default_store() -> PathBuf {
     PathBuf::from("./verifyiam-data")
 }
 
+fn default_tombstone_horizon() -> Duration {
+    Duration::from_secs(7 * 24 * 3600)
+}
+
 fn default_max_staleness() -> Duration {
     Duration::from_secs(300)
 }
@@ -143,6 +154,7 @@ impl std::fmt::Debug for IamConfig {
             .field("organization", &self.organization)
             .field("store", &store)
             .field("max_staleness", &self.max_staleness)
+            .field("tombstone_horizon", &self.tombstone_horizon)
             .field("bootstrap_admins", &self.bootstrap_admins)
             .field("strict_deployments", &self.strict_deployments)
             .field("groups", &self.groups)

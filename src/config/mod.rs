@@ -257,6 +257,18 @@ mod tests {
     }
 
     #[test]
+    fn the_tombstone_horizon_defaults_to_seven_days_and_is_at_least_a_minute() {
+        let c = Config::parse("[iam]\nproject = \"demo\"\n").unwrap();
+        assert_eq!(c.iam.tombstone_horizon, Duration::from_secs(7 * 24 * 3600));
+        let c = Config::parse("[iam]\nproject = \"demo\"\ntombstone_horizon = \"2h\"\n").unwrap();
+        assert_eq!(c.iam.tombstone_horizon, Duration::from_secs(7200));
+        let err = Config::parse("[iam]\nproject = \"demo\"\ntombstone_horizon = \"30s\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.starts_with("iam.tombstone_horizon"), "{err}");
+    }
+
+    #[test]
     fn postgres_store_urls_are_checked_and_never_echoed() {
         let ok = Config::parse(
             "[iam]\nproject = \"demo\"\nstore = \"postgresql://app:pw@db:5432/iam?sslmode=verify-full\"\nmax_staleness = \"30s\"\n",

@@ -94,12 +94,10 @@ impl Embedded {
         };
         let all = Changes {
             policies: read_table(&read, POLICIES)?,
-            deployments: read_table(&read, DEPLOYMENTS)?
-                .into_iter()
-                .filter_map(|(k, v)| v.map(|v| (k, v)))
-                .collect(),
+            deployments: read_table(&read, DEPLOYMENTS)?,
             roles: read_table(&read, ROLES)?,
             groups: read_table(&read, GROUPS)?,
+            floor: 0,
         };
         drop(read);
         Ok((
@@ -137,12 +135,7 @@ impl Embedded {
         }
         let txn = self.db.begin_write().map_err(io)?;
         write(&txn, POLICIES, &changes.policies)?;
-        let deployments: Vec<(String, Option<&super::Deployment>)> = changes
-            .deployments
-            .iter()
-            .map(|(k, v)| (k.clone(), Some(v)))
-            .collect();
-        write(&txn, DEPLOYMENTS, &deployments)?;
+        write(&txn, DEPLOYMENTS, &changes.deployments)?;
         write(&txn, ROLES, &changes.roles)?;
         write(&txn, GROUPS, &changes.groups)?;
         txn.open_table(META)

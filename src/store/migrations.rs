@@ -20,6 +20,11 @@ pub const MIGRATIONS: &[(i64, &str, &str)] = &[
         "revision chain",
         include_str!("migrations/0002_revision_chain.sql"),
     ),
+    (
+        3,
+        "tombstone horizon",
+        include_str!("migrations/0003_tombstone_horizon.sql"),
+    ),
 ];
 
 /// The schema version this binary knows.

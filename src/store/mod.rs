@@ -19,6 +19,7 @@
 //! which starts a new [`Snapshot::generation`]. Decisions are cached by generation and epoch, so
 //! one revision number never stands for two histories.
 
+pub mod dump;
 pub mod embedded;
 pub mod migrations;
 pub mod postgres;
@@ -84,6 +85,10 @@ pub enum StoreError {
     /// before sending anything: nothing was applied (HTTP 503 / gRPC `UNAVAILABLE`).
     #[error("the write waited {0:?} for the writes ahead of it; the change was not applied")]
     Busy(Duration),
+    /// An import into a store that holds other records (without `--replace`); nothing was
+    /// written.
+    #[error("the store is not empty: {0}")]
+    NotEmpty(String),
     /// The database's schema is newer than this binary knows.
     #[error(
         "the PostgreSQL schema is at version {found}, newer than the {known} this verifyiam knows; \
@@ -103,6 +108,10 @@ pub enum StoreError {
 /// answered before that one gives up and lets it in.
 pub const WRITER_WAIT: Duration = Duration::from_secs(3);
 
+/// How long an admin read waits for the read barrier ([`PolicyStore::read_barrier`]) before it
+/// is answered 503 (never from a snapshot that may be behind).
+pub const READ_BARRIER_DEADLINE: Duration = Duration::from_secs(2);
+
 fn io(e: impl std::fmt::Display) -> StoreError {
     StoreError::Io(e.to_string())
 }
@@ -112,17 +121,22 @@ fn decode<T: serde::de::DeserializeOwned>(name: &str, bytes: &[u8]) -> Result<T,
 }
 
 /// The records one write changed (or, at load, every record stored): `None` deletes.
-/// Deployments are never deleted (an undeployed one stays as a tombstone record).
+/// The API never deletes a deployment (an undeployed one stays, `deployed: false`, so its
+/// API is denied); only an import that replaces everything does.
 #[derive(Default)]
 pub struct Changes {
     /// Policies by resource name.
     pub policies: Vec<(String, Option<Policy>)>,
     /// Deployment records by full name.
-    pub deployments: Vec<(String, Deployment)>,
+    pub deployments: Vec<(String, Option<Deployment>)>,
     /// Custom roles by full name.
     pub roles: Vec<(String, Option<CustomRole>)>,
     /// Groups by email.
     pub groups: Vec<(String, Option<Group>)>,
+    /// The least revision this write may take (0: the next one): an import keeps the etags it
+    /// loads, so the store's revision moves past every one of them and no later write can
+    /// make an etag a client already holds again.
+    pub floor: u64,
 }
 
 impl Changes {
@@ -144,7 +158,11 @@ impl Changes {
             rows.push(("policy", name.as_str(), p.as_ref().map(json).transpose()?));
         }
         for (name, d) in &self.deployments {
-            rows.push(("deployment", name.as_str(), Some(json(d)?)));
+            rows.push((
+                "deployment",
+                name.as_str(),
+                d.as_ref().map(json).transpose()?,
+            ));
         }
         for (name, r) in &self.roles {
             rows.push(("role", name.as_str(), r.as_ref().map(json).transpose()?));
@@ -436,7 +454,9 @@ impl<'a> Draft<'a> {
 
     /// Stores a deployment record.
     pub fn put_deployment(&mut self, name: &str, deployment: Deployment) {
-        self.changes.deployments.push((name.to_owned(), deployment));
+        self.changes
+            .deployments
+            .push((name.to_owned(), Some(deployment)));
     }
 
     /// Stores a custom role; returns it as stored (new etag).
@@ -504,6 +524,8 @@ pub struct PolicyStore {
     configured_groups: std::sync::OnceLock<Vec<String>>,
     /// The last [`Snapshot::generation`] handed out.
     generations: AtomicU64,
+    /// PostgreSQL: deletions older than this are pruned (`iam.tombstone_horizon`).
+    tombstone_horizon: Duration,
 }
 
 impl PolicyStore {
@@ -552,12 +574,10 @@ impl PolicyStore {
         if PgUrl::is_postgres(&location) {
             let url = PgUrl::parse(&location)
                 .map_err(|reason| StoreError::Io(format!("iam.store: {reason}")))?;
-            Ok(Self::postgres(
-                url,
-                &iam.project,
-                &iam.bootstrap_admins,
-                iam.max_staleness,
-            ))
+            let mut store =
+                Self::postgres(url, &iam.project, &iam.bootstrap_admins, iam.max_staleness);
+            store.tombstone_horizon = iam.tombstone_horizon;
+            Ok(store)
         } else {
             Self::open(&iam.store, &iam.project, &iam.bootstrap_admins)
         }
@@ -604,6 +624,7 @@ impl PolicyStore {
             seed: Mutex::new(None),
             configured_groups: std::sync::OnceLock::new(),
             generations: AtomicU64::new(0),
+            tombstone_horizon: Duration::from_secs(7 * 24 * 3600),
         };
         store.snapshot.store(Arc::new(store.empty_snapshot()));
         store
@@ -680,6 +701,49 @@ impl PolicyStore {
     /// within `iam.max_staleness`. Cheap (two atomic loads and a clock read): on the hot path.
     pub fn is_fresh(&self) -> bool {
         self.staleness().is_some_and(|s| s <= self.max_staleness)
+    }
+
+    /// The read barrier of the admin API: returns once this replica's snapshot holds every
+    /// write the database had committed when it was called (any replica's), catching up if it
+    /// must, or fails once `deadline` has passed. The embedded store is its own database: always
+    /// current. Checks do not use it: they read the snapshot as it is.
+    pub async fn read_barrier(&self, deadline: Duration) -> Result<(), StoreError> {
+        match &self.backend {
+            Backend::Embedded(_) => Ok(()),
+            Backend::Postgres(pg) => {
+                match tokio::time::timeout(deadline, postgres::read_barrier(self, pg)).await {
+                    Ok(done) => done,
+                    Err(_) => {
+                        postgres::forget_reader(pg);
+                        Err(StoreError::Unavailable(format!(
+                            "could not confirm the policy store is current within {deadline:?}"
+                        )))
+                    }
+                }
+            }
+        }
+    }
+
+    /// PostgreSQL: deletes the tombstones (deleted records' NULL rows) and revision entries
+    /// of revisions committed more than `horizon` ago; how many tombstones went. A replica
+    /// holding a revision older than that finds its revision's entry gone and reloads fully
+    /// instead of catching up (it could not see those deletions). Serving replicas run it with
+    /// `iam.tombstone_horizon` about once a minute. Nothing to do for the embedded store, whose
+    /// deletions remove the record.
+    pub async fn prune_tombstones(&self, horizon: Duration) -> Result<u64, StoreError> {
+        match &self.backend {
+            Backend::Embedded(_) => Ok(0),
+            Backend::Postgres(pg) => postgres::prune(pg, horizon).await,
+        }
+    }
+
+    /// Loads the store once without keeping it in step (for commands that do not serve); a
+    /// writing command (`migrate`) brings a PostgreSQL schema up to date first.
+    pub async fn load_now(&self, migrate: bool) -> Result<(), StoreError> {
+        match &self.backend {
+            Backend::Embedded(_) => Ok(()),
+            Backend::Postgres(pg) => postgres::load_once(self, pg, migrate).await,
+        }
     }
 
     /// Keeps the snapshot in step with a shared database until `stop` (returns at once for the
@@ -863,6 +927,7 @@ impl PolicyStore {
         if changes.is_empty() {
             return Ok(out);
         }
+        let epoch = epoch.max(changes.floor);
         let chain = current
             .chain
             .unwrap_or_else(|| Chain::unique(current.epoch))
@@ -887,6 +952,7 @@ impl PolicyStore {
             deployments,
             roles,
             groups,
+            floor: _,
         } = changes;
         let roles_changed = !roles.is_empty();
         let mut custom = current.roles.clone();
@@ -924,7 +990,10 @@ impl PolicyStore {
         }
         let mut all_deployments = current.deployments.clone();
         for (name, d) in deployments {
-            all_deployments.insert(name.into_boxed_str(), d);
+            match d {
+                Some(d) => all_deployments.insert(name.into_boxed_str(), d),
+                None => all_deployments.remove(name.as_str()),
+            };
         }
         let mut all_groups = current.groups.clone();
         for (email, group) in groups {

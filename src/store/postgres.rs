@@ -82,6 +82,9 @@ pub struct Postgres {
     /// The connection writes go through, and the writer's turn: held across a write's awaits
     /// (never on the Check path) and by every snapshot swap, so swaps stay in revision order.
     pub(super) writer: tokio::sync::Mutex<Option<Client>>,
+    /// The connection read barriers ask the revision on: shared (queries pipeline on it), and
+    /// replaced when it closes; the mutex is only held to open a new one.
+    reader: tokio::sync::Mutex<Option<Arc<Client>>>,
 }
 
 impl Postgres {
@@ -90,6 +93,7 @@ impl Postgres {
         Postgres {
             url,
             writer: tokio::sync::Mutex::new(None),
+            reader: tokio::sync::Mutex::new(None),
         }
     }
 }
@@ -134,12 +138,9 @@ fn changes_of(rows: &[Row]) -> Result<Seen, StoreError> {
             "policy" => changes
                 .policies
                 .push((name.clone(), bytes.map(|b| decode(&name, b)).transpose()?)),
-            "deployment" => {
-                if let Some(b) = bytes {
-                    let d = decode(&name, b)?;
-                    changes.deployments.push((name, d));
-                }
-            }
+            "deployment" => changes
+                .deployments
+                .push((name.clone(), bytes.map(|b| decode(&name, b)).transpose()?)),
             "role" => changes
                 .roles
                 .push((name.clone(), bytes.map(|b| decode(&name, b)).transpose()?)),
@@ -207,6 +208,53 @@ async fn catch_up(
     }
     store.confirm_fresh();
     Ok(())
+}
+
+/// The database's revision and its chain, in one read.
+const HEAD: &str = "SELECT m.revision, h.chain FROM verifyiam_meta m \
+     LEFT JOIN verifyiam_revisions h ON h.revision = m.revision WHERE m.id = 1";
+
+/// The read barrier (see [`PolicyStore::read_barrier`]): asks the database for its revision
+/// and chain; when the snapshot holds them already, it is current; otherwise this replica
+/// catches up (in the writer's turn, as every snapshot swap) before the read goes on.
+pub(super) async fn read_barrier(store: &PolicyStore, pg: &Postgres) -> Result<(), StoreError> {
+    let client = {
+        let mut slot = pg.reader.lock().await;
+        match slot.as_ref() {
+            Some(c) if !c.is_closed() => c.clone(),
+            _ => {
+                *slot = None;
+                let c = Arc::new(pg.url.client().await?);
+                *slot = Some(c.clone());
+                c
+            }
+        }
+    };
+    let row = match client.query_one(HEAD, &[]).await {
+        Ok(row) => row,
+        Err(e) => {
+            forget_reader(pg);
+            return Err(pg_error(e));
+        }
+    };
+    let revision = u64::try_from(row.get::<_, i64>(0)).unwrap_or(0);
+    let head = row.get::<_, Option<&[u8]>>(1).and_then(Chain::from_slice);
+    let current = store.snapshot.load();
+    if current.epoch == revision && head.is_some() && current.chain() == head {
+        store.confirm_fresh();
+        return Ok(());
+    }
+    drop(current);
+    let _turn = pg.writer.lock().await;
+    catch_up(store, &*client).await
+}
+
+/// Drops the read barrier's connection (it failed or did not answer in time): the next read
+/// opens a new one rather than wait on a connection that may be dead.
+pub(super) fn forget_reader(pg: &Postgres) {
+    if let Ok(mut slot) = pg.reader.try_lock() {
+        *slot = None;
+    }
 }
 
 /// A write ready to commit: what the caller gets and what the snapshot becomes once it has.
@@ -354,6 +402,7 @@ where
         // Dropping the transaction rolls it back.
         return Ok(Written::Unchanged(out));
     }
+    let epoch = epoch.max(changes.floor);
     let rows = changes.rows()?;
     let chain = current
         .chain()
@@ -522,6 +571,7 @@ async fn session(
             "PostgreSQL policy store reconnected and caught up"
         );
     }
+    let mut pruned_at: Option<tokio::time::Instant> = None;
     let mut tick = tokio::time::interval(REVISION_CHECK);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -539,7 +589,14 @@ async fn session(
                 Some(Err(e)) => return Err(e),
                 None => return Err(StoreError::Unavailable("the listening connection closed".into())),
             },
-            _ = tick.tick() => {}
+            _ = tick.tick() => {
+                if pruned_at.is_none_or(|t| t.elapsed() >= PRUNE_EVERY) {
+                    pruned_at = Some(tokio::time::Instant::now());
+                    if let Err(e) = prune(pg, store.tombstone_horizon).await {
+                        tracing::warn!(error = %e, "pruning tombstones failed; retried later");
+                    }
+                }
+            }
         }
         let _turn = pg.writer.lock().await;
         tokio::time::timeout(QUERY_TIMEOUT, catch_up(store, &client))
@@ -554,6 +611,80 @@ impl Drop for AbortOnDrop {
     fn drop(&mut self) {
         self.0.abort();
     }
+}
+
+/// Loads the snapshot once, for a command that reads or writes the store without serving
+/// (`store export`, `import`, `copy`): migrates the schema when `migrate` (a writing
+/// command), else refuses a schema that is not this binary's.
+pub(super) async fn load_once(
+    store: &PolicyStore,
+    pg: &Postgres,
+    migrate: bool,
+) -> Result<(), StoreError> {
+    let mut client = pg.url.client().await?;
+    let found = migrations::current(&client).await?;
+    migrations::refuse_newer(found)?;
+    if migrate {
+        migrations::migrate(&mut client).await?;
+    } else if found < migrations::latest() {
+        return Err(StoreError::Unavailable(format!(
+            "the PostgreSQL schema is at version {found}, not {}: run `verifyiam store migrate` \
+             first",
+            migrations::latest()
+        )));
+    }
+    let _turn = pg.writer.lock().await;
+    catch_up(store, &client).await?;
+    store.mark_loaded();
+    Ok(())
+}
+
+/// How often a serving replica prunes tombstones past `iam.tombstone_horizon`.
+const PRUNE_EVERY: Duration = Duration::from_secs(60);
+
+/// See [`PolicyStore::prune_tombstones`]. Under the revision row lock, so it is serial with
+/// writes, and in one transaction with the revision entries it removes, so a replica either
+/// finds both (and catches up) or neither (and reloads).
+pub(super) async fn prune(pg: &Postgres, horizon: Duration) -> Result<u64, StoreError> {
+    let mut client = pg.url.client().await?;
+    let tx = client.transaction().await.map_err(pg_error)?;
+    tx.query_one(LOCK_REVISION, &[]).await.map_err(pg_error)?;
+    let below: Option<i64> = tx
+        .query_one(
+            "SELECT max(revision) FROM verifyiam_revisions \
+             WHERE committed_at < now() - make_interval(secs => $1)",
+            &[&horizon.as_secs_f64()],
+        )
+        .await
+        .map_err(pg_error)?
+        .get(0);
+    let Some(below) = below.filter(|b| *b > 0) else {
+        return Ok(0);
+    };
+    let pruned = tx
+        .execute(
+            "DELETE FROM verifyiam_records WHERE value IS NULL AND revision <= $1",
+            &[&below],
+        )
+        .await
+        .map_err(pg_error)?;
+    // The entry of `below` itself stays: a replica holding it missed no deletion.
+    tx.execute(
+        "DELETE FROM verifyiam_revisions WHERE revision < $1",
+        &[&below],
+    )
+    .await
+    .map_err(pg_error)?;
+    tx.commit().await.map_err(pg_error)?;
+    if pruned > 0 {
+        tracing::info!(
+            pruned,
+            below = below,
+            "pruned deletions past the tombstone horizon"
+        );
+        metrics::counter!("verifyiam_store_tombstones_pruned_total").increment(pruned);
+    }
+    Ok(pruned)
 }
 
 /// `verifyiam store migrate`: applies the migrations the database lacks.
