@@ -73,6 +73,11 @@ fn serve(args: ServeArgs) -> ExitCode {
         tracing::info!(extauthz = ?ext, admin = ?adm, "serving");
         match server::serve(listeners, app, shutdown_signal()).await {
             Ok(()) => ExitCode::SUCCESS,
+            // A refused login, a missing database or permission: only the operator can fix it.
+            Err(server::ServerError::Store(e)) if e.is_configuration() => {
+                eprintln!("{e}");
+                ExitCode::from(2)
+            }
             Err(e) => {
                 eprintln!("{e}");
                 ExitCode::from(3)

@@ -83,7 +83,7 @@ pub async fn run(command: Command) -> ExitCode {
             eprintln!("serve: run by the verifyiam binary, which binds its listeners");
             ExitCode::from(2)
         }
-        Command::Config(c) => config::run(c),
+        Command::Config(c) => config::run(c).await,
         Command::Store(c) => store::run(c).await,
         Command::Token(c) => token::run(c),
         Command::Check(args) => check::run(&args).await,

@@ -54,7 +54,8 @@ pub async fn migrate(config: &Config) -> Result<String, crate::store::StoreError
     })
 }
 
-/// Runs a `store` command: exit 2 for the configuration, 3 when the migration fails.
+/// Runs a `store` command: exit 2 for the configuration (including a refused login, a missing
+/// database or permission), 3 when the migration fails otherwise.
 pub(super) async fn run(command: StoreCommand) -> ExitCode {
     let StoreCommand::Migrate { config, store } = command;
     let loaded = match Config::load(&config).and_then(|mut c| {
@@ -74,7 +75,7 @@ pub(super) async fn run(command: StoreCommand) -> ExitCode {
         }
         Err(e) => {
             eprintln!("store migrate: {e}");
-            ExitCode::from(3)
+            ExitCode::from(if e.is_configuration() { 2 } else { 3 })
         }
     }
 }
