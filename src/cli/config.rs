@@ -20,6 +20,9 @@ pub enum ConfigCommand {
         /// `[[token.jwt]]` key set URL, each reported on its own line.
         #[arg(long)]
         connect: bool,
+        /// Overrides `iam.store`, as for `serve` (e.g. the PostgreSQL URL with its password).
+        #[arg(long, env = "VERIFYIAM_STORE", hide_env_values = true)]
+        store: Option<String>,
     },
     /// Print a complete configuration: every key, at its default, with what it does.
     Example,
@@ -30,7 +33,14 @@ pub enum ConfigCommand {
 /// 3 when something it names cannot be reached or answers wrongly.
 pub(super) async fn run(command: ConfigCommand) -> ExitCode {
     match command {
-        ConfigCommand::Check { file, connect } => match Config::load(&file) {
+        ConfigCommand::Check {
+            file,
+            connect,
+            store,
+        } => match Config::load(&file).and_then(|mut c| {
+            super::override_store(&mut c, store)?;
+            Ok(c)
+        }) {
             Ok(config) => {
                 println!("{}: ok", file.display());
                 if !connect {

@@ -30,7 +30,9 @@ pub use manage::{
     manage,
 };
 pub use policy::{PolicyArgs, PolicyTool, TroubleshootArgs, Troubleshooting, troubleshoot};
-pub use serve::{ServeArgs, dev_banner, dev_config, print_dev_banner, serve_config};
+pub use serve::{
+    DEFAULT_DATA_DIR, ServeArgs, dev_banner, dev_config, invoked_as, print_dev_banner, serve_config,
+};
 pub use store::{StoreCommand, migrate, override_store};
 pub use token::{TokenCommand, mint};
 
