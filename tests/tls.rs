@@ -424,9 +424,22 @@ async fn admin_listener_has_its_own_tls() {
 
 #[test]
 fn mtls_overlay_config_is_valid_with_real_files() {
-    let text = std::fs::read_to_string(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/deploy/kubernetes-overlays/mtls/configmap.yaml"
+    mtls_overlay_config_with_real_files("mtls");
+}
+
+#[test]
+fn replicated_mtls_overlay_config_is_valid_with_real_files() {
+    let config = mtls_overlay_config_with_real_files("replicated-mtls");
+    assert!(verifyiam::store::PgUrl::is_postgres(
+        &config.iam.store.to_string_lossy()
+    ));
+}
+
+/// The overlay's verifyiam.toml, its TLS files replaced by real ones, parsed and checked.
+fn mtls_overlay_config_with_real_files(overlay: &str) -> Config {
+    let text = std::fs::read_to_string(format!(
+        "{}/deploy/kubernetes-overlays/{overlay}/configmap.yaml",
+        env!("CARGO_MANIFEST_DIR")
     ))
     .unwrap();
     let toml: Vec<&str> = text
@@ -446,14 +459,15 @@ fn mtls_overlay_config_is_valid_with_real_files() {
     }
     let config = Config::parse(&toml).unwrap_or_else(|e| panic!("{e}\n{toml}"));
     let (tls, admin_tls) = (
-        config.server.tls.expect("[server.tls]"),
-        config.server.admin_tls.expect("[server.admin_tls]"),
+        config.server.tls.clone().expect("[server.tls]"),
+        config.server.admin_tls.clone().expect("[server.admin_tls]"),
     );
     assert!(tls.client_ca_file.is_some(), "Check needs mutual TLS");
     assert!(
         admin_tls.client_ca_file.is_none(),
         "the kubelet's probes present no certificate"
     );
+    config
 }
 
 #[tokio::test]
