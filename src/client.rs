@@ -1,9 +1,13 @@
 //! The admin API client behind the management commands (`verifyiam projects|environments|
 //! deployments|roles|groups …`): REST calls with the caller's token, read-modify-write of policy
 //! bindings with the etag (retried on `ABORTED` with jittered exponential backoff), output as
-//! JSON or YAML, and the exit codes scripts rely on.
+//! JSON or YAML, and the exit codes scripts rely on. Also the TLS options every command that
+//! talks to a listener shares ([`TlsArgs`]: `--cacert`, `--cert`/`--key`, `--insecure`), for the
+//! admin API here and for `check`'s gRPC channel ([`grpc_channel`]).
 
 use std::hash::{BuildHasher, Hasher};
+use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::{Value, json};
@@ -103,6 +107,241 @@ impl Format {
     }
 }
 
+/// How a command reaches a listener over TLS (`https://` addresses). Without `--cacert` the
+/// system's roots are trusted (`SSL_CERT_FILE` and `SSL_CERT_DIR` are honoured).
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct TlsArgs {
+    /// PEM file of the CA certificate(s) that signed the server's certificate (trusted instead of
+    /// the system's roots).
+    #[arg(long, global = true, env = "VERIFYIAM_CACERT")]
+    pub cacert: Option<PathBuf>,
+    /// PEM file of the client certificate (chain) presented to an mTLS listener; needs `--key`.
+    #[arg(long, global = true, env = "VERIFYIAM_CERT")]
+    pub cert: Option<PathBuf>,
+    /// PEM file of the client certificate's private key; needs `--cert`.
+    #[arg(long, global = true, env = "VERIFYIAM_KEY")]
+    pub key: Option<PathBuf>,
+    /// Do not verify the server's certificate (prints a warning; for a first try only).
+    #[arg(long, global = true)]
+    pub insecure: bool,
+}
+
+impl TlsArgs {
+    /// Whether any TLS option was given.
+    pub fn any(&self) -> bool {
+        self.cacert.is_some() || self.cert.is_some() || self.key.is_some() || self.insecure
+    }
+
+    /// The rustls client configuration these options describe, offering `alpn`. Usage errors
+    /// (exit 2) name the flag: a file that cannot be read or holds no certificate or key, `--cert`
+    /// without `--key`, `--insecure` with `--cacert`.
+    pub fn client_config(&self, alpn: &[&[u8]]) -> Result<Arc<rustls::ClientConfig>, ClientError> {
+        use rustls_pki_types::pem::PemObject as _;
+        use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+
+        let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+        let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
+            .with_safe_default_protocol_versions()
+            .map_err(|e| ClientError::usage(format!("TLS: {e}")))?;
+        let certs =
+            |flag: &str, path: &PathBuf| -> Result<Vec<CertificateDer<'static>>, ClientError> {
+                let certs: Vec<_> = CertificateDer::pem_file_iter(path)
+                    .and_then(|it| it.collect::<Result<Vec<_>, _>>())
+                    .map_err(|e| {
+                        ClientError::usage(format!(
+                            "{flag} {}: not a PEM certificate file: {e}",
+                            path.display()
+                        ))
+                    })?;
+                if certs.is_empty() {
+                    return Err(ClientError::usage(format!(
+                        "{flag} {}: holds no PEM certificate (-----BEGIN CERTIFICATE-----)",
+                        path.display()
+                    )));
+                }
+                Ok(certs)
+            };
+        let builder = if self.insecure {
+            if self.cacert.is_some() {
+                return Err(ClientError::usage(
+                    "--insecure and --cacert exclude each other: --cacert verifies, --insecure does not",
+                ));
+            }
+            eprintln!(
+                "WARNING: --insecure: the server's certificate is not verified; anyone on the path \
+                 can answer in its place (use --cacert FILE instead)"
+            );
+            builder
+                .dangerous()
+                .with_custom_certificate_verifier(Arc::new(NoVerification(provider)))
+        } else {
+            let mut roots = rustls::RootCertStore::empty();
+            match &self.cacert {
+                Some(path) => {
+                    for cert in certs("--cacert", path)? {
+                        roots.add(cert).map_err(|e| {
+                            ClientError::usage(format!("--cacert {}: {e}", path.display()))
+                        })?;
+                    }
+                }
+                None => {
+                    let native = rustls_native_certs::load_native_certs();
+                    roots.add_parsable_certificates(native.certs);
+                }
+            }
+            builder.with_root_certificates(roots)
+        };
+        let mut config = match (&self.cert, &self.key) {
+            (Some(cert), Some(key)) => {
+                let chain = certs("--cert", cert)?;
+                let key = PrivateKeyDer::from_pem_file(key).map_err(|e| {
+                    ClientError::usage(format!(
+                        "--key {}: not a PEM private key: {e}",
+                        key.display()
+                    ))
+                })?;
+                builder.with_client_auth_cert(chain, key).map_err(|e| {
+                    ClientError::usage(format!(
+                        "--cert/--key: the key does not go with the certificate: {e}"
+                    ))
+                })?
+            }
+            (None, None) => builder.with_no_client_auth(),
+            (Some(_), None) => return Err(ClientError::usage("--cert needs --key")),
+            (None, Some(_)) => return Err(ClientError::usage("--key needs --cert")),
+        };
+        config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+        Ok(Arc::new(config))
+    }
+}
+
+/// `--insecure`: accepts any server certificate, still checking that the handshake is signed
+/// by the key of the certificate presented.
+#[derive(Debug)]
+struct NoVerification(Arc<rustls::crypto::CryptoProvider>);
+
+impl rustls::client::danger::ServerCertVerifier for NoVerification {
+    fn verify_server_cert(
+        &self,
+        _end_entity: &rustls_pki_types::CertificateDer<'_>,
+        _intermediates: &[rustls_pki_types::CertificateDer<'_>],
+        _server_name: &rustls_pki_types::ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: rustls_pki_types::UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        Ok(rustls::client::danger::ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls_pki_types::CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls_pki_types::CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
+}
+
+/// Checks that `addr` is an `http://` or `https://` URL with a host, and that TLS options come
+/// only with `https://`; `flag` names it in the usage error.
+pub fn endpoint_url(flag: &str, addr: &str, tls: &TlsArgs) -> Result<url::Url, ClientError> {
+    let parsed = url::Url::parse(addr)
+        .ok()
+        .filter(|u| matches!(u.scheme(), "http" | "https") && u.host().is_some())
+        .ok_or_else(|| {
+            ClientError::usage(format!(
+                "{flag} {addr:?} is not an http(s) URL (e.g. http://127.0.0.1:9001, or \
+                 https://verifyiam.example.com:9001 for a TLS listener)"
+            ))
+        })?;
+    if parsed.scheme() == "http" && tls.any() {
+        return Err(ClientError::usage(format!(
+            "{flag} {addr:?}: --cacert, --cert, --key and --insecure are for https:// addresses"
+        )));
+    }
+    Ok(parsed)
+}
+
+/// A gRPC channel to `addr` (`--addr` of `check`): plaintext HTTP/2 for `http://`, TLS (with
+/// `tls`'s options, ALPN `h2`) for `https://`. Not being able to connect is exit 3.
+pub async fn grpc_channel(
+    addr: &str,
+    tls: &TlsArgs,
+) -> Result<tonic::transport::Channel, ClientError> {
+    let url = endpoint_url("--addr", addr, tls)?;
+    let endpoint = tonic::transport::Endpoint::from_shared(addr.to_owned())
+        .map_err(|e| ClientError::usage(format!("--addr {addr:?}: {e}")))?
+        .connect_timeout(Duration::from_secs(10));
+    let unreachable = |e: &(dyn std::error::Error + 'static)| ClientError {
+        code: exit::UNAVAILABLE,
+        message: format!("cannot connect to {addr}: {}", error_chain(e)),
+    };
+    if url.scheme() == "http" {
+        return endpoint.connect().await.map_err(|e| unreachable(&e));
+    }
+    let config = tls.client_config(&[b"h2"])?;
+    let host = url
+        .host_str()
+        .unwrap_or_default()
+        .trim_matches(['[', ']'])
+        .to_owned();
+    let server_name = rustls_pki_types::ServerName::try_from(host)
+        .map_err(|e| ClientError::usage(format!("--addr {addr:?}: {e}")))?;
+    let port = url.port_or_known_default().unwrap_or(443);
+    let connector = tokio_rustls::TlsConnector::from(config);
+    let target = format!("{}:{port}", url.host_str().unwrap_or_default());
+    endpoint
+        .connect_with_connector(tower::service_fn(move |_: http::Uri| {
+            let (connector, name, target) =
+                (connector.clone(), server_name.clone(), target.clone());
+            async move {
+                let tcp = tokio::net::TcpStream::connect(target).await?;
+                let tls = connector.connect(name, tcp).await?;
+                Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(tls))
+            }
+        }))
+        .await
+        .map_err(|e| unreachable(&e))
+}
+
+/// An error with its sources, `: `-joined (a TLS failure sits a few levels down).
+pub fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut out = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        let text = s.to_string();
+        if !out.contains(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        source = s.source();
+    }
+    out
+}
+
 /// A client of one admin endpoint as one caller.
 pub struct AdminClient {
     http: reqwest::Client,
@@ -113,20 +352,29 @@ pub struct AdminClient {
 impl AdminClient {
     /// A client of `base` (e.g. `http://127.0.0.1:9002`) sending `token` as a bearer token.
     pub fn new(base: &str, token: Option<String>) -> Result<AdminClient, ClientError> {
-        let parsed = url::Url::parse(base)
-            .ok()
-            .filter(|u| matches!(u.scheme(), "http" | "https") && u.host().is_some())
-            .ok_or_else(|| {
-                ClientError::usage(format!("--admin-url {base:?} is not an http(s) URL"))
-            })?;
-        let http = reqwest::Client::builder()
+        AdminClient::with_tls(base, token, &TlsArgs::default())
+    }
+
+    /// A client of `base` over TLS with `tls`'s options when `base` is `https://`.
+    pub fn with_tls(
+        base: &str,
+        token: Option<String>,
+        tls: &TlsArgs,
+    ) -> Result<AdminClient, ClientError> {
+        let parsed = endpoint_url("--admin-url", base, tls)?;
+        let mut builder = reqwest::Client::builder()
             .timeout(Duration::from_secs(30))
-            .user_agent(concat!("verifyiam-cli/", env!("CARGO_PKG_VERSION")))
-            .build()
-            .map_err(|e| ClientError {
-                code: exit::UNAVAILABLE,
-                message: e.to_string(),
-            })?;
+            .user_agent(concat!("verifyiam-cli/", env!("CARGO_PKG_VERSION")));
+        if parsed.scheme() == "https" {
+            // The CLI's client speaks HTTP/1.1 to the admin listener.
+            builder = builder.tls_backend_preconfigured(Arc::unwrap_or_clone(
+                tls.client_config(&[b"http/1.1"])?,
+            ));
+        }
+        let http = builder.build().map_err(|e| ClientError {
+            code: exit::UNAVAILABLE,
+            message: e.to_string(),
+        })?;
         Ok(AdminClient {
             http,
             base: parsed.as_str().trim_end_matches('/').to_owned(),
@@ -153,7 +401,7 @@ impl AdminClient {
         }
         let response = request.send().await.map_err(|e| ClientError {
             code: exit::UNAVAILABLE,
-            message: format!("cannot reach {}: {e}", self.base),
+            message: format!("cannot reach {}: {}", self.base, error_chain(&e)),
         })?;
         let status = response.status().as_u16();
         let text = response.text().await.map_err(|e| ClientError {

@@ -70,15 +70,37 @@ fn serve(args: ServeArgs) -> ExitCode {
         if let (Some(e), Some(a)) = (ext, adm) {
             verifyiam::cli::print_dev_banner(&args, e, a);
         }
-        tracing::info!(extauthz = ?ext, admin = ?adm, "serving");
+        if let (Some(e), Some(a)) = (ext, adm) {
+            tracing::info!(
+                extauthz = %e,
+                extauthz_tls = %tls_mode(app.config.server.tls.as_ref()),
+                admin = %a,
+                admin_tls = %tls_mode(app.config.server.admin_tls.as_ref()),
+                "serving"
+            );
+        }
         match server::serve(listeners, app, shutdown_signal()).await {
             Ok(()) => ExitCode::SUCCESS,
+            // A refused login, a missing database or permission: only the operator can fix it.
+            Err(server::ServerError::Store(e)) if e.is_configuration() => {
+                eprintln!("{e}");
+                ExitCode::from(2)
+            }
             Err(e) => {
                 eprintln!("{e}");
                 ExitCode::from(3)
             }
         }
     })
+}
+
+/// How a listener speaks: `off` (plaintext), `tls`, or `mtls` (a client certificate required).
+fn tls_mode(tls: Option<&verifyiam::config::TlsConfig>) -> &'static str {
+    match tls {
+        None => "off",
+        Some(t) if t.client_ca_file.is_some() => "mtls",
+        Some(_) => "tls",
+    }
 }
 
 async fn shutdown_signal() {

@@ -43,6 +43,10 @@ pub fn init_logging(json: bool) {
     }
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(colour(
+            std::io::IsTerminal::is_terminal(&std::io::stderr()),
+            std::env::var_os("NO_COLOR").as_deref(),
+        ))
         .with_writer(std::io::stderr);
     let guard = IllegalSniGuard::new();
     // A second initialisation (tests) is not an error worth reporting.
@@ -51,6 +55,12 @@ pub fn init_logging(json: bool) {
     } else {
         builder.finish().with(guard).try_init()
     };
+}
+
+/// Whether log lines carry colour codes: only on a terminal, and never with `NO_COLOR` set to
+/// anything but the empty string (no-color.org), so a log redirected to a file stays plain text.
+pub fn colour(terminal: bool, no_color: Option<&std::ffi::OsStr>) -> bool {
+    terminal && no_color.is_none_or(|v| v.is_empty())
 }
 
 /// Keeps rustls' illegal-SNI warning out of the log: rustls writes one per ClientHello that
@@ -182,6 +192,14 @@ impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for IllegalSniGuard {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn colour_only_on_a_terminal_and_never_with_no_color() {
+        assert!(super::colour(true, None));
+        assert!(super::colour(true, Some(std::ffi::OsStr::new(""))));
+        assert!(!super::colour(false, None));
+        assert!(!super::colour(true, Some(std::ffi::OsStr::new("1"))));
+    }
+
     use super::*;
 
     #[test]

@@ -428,3 +428,94 @@ async fn backend_token_failures_exit_non_zero_with_the_reason() {
     assert_eq!(code, 2, "{err}");
     assert!(err.contains("no [backend_auth]"), "{err}");
 }
+
+/// The dev banner names the command as it was run and passes `--data-dir` on to `token mint`;
+/// the start-up log says where each listener is and whether it speaks TLS, without colour codes
+/// when the log is not a terminal.
+#[tokio::test]
+async fn dev_banner_and_startup_log_say_what_was_run_plainly() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().to_str().unwrap();
+    let mut child = Command::new(BIN)
+        .args([
+            "serve",
+            "--dev",
+            "--data-dir",
+            data,
+            "--extauthz-addr",
+            "127.0.0.1:0",
+            "--admin-addr",
+            "127.0.0.1:0",
+        ])
+        .env_remove("CARGO")
+        .env_remove("NO_COLOR")
+        .env_remove("RUST_LOG")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut stdout = BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut banner = String::new();
+    let read = async {
+        while let Some(line) = stdout.next_line().await.unwrap() {
+            let last = line.contains("--backend-audience");
+            banner.push_str(&line);
+            banner.push('\n');
+            if last {
+                break;
+            }
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(30), read)
+        .await
+        .expect("banner printed");
+    assert!(!banner.contains("cargo run"), "{banner}");
+    assert!(
+        banner.contains(&format!(
+            "ADMIN=$({BIN} token mint --email admin@example.com --data-dir {data})"
+        )),
+        "{banner}"
+    );
+    assert!(
+        banner.contains(&format!("  {BIN} check --addr http://")),
+        "{banner}"
+    );
+
+    // The log line that says it serves: addresses as addresses, TLS named.
+    let mut stderr = BufReader::new(child.stderr.take().unwrap()).lines();
+    let serving = async {
+        while let Some(line) = stderr.next_line().await.unwrap() {
+            if line.contains("serving") {
+                return line;
+            }
+        }
+        String::new()
+    };
+    let line = tokio::time::timeout(Duration::from_secs(30), serving)
+        .await
+        .expect("serving logged");
+    assert!(
+        !line.contains('\x1b'),
+        "no colour codes off a terminal: {line:?}"
+    );
+    assert!(!line.contains("Some("), "{line}");
+    assert!(
+        line.contains("extauthz=127.0.0.1:") && line.contains("extauthz_tls=off"),
+        "{line}"
+    );
+    assert!(line.contains("admin_tls=off"), "{line}");
+    child.kill().await.unwrap();
+
+    // Under `cargo run` the banner says so.
+    let banner = verifyiam::cli::dev_banner(
+        "127.0.0.1:9001".parse().unwrap(),
+        "127.0.0.1:9002".parse().unwrap(),
+        Path::new(verifyiam::cli::DEFAULT_DATA_DIR),
+        "cargo run -q --",
+    );
+    assert!(
+        banner.contains("ADMIN=$(cargo run -q -- token mint --email admin@example.com)\n"),
+        "the default data directory needs no flag: {banner}"
+    );
+}

@@ -90,6 +90,15 @@ fn every_complete_toml_example_in_the_docs_is_valid() {
         };
         for (i, block) in toml_fences(&text).into_iter().enumerate() {
             // Fragments (no [iam] table) are excerpts, checked once merged with a minimal file.
+            // Blocks naming TLS files are the production walkthrough's: tests/production.rs
+            // parses them with real files in place.
+            if block
+                .lines()
+                .any(|l| l.trim_start().starts_with("cert_file"))
+            {
+                assert_eq!(doc, "docs/production.md", "toml block {i} names TLS files");
+                continue;
+            }
             let whole = if block.contains("[iam]") {
                 block.clone()
             } else {
@@ -296,5 +305,60 @@ fn configuration_page_quotes_the_complete_example_verbatim() {
         toml_fences(&page).iter().any(|f| f.trim_end() == example),
         "docs/configuration.md must quote `verifyiam config example` verbatim in a toml fence \
          under \"Complete example\"; paste src/config/example.toml there"
+    );
+}
+
+/// Every page and shipped Envoy file a user copies from.
+fn copied_from() -> Vec<String> {
+    let mut pages = vec!["README.md".to_owned()];
+    deploy_readmes(Path::new("deploy"), &mut pages);
+    pages.extend(docs_pages());
+    for entry in std::fs::read_dir(root().join("deploy/envoy")).unwrap() {
+        let name = entry.unwrap().file_name().to_string_lossy().into_owned();
+        if name.ends_with(".yaml") {
+            pages.push(format!("deploy/envoy/{name}"));
+        }
+    }
+    pages
+}
+
+/// `match: { prefix: /orders }` also matches `/orders-admin` and `/ordersX`, which would then
+/// carry the orders deployment: every route example matches whole segments instead.
+#[test]
+fn no_envoy_route_example_matches_a_bare_prefix() {
+    let mut seen = 0;
+    for page in copied_from() {
+        let text = std::fs::read_to_string(root().join(&page)).unwrap();
+        for (n, line) in text.lines().enumerate() {
+            let code = line.split('#').next().unwrap_or(line);
+            if code.contains("match:") && code.contains("prefix") {
+                seen += 1;
+                assert!(
+                    // `prefix: /` (everything) has no segment to run past.
+                    code.contains("path_separated_prefix") || code.contains("prefix: / }"),
+                    "{page}:{}: a route matched by a bare prefix: {line}",
+                    n + 1
+                );
+            }
+        }
+    }
+    assert!(seen > 0, "no route examples found");
+}
+
+/// The development issuer is documented as the code has it: its `iss` and where its key set is.
+#[test]
+fn the_dev_issuer_is_documented_as_served() {
+    let readme = std::fs::read_to_string(root().join("README.md")).unwrap();
+    assert!(
+        readme.contains(&format!("`{}`", verifyiam::authn::dev::DEV_ISSUER)),
+        "README names the dev issuer's iss"
+    );
+    assert!(readme.contains("http://127.0.0.1:9002/dev/jwks.json"));
+    let config = std::fs::read_to_string(root().join("docs/configuration.md")).unwrap();
+    assert!(config.contains("[token.dev]") && config.contains("/dev/jwks.json"));
+    let backends = std::fs::read_to_string(root().join("docs/backends.md")).unwrap();
+    assert!(
+        backends.contains("needs a\n  `[token.dev]` table"),
+        "source = \"dev\" says it needs [token.dev]"
     );
 }

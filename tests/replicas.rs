@@ -608,7 +608,7 @@ async fn refusing_server() -> SocketAddr {
 }
 
 #[tokio::test]
-async fn a_refused_login_stops_serve_with_a_clear_error_without_the_password() {
+async fn a_refused_login_stops_serve_with_exit_2_and_what_to_do_without_the_password() {
     let addr = refusing_server().await;
     let up = upstream().await;
     let dir = tempfile::tempdir().unwrap();
@@ -625,7 +625,11 @@ async fn a_refused_login_stops_serve_with_a_clear_error_without_the_password() {
             .await
             .unwrap();
         let err = String::from_utf8_lossy(&out.stderr);
-        assert_eq!(out.status.code(), Some(3), "{args:?}: {err}");
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {err}");
+        assert!(
+            err.contains("check the user and password"),
+            "{args:?}: {err}"
+        );
         assert!(
             err.contains(&format!("PostgreSQL at app@{addr}/iam refused the login")),
             "{args:?}: {err}"
@@ -633,6 +637,136 @@ async fn a_refused_login_stops_serve_with_a_clear_error_without_the_password() {
         assert!(err.contains("password authentication failed"), "{err}");
         assert!(!err.contains("Wr0ngSecret"), "{args:?}: {err}");
     }
+}
+
+/// Runs the binary with `args` and `--config path`; the exit code, stdout and stderr.
+async fn with_config(args: &[&str], path: &std::path::Path) -> (Option<i32>, String, String) {
+    let out = tokio::time::timeout(
+        Duration::from_secs(60),
+        Command::new(BIN)
+            .args(args)
+            .arg(path)
+            .env("NO_COLOR", "1")
+            .env_remove("VERIFYIAM_STORE")
+            .kill_on_drop(true)
+            .output(),
+    )
+    .await
+    .unwrap_or_else(|_| panic!("{args:?} did not exit: retried what it should refuse"))
+    .unwrap();
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[tokio::test]
+async fn a_missing_database_is_a_configuration_error_not_retried() {
+    // The server must be there for the database to be missing from it.
+    let Some(_db) = TestDatabase::create().await else {
+        return;
+    };
+    let up = upstream().await;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("verifyiam.toml");
+    let mut store = url::Url::parse(&database_server_url()).unwrap();
+    let missing = format!("verifyiam_missing_{}", std::process::id());
+    store.set_path(&format!("/{missing}"));
+    std::fs::write(&path, config_text(&up, store.as_str(), "")).unwrap();
+    for args in [
+        &["serve", "--config"][..],
+        &["store", "migrate", "--config"][..],
+    ] {
+        let (code, _, err) = with_config(args, &path).await;
+        assert_eq!(code, Some(2), "{args:?}: {err}");
+        assert!(
+            err.contains(&format!("the database \"{missing}\" does not exist"))
+                && err.contains(&format!("CREATE DATABASE {missing};")),
+            "{args:?}: {err}"
+        );
+    }
+    let (code, out, err) = with_config(&["config", "check", "--connect"], &path).await;
+    assert_eq!(code, Some(2), "{out}{err}");
+    assert!(out.contains("iam.store: FAILED: PostgreSQL at"), "{out}");
+    assert!(out.contains("token.jwt[0].jwks_uri: ok ("), "{out}");
+}
+
+#[tokio::test]
+async fn a_missing_permission_is_a_configuration_error_that_says_what_to_grant() {
+    let Some(db) = TestDatabase::create().await else {
+        return;
+    };
+    // A role that may log in but not create tables in the database's schema.
+    let role = format!("verifyiam_limited_{}", std::process::id());
+    let admin = |sql: String, url: String| async move {
+        let (client, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+            .await
+            .unwrap();
+        tokio::spawn(connection);
+        client.batch_execute(&sql).await.unwrap();
+    };
+    admin(
+        format!("DROP ROLE IF EXISTS {role}; CREATE ROLE {role} LOGIN"),
+        database_server_url(),
+    )
+    .await;
+    admin(
+        format!("REVOKE CREATE ON SCHEMA public FROM PUBLIC, {role}"),
+        db.url.clone(),
+    )
+    .await;
+    let up = upstream().await;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("verifyiam.toml");
+    let mut store = url::Url::parse(&db.url).unwrap();
+    store.set_username(&role).unwrap();
+    std::fs::write(&path, config_text(&up, store.as_str(), "")).unwrap();
+    let (code, out, err) = with_config(&["config", "check", "--connect"], &path).await;
+    assert_eq!(code, Some(2), "{out}{err}");
+    assert!(out.contains("lacks a permission verifyiam needs"), "{out}");
+    for args in [
+        &["serve", "--config"][..],
+        &["store", "migrate", "--config"][..],
+    ] {
+        let (code, _, err) = with_config(args, &path).await;
+        assert_eq!(code, Some(2), "{args:?}: {err}");
+        assert!(
+            err.contains("lacks a permission verifyiam needs") && err.contains("GRANT"),
+            "{args:?}: {err}"
+        );
+    }
+    drop(db);
+    admin(format!("DROP ROLE IF EXISTS {role}"), database_server_url()).await;
+}
+
+#[tokio::test]
+async fn config_check_connect_reports_each_dependency() {
+    let Some(db) = TestDatabase::create().await else {
+        return;
+    };
+    let up = upstream().await;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("verifyiam.toml");
+    std::fs::write(&path, config_text(&up, &db.url, "")).unwrap();
+    let (code, out, err) = with_config(&["config", "check", "--connect"], &path).await;
+    assert_eq!(code, Some(0), "{out}{err}");
+    assert!(out.contains("iam.store: ok (connected to "), "{out}");
+    assert!(out.contains("token.jwt[0].jwks_uri: ok ("), "{out}");
+    assert!(out.contains(" 2 keys)"), "{out}");
+
+    // The key set answers 404, the database is unreachable: each said, exit 3.
+    up.set("/jwks", Reply::status(404, "not here"));
+    let unreachable = "postgres://app@127.0.0.1:1/iam?sslmode=disable";
+    std::fs::write(&path, config_text(&up, unreachable, "")).unwrap();
+    let (code, out, err) = with_config(&["config", "check", "--connect"], &path).await;
+    assert_eq!(code, Some(3), "{out}{err}");
+    assert!(
+        out.contains("iam.store: FAILED: the policy store is unavailable"),
+        "{out}"
+    );
+    assert!(out.contains("token.jwt[0].jwks_uri: FAILED: "), "{out}");
+    assert!(out.contains("HTTP 404"), "{out}");
 }
 
 #[tokio::test]

@@ -11,82 +11,17 @@ use std::time::Duration;
 
 use envoy_types::pb::envoy::service::auth::v3::authorization_client::AuthorizationClient;
 use hyper_util::rt::TokioIo;
-use rcgen::{
-    BasicConstraints, CertificateParams, CertifiedIssuer, DnType, ExtendedKeyUsagePurpose, IsCa,
-    KeyPair, KeyUsagePurpose, SanType,
-};
 use rustls::ClientConfig;
-use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+use rustls_pki_types::{CertificateDer, ServerName};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::TlsConnector;
 use tonic::transport::Endpoint;
 
+use common::certs::{Ca, Leaf};
 use common::{ADMIN, ISSUER, Options, Outcome, PROJECT, Server, Upstream, check_request, rsa};
 use verifyiam::config::Config;
 use verifyiam::server::{self, Listeners};
-
-/// A certificate authority made for one test.
-struct Ca {
-    issuer: CertifiedIssuer<'static, KeyPair>,
-}
-
-/// A certificate and its key, as PEM and as rustls wants them.
-struct Leaf {
-    cert_pem: String,
-    key_pem: String,
-    der: CertificateDer<'static>,
-}
-
-impl Ca {
-    fn new(name: &str) -> Ca {
-        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
-        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        params.distinguished_name.push(DnType::CommonName, name);
-        params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
-        let issuer = CertifiedIssuer::self_signed(params, KeyPair::generate().unwrap()).unwrap();
-        Ca { issuer }
-    }
-
-    fn pem(&self) -> String {
-        self.issuer.pem()
-    }
-
-    fn der(&self) -> CertificateDer<'static> {
-        self.issuer.der().clone()
-    }
-
-    fn leaf(&self, name: &str, purpose: ExtendedKeyUsagePurpose) -> Leaf {
-        let mut params = CertificateParams::new(vec![name.to_owned()]).unwrap();
-        params
-            .subject_alt_names
-            .push(SanType::IpAddress([127, 0, 0, 1].into()));
-        params.distinguished_name.push(DnType::CommonName, name);
-        params.extended_key_usages = vec![purpose];
-        let key = KeyPair::generate().unwrap();
-        let cert = params.signed_by(&key, &self.issuer).unwrap();
-        Leaf {
-            cert_pem: cert.pem(),
-            key_pem: key.serialize_pem(),
-            der: cert.der().clone(),
-        }
-    }
-
-    fn server(&self) -> Leaf {
-        self.leaf("localhost", ExtendedKeyUsagePurpose::ServerAuth)
-    }
-
-    fn client(&self, name: &str) -> Leaf {
-        self.leaf(name, ExtendedKeyUsagePurpose::ClientAuth)
-    }
-}
-
-impl Leaf {
-    fn key(&self) -> PrivateKeyDer<'static> {
-        use rustls_pki_types::pem::PemObject as _;
-        PrivateKeyDer::from_pem_slice(self.key_pem.as_bytes()).unwrap()
-    }
-}
 
 /// The files of one listener's TLS.
 struct Files {
@@ -489,9 +424,22 @@ async fn admin_listener_has_its_own_tls() {
 
 #[test]
 fn mtls_overlay_config_is_valid_with_real_files() {
-    let text = std::fs::read_to_string(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/deploy/kubernetes-overlays/mtls/configmap.yaml"
+    mtls_overlay_config_with_real_files("mtls");
+}
+
+#[test]
+fn replicated_mtls_overlay_config_is_valid_with_real_files() {
+    let config = mtls_overlay_config_with_real_files("replicated-mtls");
+    assert!(verifyiam::store::PgUrl::is_postgres(
+        &config.iam.store.to_string_lossy()
+    ));
+}
+
+/// The overlay's verifyiam.toml, its TLS files replaced by real ones, parsed and checked.
+fn mtls_overlay_config_with_real_files(overlay: &str) -> Config {
+    let text = std::fs::read_to_string(format!(
+        "{}/deploy/kubernetes-overlays/{overlay}/configmap.yaml",
+        env!("CARGO_MANIFEST_DIR")
     ))
     .unwrap();
     let toml: Vec<&str> = text
@@ -511,14 +459,15 @@ fn mtls_overlay_config_is_valid_with_real_files() {
     }
     let config = Config::parse(&toml).unwrap_or_else(|e| panic!("{e}\n{toml}"));
     let (tls, admin_tls) = (
-        config.server.tls.expect("[server.tls]"),
-        config.server.admin_tls.expect("[server.admin_tls]"),
+        config.server.tls.clone().expect("[server.tls]"),
+        config.server.admin_tls.clone().expect("[server.admin_tls]"),
     );
     assert!(tls.client_ca_file.is_some(), "Check needs mutual TLS");
     assert!(
         admin_tls.client_ca_file.is_none(),
         "the kubelet's probes present no certificate"
     );
+    config
 }
 
 #[tokio::test]

@@ -98,10 +98,27 @@ def merge(base, patch, field=None):
     return patch
 
 
+def parent(overlay):
+    """What the overlay builds on: the base (None), or another overlay (`../replicated`)."""
+    (name,) = [r for r in kustomization(overlay)["resources"] if not (overlay / r).is_file()]
+    if name == "../../kubernetes":
+        return None
+    assert name.startswith("../") and "/" not in name[3:], name
+    assert (OVERLAYS_DIR / name[3:] / "kustomization.yaml").is_file(), name
+    return OVERLAYS_DIR / name[3:]
+
+
+def parent_objects(overlay):
+    """The objects the overlay's patches apply to."""
+    above = parent(overlay)
+    return base_objects() if above is None else effective(above)
+
+
 def effective(overlay):
-    """The overlay's objects: the base's, patched, plus its own resources."""
+    """The overlay's objects: its parent's (the base's, or another overlay's), patched, plus
+    its own resources."""
     k = kustomization(overlay)
-    objects = base_objects()
+    objects = parent_objects(overlay)
     for entry in k.get("patches", []):
         for patch in load_yaml_documents(overlay / entry["path"]):
             target = key_of(patch)
@@ -149,7 +166,9 @@ def test_overlays_exist():
 @pytest.mark.parametrize("overlay", OVERLAYS, ids=lambda p: p.name)
 def test_kustomization_refers_to_the_base_and_lists_every_file(overlay):
     k = kustomization(overlay)
-    assert "../../kubernetes" in k["resources"]
+    # The base, directly or through one other overlay (replicated-mtls builds on replicated).
+    above = parent(overlay)
+    assert above is None or parent(above) is None
     listed = {r for r in k["resources"] if (overlay / r).is_file()}
     listed |= {p["path"] for p in k.get("patches", [])}
     assert listed == {p.name for p in overlay.glob("*.yaml") if p.name != "kustomization.yaml"}
@@ -176,7 +195,7 @@ def test_overlay_file_is_valid(path):
 
 @pytest.mark.parametrize("overlay", OVERLAYS, ids=lambda p: p.name)
 def test_patches_target_base_objects(overlay):
-    base = base_objects()
+    base = parent_objects(overlay)
     for entry in kustomization(overlay).get("patches", []):
         assert set(entry) == {"path"}, "patches name their target by their own kind and name"
         for patch in load_yaml_documents(overlay / entry["path"]):
@@ -373,3 +392,72 @@ def test_mtls_probes_use_https_on_the_admin_port(mtls, probe):
     assert get["scheme"] == "HTTPS"
     assert get["port"] == "admin"
     assert get["path"] in {"/readyz", "/healthz"}
+
+
+# --- the replicated-mtls overlay -------------------------------------------------------
+
+REPLICATED_MTLS = OVERLAYS_DIR / "replicated-mtls"
+
+
+@pytest.fixture(scope="module")
+def replicated_mtls():
+    return effective(REPLICATED_MTLS)
+
+
+@pytest.fixture(scope="module")
+def replicated_mtls_config(replicated_mtls):
+    (doc,) = load_yaml_documents(REPLICATED_MTLS / "configmap.yaml")
+    assert "  verifyiam.toml: |\n" in (REPLICATED_MTLS / "configmap.yaml").read_text()
+    assert replicated_mtls["ConfigMap", "verifyiam-config"]["data"] == doc["data"]
+    return tomllib.loads(doc["data"]["verifyiam.toml"])
+
+
+def test_replicated_mtls_builds_on_the_replicated_overlay():
+    assert parent(REPLICATED_MTLS) == REPLICATED
+
+
+def test_replicated_mtls_config_is_replicated_plus_mtls(replicated_mtls_config, replicated_config, mtls_config):
+    # Everything but [server.tls]/[server.admin_tls] is the replicated overlay's file ...
+    config = copy.deepcopy(replicated_mtls_config)
+    tls, admin_tls = config["server"].pop("tls"), config["server"].pop("admin_tls")
+    assert config == replicated_config
+    # ... and those two are the mtls overlay's.
+    assert tls == mtls_config["server"]["tls"]
+    assert admin_tls == mtls_config["server"]["admin_tls"]
+
+
+def test_replicated_mtls_keeps_the_replicas_and_the_store_secret(replicated_mtls, replicated):
+    for key in [("HorizontalPodAutoscaler", "verifyiam"), ("PodDisruptionBudget", "verifyiam"),
+                ("Service", "verifyiam-pods")]:
+        assert replicated_mtls[key] == replicated[key], key
+    assert not any(kind == "PersistentVolumeClaim" for kind, _ in replicated_mtls)
+    spec = replicated_mtls["Deployment", "verifyiam"]["spec"]
+    assert spec["replicas"] >= 2 and spec["strategy"] == replicated["Deployment", "verifyiam"]["spec"]["strategy"]
+    (container,) = spec["template"]["spec"]["containers"]
+    (env,) = [e for e in container["env"] if e["name"] == "VERIFYIAM_STORE"]
+    assert env["valueFrom"] == {"secretKeyRef": {"name": "verifyiam-store", "key": "url"}}
+
+
+def test_replicated_mtls_mounts_the_tls_secret_where_the_config_names_it(replicated_mtls, replicated_mtls_config):
+    pod = replicated_mtls["Deployment", "verifyiam"]["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    for table in ("tls", "admin_tls"):
+        t = replicated_mtls_config["server"][table]
+        for path in [t[k] for k in ("cert_file", "key_file", "client_ca_file") if k in t]:
+            directory = path.rpartition("/")[0]
+            mount = next(m for m in container["volumeMounts"] if m["mountPath"] == directory)
+            assert mount["readOnly"] is True and "subPath" not in mount
+            assert volumes[mount["name"]]["secret"]["secretName"] == "verifyiam-tls"
+
+
+def test_replicated_mtls_probes_use_https_and_keep_liveness_apart_from_the_store(replicated_mtls):
+    (container,) = replicated_mtls["Deployment", "verifyiam"]["spec"]["template"]["spec"]["containers"]
+    paths = {}
+    for probe in ("livenessProbe", "readinessProbe", "startupProbe"):
+        assert "grpc" not in container[probe], "the kubelet's gRPC probe cannot do TLS"
+        get = container[probe]["httpGet"]
+        assert (get["scheme"], get["port"]) == ("HTTPS", "admin"), probe
+        paths[probe] = get["path"]
+    # Ready only with a fresh snapshot; alive whatever the database does.
+    assert paths == {"livenessProbe": "/healthz", "readinessProbe": "/readyz", "startupProbe": "/healthz"}

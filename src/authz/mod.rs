@@ -63,6 +63,55 @@ impl Reason {
             Reason::NotDeployed => "not_deployed",
         }
     }
+
+    /// What the reason means, for an operator (the debug log, `verifyiam check`); never sent to
+    /// the caller, whose 403 stays the same whether or not the deployment exists.
+    pub fn explanation(self) -> &'static str {
+        match self {
+            Reason::InvalidRequest => {
+                "the request carries no bearer token, or its Authorization header is malformed"
+            }
+            Reason::MalformedRequest => {
+                "the request's path or host cannot be read one way only, so no route is chosen"
+            }
+            Reason::InvalidToken => {
+                "the token is not valid: bad signature, expired, or from an issuer that is not trusted"
+            }
+            Reason::InsufficientScope => "the token is valid but lacks the required scope",
+            Reason::PermissionDenied => {
+                "the principal holds apigee.deployments.invoke neither on the project nor on the \
+                 deployment (a grant on the environment does not pass down)"
+            }
+            Reason::NoRoute => {
+                "the request names no deployment: no context_extensions and no [[routes]] entry matches"
+            }
+            Reason::Unavailable => {
+                "a dependency (a key set, tokeninfo, the policy store) could not answer in time"
+            }
+            Reason::NotDeployed => {
+                "the API is not deployed in this environment (undeployed, or never deployed while \
+                 iam.strict_deployments is on): its requests are refused whatever its policies say"
+            }
+        }
+    }
+
+    /// [`Reason::explanation`] for a metric label (the `reason` of the dynamic metadata).
+    pub fn explain_label(label: &str) -> Option<&'static str> {
+        Some(match label {
+            "ok" => "allowed",
+            "invalid_request" => {
+                "the request carries no usable bearer token, or its path or host cannot be read \
+                 one way only"
+            }
+            "invalid_token" => Reason::InvalidToken.explanation(),
+            "insufficient_scope" => Reason::InsufficientScope.explanation(),
+            "permission_denied" => Reason::PermissionDenied.explanation(),
+            "no_route" => Reason::NoRoute.explanation(),
+            "unavailable" => Reason::Unavailable.explanation(),
+            "not_deployed" => Reason::NotDeployed.explanation(),
+            _ => return None,
+        })
+    }
 }
 
 /// A denial: the reason, a message safe to show the caller, and what was known.

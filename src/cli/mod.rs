@@ -32,7 +32,9 @@ pub use manage::{
 pub use policy::{
     AnalyzeArgs, PolicyArgs, PolicyTool, TroubleshootArgs, Troubleshooting, analyze, troubleshoot,
 };
-pub use serve::{ServeArgs, dev_banner, dev_config, print_dev_banner, serve_config};
+pub use serve::{
+    DEFAULT_DATA_DIR, ServeArgs, dev_banner, dev_config, invoked_as, print_dev_banner, serve_config,
+};
 pub use store::{StoreCommand, migrate, override_store};
 pub use token::{TokenCommand, mint};
 
@@ -85,7 +87,7 @@ pub async fn run(command: Command) -> ExitCode {
             eprintln!("serve: run by the verifyiam binary, which binds its listeners");
             ExitCode::from(2)
         }
-        Command::Config(c) => config::run(c),
+        Command::Config(c) => config::run(c).await,
         Command::Store(c) => store::run(c).await,
         Command::Token(c) => token::run(c),
         Command::Check(args) => check::run(&args).await,

@@ -16,7 +16,7 @@ use std::process::ExitCode;
 use clap::{Args, Subcommand};
 use serde_json::{Value, json};
 
-use crate::client::{AdminClient, ClientError, Format};
+use crate::client::{AdminClient, ClientError, Format, TlsArgs};
 use crate::iam::roles::INVOKE;
 
 /// `policy …`
@@ -93,6 +93,9 @@ pub struct TroubleshootArgs {
     /// The answer as the API gives it instead of the readable report.
     #[arg(long, value_enum)]
     pub format: Option<Format>,
+    /// TLS toward an `https://` admin endpoint.
+    #[command(flatten)]
+    pub tls: TlsArgs,
 }
 
 /// What `policy troubleshoot` found: whether access is granted, and what to print.
@@ -130,21 +133,32 @@ fn resource_name(resource: &str, organization: Option<&str>) -> Result<String, C
 /// `policy troubleshoot`: asks the admin API and renders its answer.
 pub async fn troubleshoot(args: TroubleshootArgs) -> Result<Troubleshooting, ClientError> {
     let name = resource_name(&args.resource, args.organization.as_deref())?;
-    let client = AdminClient::new(&args.admin_url, args.token)?;
-    let body = json!({"accessTuple": {
-        "principal": args.principal_email,
-        "fullResourceName": name,
-        "permission": args.permission,
-    }});
-    let answer = client
-        .call(reqwest::Method::POST, "/v3/iam:troubleshoot", Some(&body))
-        .await?;
+    let client = AdminClient::with_tls(&args.admin_url, args.token, &args.tls)?;
+    let answer = ask(&client, &name, &args.principal_email, &args.permission).await?;
     let granted = answer["overallAccessState"] == "CAN_ACCESS";
     let stdout = match args.format {
         Some(format) => format.render(&answer),
         None => report(&answer, &args.resource, &args.principal_email),
     };
     Ok(Troubleshooting { granted, stdout })
+}
+
+/// The troubleshooter's answer (`POST /v3/iam:troubleshoot`) for `principal` (an email) using
+/// `permission` on the resource `name`.
+pub async fn ask(
+    client: &AdminClient,
+    name: &str,
+    principal: &str,
+    permission: &str,
+) -> Result<Value, ClientError> {
+    let body = json!({"accessTuple": {
+        "principal": principal,
+        "fullResourceName": name,
+        "permission": permission,
+    }});
+    client
+        .call(reqwest::Method::POST, "/v3/iam:troubleshoot", Some(&body))
+        .await
 }
 
 /// `apigee.deployments.invoke` reads as "invoke"; any other permission by its name.

@@ -14,6 +14,22 @@ use crate::config::{
     ServerConfig, TokenConfig,
 };
 
+/// `serve --dev`'s data directory unless `--data-dir` says otherwise.
+pub const DEFAULT_DATA_DIR: &str = ".verifyiam-dev";
+
+/// `word` as one shell word: as it is when plain, else single-quoted.
+fn shell_word(word: &str) -> String {
+    if !word.is_empty()
+        && word
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_./:@%+=,".contains(&b))
+    {
+        word.to_owned()
+    } else {
+        format!("'{}'", word.replace('\'', "'\\''"))
+    }
+}
+
 /// `serve`
 #[derive(Debug, Args)]
 pub struct ServeArgs {
@@ -24,7 +40,7 @@ pub struct ServeArgs {
     #[arg(long)]
     pub dev: bool,
     /// Data directory for `--dev`.
-    #[arg(long, default_value = ".verifyiam-dev")]
+    #[arg(long, default_value = DEFAULT_DATA_DIR)]
     pub data_dir: PathBuf,
     /// Overrides `server.extauthz_addr` (port 0 picks a free port; the banner shows it).
     #[arg(long)]
@@ -89,9 +105,34 @@ pub fn dev_config(data_dir: &Path) -> Config {
     }
 }
 
-/// What `serve --dev` prints once it listens.
-pub fn dev_banner(extauthz: SocketAddr, admin: SocketAddr, data_dir: &Path) -> String {
+/// How the banner names the command: `cargo run -q --` under `cargo run`, else the program as
+/// it was invoked (`verifyiam` from the PATH, `./target/release/verifyiam`, …).
+pub fn invoked_as() -> String {
+    if std::env::var_os("CARGO").is_some() && std::env::var_os("CARGO_MANIFEST_DIR").is_some() {
+        return "cargo run -q --".to_owned();
+    }
+    std::env::args_os()
+        .next()
+        .map(|a| a.to_string_lossy().into_owned())
+        .filter(|a| !a.is_empty() && !a.contains(char::is_whitespace))
+        .unwrap_or_else(|| "verifyiam".to_owned())
+}
+
+/// What `serve --dev` prints once it listens; `command` is how to run verifyiam again
+/// ([`invoked_as`]), and a `data_dir` other than the default is passed on to `token mint`.
+pub fn dev_banner(
+    extauthz: SocketAddr,
+    admin: SocketAddr,
+    data_dir: &Path,
+    command: &str,
+) -> String {
     let d = data_dir.display();
+    let data = if data_dir == Path::new(DEFAULT_DATA_DIR) {
+        String::new()
+    } else {
+        format!(" --data-dir {}", shell_word(&data_dir.to_string_lossy()))
+    };
+    let run = command;
     format!(
         "verifyiam is serving in development mode (data in {d})
   ext_authz gRPC  {extauthz}   (Envoy: envoy.service.auth.v3.Authorization/Check)
@@ -99,14 +140,14 @@ pub fn dev_banner(extauthz: SocketAddr, admin: SocketAddr, data_dir: &Path) -> S
   project         dev-project; admin@example.com holds roles/owner
 
 Try it (another shell, same directory):
-  ADMIN=$(cargo run -q -- token mint --email admin@example.com)
-  ALICE=$(cargo run -q -- token mint --email alice@example.com)
-  cargo run -q -- check --addr http://{extauthz} --deployment prod/orders --token \"$ALICE\"   # 403
+  ADMIN=$({run} token mint --email admin@example.com{data})
+  ALICE=$({run} token mint --email alice@example.com{data})
+  {run} check --addr http://{extauthz} --deployment prod/orders --token \"$ALICE\"   # 403
   curl -s 'http://{admin}/v1/organizations/dev-project/environments/prod/deployments/orders:setIamPolicy' \\
     --header \"Authorization: Bearer $ADMIN\" --header 'Content-Type: application/json' \\
     --data '{{\"policy\":{{\"bindings\":[{{\"members\":[\"user:alice@example.com\"],\"role\":\"roles/apigee.deploymentInvoker\"}}]}}}}'
-  cargo run -q -- check --addr http://{extauthz} --deployment prod/orders --token \"$ALICE\"   # allowed
-  cargo run -q -- check --addr http://{extauthz} --deployment prod/orders --token \"$ALICE\" \\
+  {run} check --addr http://{extauthz} --deployment prod/orders --token \"$ALICE\"   # allowed
+  {run} check --addr http://{extauthz} --deployment prod/orders --token \"$ALICE\" \\
     --backend-audience https://orders-7x2kq-uc.a.run.app   # allowed, with the backend's ID token
 "
     )
@@ -116,7 +157,7 @@ Try it (another shell, same directory):
 pub fn print_dev_banner(args: &ServeArgs, extauthz: SocketAddr, admin: SocketAddr) {
     if args.dev {
         // A closed stdout (the reader went away) must not take the service down.
-        let banner = dev_banner(extauthz, admin, &args.data_dir);
+        let banner = dev_banner(extauthz, admin, &args.data_dir, &invoked_as());
         let mut out = std::io::stdout().lock();
         let _ = writeln!(out, "{banner}").and_then(|()| out.flush());
     }

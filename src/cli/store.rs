@@ -131,6 +131,8 @@ impl DataError {
     fn code(&self) -> u8 {
         match self {
             DataError::Usage(_) | DataError::File { .. } => 2,
+            // A refused login, a missing database or permission: the configuration's to fix.
+            DataError::Store(e) if e.is_configuration() => 2,
             DataError::Store(_) | DataError::Verify(_) => 3,
         }
     }
@@ -343,8 +345,9 @@ async fn data(command: StoreCommand) -> Result<String, DataError> {
     }
 }
 
-/// Runs a `store` command: exit 2 for the configuration or the input file, 3 when the store
-/// (or the verification of a copy) fails.
+/// Runs a `store` command: exit 2 for the configuration (including a refused login, a missing
+/// database or permission) or the input file, 3 when the store (or the verification of a copy)
+/// fails.
 pub(super) async fn run(command: StoreCommand) -> ExitCode {
     let name = match &command {
         StoreCommand::Migrate { .. } => "store migrate",

@@ -5,36 +5,94 @@
 /// with an example value (`# key = value`) where it is optional or has no default.
 pub const EXAMPLE: &str = include_str!("example.toml");
 
+/// The example with its commented-out keys and tables switched on: a line `# key = …` or
+/// `# [table]` loses its `# `. Continuation comments (indented) and prose stay comments.
+pub(crate) fn uncommented() -> String {
+    EXAMPLE
+        .lines()
+        .map(|line| {
+            let Some(rest) = line.strip_prefix("# ") else {
+                return line.to_owned();
+            };
+            let key = rest.split(['=', ' ']).next().unwrap_or("");
+            let is_key = !key.is_empty()
+                && key.bytes().all(|b| b.is_ascii_lowercase() || b == b'_')
+                && rest[key.len()..].trim_start().starts_with('=');
+            if rest.starts_with('[') || is_key {
+                rest.to_owned()
+            } else {
+                line.to_owned()
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// The example's value at `path` (`routes[1].environment`: any index reads the first element).
+fn example_value(path: &str) -> Option<toml::Value> {
+    static TABLE: std::sync::OnceLock<Option<toml::Table>> = std::sync::OnceLock::new();
+    let table = TABLE.get_or_init(|| uncommented().parse().ok()).as_ref()?;
+    let mut value: Option<&toml::Value> = None;
+    for segment in path.split('.') {
+        let (key, indexed) = match segment.split_once('[') {
+            Some((key, _)) => (key, true),
+            None => (segment, false),
+        };
+        let next = match value {
+            None => table.get(key),
+            Some(v) => v.as_table()?.get(key),
+        }?;
+        value = Some(match next {
+            toml::Value::Array(items) if indexed => items.first()?,
+            other => other,
+        });
+    }
+    value.cloned()
+}
+
+/// `; e.g. path = value` from the example, for an error about the value at `path` (nothing when
+/// the example has none there). A table is named as one, to be copied from `config example`.
+pub(crate) fn hint(path: &str) -> String {
+    let leaf = path.rsplit('.').next().unwrap_or(path);
+    let leaf = leaf.split('[').next().unwrap_or(leaf);
+    // Lists the example leaves empty: one element that would do.
+    let element = match leaf {
+        "bootstrap_admins" | "members" => Some("\"user:ops@example.com\""),
+        "audiences" => Some("\"https://orders.example.com\""),
+        _ => None,
+    };
+    if let Some(element) = element {
+        return if path.ends_with(']') {
+            format!("; e.g. {element}")
+        } else {
+            format!("; e.g. {leaf} = [{element}]")
+        };
+    }
+    match example_value(path) {
+        Some(toml::Value::Table(_)) => {
+            format!("; e.g. a [{leaf}] table as in `verifyiam config example`")
+        }
+        Some(toml::Value::String(s)) if is_duration(&s) => format!(
+            "; e.g. {leaf} = \"{s}\" (a duration: a number and a unit, \"150ms\", \"30s\", \"5m\", \"1h\")"
+        ),
+        Some(toml::Value::Array(items)) if items.is_empty() => String::new(),
+        Some(value) => format!("; e.g. {leaf} = {value}"),
+        None => String::new(),
+    }
+}
+
+fn is_duration(s: &str) -> bool {
+    let digits = s.trim_end_matches(|c: char| c.is_ascii_alphabetic());
+    !digits.is_empty() && digits.len() < s.len() && digits.bytes().all(|b| b.is_ascii_digit())
+}
+
 #[cfg(test)]
 mod tests {
     use std::collections::BTreeSet;
     use std::time::Duration;
 
-    use super::EXAMPLE;
+    use super::{EXAMPLE, uncommented};
     use crate::config::{BackendAuthConfig, BackendTokenSource, Config, ConfigError};
-
-    /// The example with its commented-out keys and tables switched on: a line `# key = …` or
-    /// `# [table]` loses its `# `. Continuation comments (indented) and prose stay comments.
-    fn uncommented() -> String {
-        EXAMPLE
-            .lines()
-            .map(|line| {
-                let Some(rest) = line.strip_prefix("# ") else {
-                    return line.to_owned();
-                };
-                let key = rest.split(['=', ' ']).next().unwrap_or("");
-                let is_key = !key.is_empty()
-                    && key.bytes().all(|b| b.is_ascii_lowercase() || b == b'_')
-                    && rest[key.len()..].trim_start().starts_with('=');
-                if rest.starts_with('[') || is_key {
-                    rest.to_owned()
-                } else {
-                    line.to_owned()
-                }
-            })
-            .collect::<Vec<_>>()
-            .join("\n")
-    }
 
     /// Tables whose keys are data rather than configuration keys (any key is accepted).
     const FREE_FORM: &[&str] = &["attribute_mapping"];
@@ -68,7 +126,7 @@ mod tests {
     }
 
     /// The keys the real parser accepts in the table at `path`: an unknown key put there makes it
-    /// answer "unknown field `…`, expected one of `a`, `b`, …" (or "expected `a` or `b`").
+    /// answer "….zz_not_a_key: unknown key: expected one of `a`, `b`, …" (or "expected `a` or `b`").
     fn known_keys(document: &toml::Table, path: &[String]) -> BTreeSet<String> {
         const PROBE: &str = "zz_not_a_key";
         let mut probed = document.clone();
@@ -79,7 +137,7 @@ mod tests {
             other => panic!("[{}] takes any key: {other:?}", path.join(".")),
         };
         let expected = message
-            .split_once(&format!("unknown field `{PROBE}`, expected"))
+            .split_once(&format!("{PROBE}: unknown key: expected"))
             .unwrap_or_else(|| panic!("[{}]: {message}", path.join(".")))
             .1;
         expected

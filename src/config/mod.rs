@@ -1,7 +1,9 @@
 //! The one typed configuration: loaded from TOML, defaults filled in, validated at start.
 //!
-//! Unknown keys are errors (serde's `deny_unknown_fields`), and every validation error names the
-//! field it is about, so a bad file fails fast with a message an operator can act on.
+//! Unknown keys are errors (serde's `deny_unknown_fields`), and every error names the field it
+//! is about in one form — a dotted path with 0-based indices, `routes[1].environment` — and, for
+//! a value, shows a valid one from the complete example ([`EXAMPLE`]), so a bad file fails fast
+//! with a message an operator can act on.
 
 mod authz;
 mod backend;
@@ -45,14 +47,14 @@ pub enum ConfigError {
         /// Why.
         source: std::io::Error,
     },
-    /// The TOML did not parse or a key is unknown or has the wrong type.
+    /// The TOML did not parse, or a key is missing, unknown or has the wrong type.
     #[error("{0}")]
     Parse(String),
     /// A TLS file named by the configuration is missing or unusable.
     #[error(transparent)]
     Tls(#[from] crate::tls::TlsError),
     /// A value parsed but is not acceptable.
-    #[error("{field}: {reason}")]
+    #[error("{field}: {reason}{hint}", hint = example::hint(field))]
     Invalid {
         /// Dotted path of the offending field, e.g. `routes[1].path_prefix`.
         field: String,
@@ -103,8 +105,13 @@ impl Config {
 
     /// Parses and validates TOML text.
     pub fn parse(text: &str) -> Result<Config, ConfigError> {
-        let config: Config = toml::from_str(text)
-            .map_err(|e| ConfigError::Parse(e.to_string().trim().to_owned()))?;
+        let deserializer =
+            toml::Deserializer::parse(text).map_err(|e| parse_error(text, "", &e))?;
+        let config: Config = serde_path_to_error::deserialize(deserializer).map_err(|e| {
+            let path = e.path().to_string();
+            let path = if path == "." { String::new() } else { path };
+            parse_error(text, &path, e.inner())
+        })?;
         config.validate()?;
         Ok(config)
     }
@@ -134,6 +141,54 @@ impl Config {
         }
         Ok(())
     }
+}
+
+/// A TOML or type error as `path: problem (line N)`, with a valid example for a value: a missing
+/// key is named by its own path (`routes[1].environment: missing`), not by its table's.
+fn parse_error(text: &str, path: &str, e: &toml::de::Error) -> ConfigError {
+    let message = e.message().trim();
+    let line = e
+        .span()
+        .map(|span| {
+            let line = text[..span.start.min(text.len())].matches('\n').count() + 1;
+            format!(" (line {line})")
+        })
+        .unwrap_or_default();
+    let join = |key: &str| {
+        if path.is_empty() {
+            key.to_owned()
+        } else {
+            format!("{path}.{key}")
+        }
+    };
+    let quoted = |prefix: &str| {
+        message
+            .strip_prefix(prefix)
+            .and_then(|rest| rest.split('`').next())
+            .map(str::to_owned)
+    };
+    let (path, problem, hint) = if let Some(key) = quoted("missing field `") {
+        let path = join(&key);
+        let hint = example::hint(&path);
+        (path, "missing (required)".to_owned(), hint)
+    } else if let Some(key) = quoted("unknown field `") {
+        // serde names the known keys after the unknown one.
+        let known = message
+            .split_once(", expected ")
+            .map(|(_, k)| format!(": expected {k}"))
+            .unwrap_or_default();
+        let path = if path.ends_with(&key) {
+            path.to_owned()
+        } else {
+            join(&key)
+        };
+        (path, format!("unknown key{known}"), String::new())
+    } else if path.is_empty() {
+        return ConfigError::Parse(format!("{message}{line}"));
+    } else {
+        (path.to_owned(), message.to_owned(), example::hint(path))
+    };
+    ConfigError::Parse(format!("{path}: {problem}{line}{hint}"))
 }
 
 /// A resource-name segment: what Apigee accepts for organization, environment and API names.
@@ -350,6 +405,80 @@ deployment = "orders"
         let text = "[iam]\nproject = \"demo\"\n[[iam.groups]]\nemail = \"ops\"\n";
         let err = Config::parse(text).unwrap_err();
         assert!(err.to_string().starts_with("iam.groups[0].email"), "{err}");
+    }
+
+    /// Every kind of configuration error names its path in one form (dotted, 0-based indices)
+    /// and, for a value, shows a valid one.
+    #[test]
+    fn every_kind_of_error_names_its_path_and_shows_a_valid_value() {
+        let route =
+            "[[routes]]\npath_prefix = \"/a\"\nenvironment = \"prod\"\ndeployment = \"a\"\n";
+        let cases: &[(&str, &str, &str)] = &[
+            // A missing key: its own path, not its table's.
+            (
+                &format!("{MINIMAL}{route}[[routes]]\npath_prefix = \"/b\"\ndeployment = \"b\"\n"),
+                "routes[1].environment: missing (required) (line 7)",
+                "e.g. environment = \"prod\"",
+            ),
+            ("[server]\n", "iam: missing (required)", "[iam] table"),
+            // A value of the wrong form: the duration format is shown.
+            (
+                &format!("[server]\ncheck_deadline = \"fast\"\n{MINIMAL}"),
+                "server.check_deadline: invalid value: string \"fast\", expected a duration (line 2)",
+                "e.g. check_deadline = \"150ms\" (a duration: a number and a unit, \"150ms\", \"30s\", \"5m\"",
+            ),
+            (
+                &format!("{MINIMAL}max_staleness = 5\n"),
+                "iam.max_staleness: invalid type: integer `5`, expected a duration (line 3)",
+                "e.g. max_staleness = \"5m\"",
+            ),
+            (
+                &format!("[server]\nadmin_addr = \"nope\"\n{MINIMAL}"),
+                "server.admin_addr: invalid socket address syntax (line 2)",
+                "e.g. admin_addr = \"127.0.0.1:9002\"",
+            ),
+            (
+                &format!(
+                    "{MINIMAL}[[token.jwt]]\nissuer = \"x\"\njwks_uri = \"https://a.example/k\"\naudiences = \"x\"\n"
+                ),
+                "token.jwt[0].audiences: invalid type: string \"x\", expected a sequence (line 6)",
+                "e.g. audiences = [\"https://orders.example.com\"]",
+            ),
+            // A value that parsed but is not acceptable.
+            (
+                &format!("[server]\ncheck_deadline = \"0s\"\n{MINIMAL}"),
+                "server.check_deadline: must be between 1ms and 10s",
+                "e.g. check_deadline = \"150ms\"",
+            ),
+            (
+                &format!("{MINIMAL}[[token.jwt]]\nissuer = \"x\"\njwks_uri = \"nope\"\n"),
+                "token.jwt[0].jwks_uri: \"nope\" is not an http(s) URL",
+                "e.g. jwks_uri = \"https://www.googleapis.com/oauth2/v3/certs\"",
+            ),
+            (
+                "[iam]\nproject = \"demo\"\nbootstrap_admins = [\"ops\"]\n",
+                "iam.bootstrap_admins[0]: invalid member \"ops\"",
+                "e.g. \"user:ops@example.com\"",
+            ),
+            (
+                &format!("{MINIMAL}{route}{}", route.replace("\"/a\"", "\"b\"")),
+                "routes[1].path_prefix: must start with '/'",
+                "e.g. path_prefix = \"/orders\"",
+            ),
+            // An unknown key: its path and the keys that would be known there.
+            (
+                "[iam]\nproject = \"demo\"\nprojekt = 1\n",
+                "iam.projekt: unknown key: expected one of `project`",
+                "(line 3)",
+            ),
+            // Not TOML at all: where.
+            ("[iam\nproject = \"demo\"\n", "unclosed table", "(line 1)"),
+        ];
+        for (text, starts, contains) in cases {
+            let err = Config::parse(text).unwrap_err().to_string();
+            assert!(err.starts_with(starts), "{text}\n=> {err}");
+            assert!(err.contains(contains), "{text}\n=> {err}");
+        }
     }
 
     /// `{:?}` of a configuration never shows a password or a client secret.

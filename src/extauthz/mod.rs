@@ -428,7 +428,15 @@ impl CheckService {
             Decision::Deny(d) => {
                 self.metrics.denied(d.reason, continues).increment(1);
                 span.in_scope(|| {
-                    tracing::debug!(reason = d.reason.label(), continues, message = %d.message, "denied")
+                    tracing::debug!(
+                        reason = d.reason.label(),
+                        why = d.reason.explanation(),
+                        principal = d.principal.as_ref().map(|p| &*p.id),
+                        deployment = d.target.as_ref().map(|t| &*t.name),
+                        continues,
+                        message = %d.message,
+                        "denied"
+                    )
                 });
                 Some(d.reason)
             }

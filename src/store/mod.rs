@@ -69,13 +69,36 @@ pub enum StoreError {
     #[error("the policy store is unavailable: {0}")]
     Unavailable(String),
     /// The database refused our credentials. The message never carries the password.
-    #[error("PostgreSQL at {target} refused the login: {reason}")]
+    #[error(
+        "PostgreSQL at {target} refused the login: {reason}; check the user and password of \
+         iam.store (or VERIFYIAM_STORE) and the server's pg_hba.conf"
+    )]
     Login {
         /// The database, as `user@host:port/dbname` (no password).
         target: String,
         /// The server's reason.
         reason: String,
     },
+    /// The server is there but the database named in `iam.store` is not.
+    #[error(
+        "PostgreSQL at {target}: the database {database:?} does not exist; create it \
+         (`CREATE DATABASE {database};` as an administrator, or `createdb {database}`) or name \
+         an existing one in iam.store"
+    )]
+    MissingDatabase {
+        /// The database, as `user@host:port/dbname` (no password).
+        target: String,
+        /// The database name.
+        database: String,
+    },
+    /// The database refused an operation the store needs (creating its tables, reading them).
+    #[error(
+        "the PostgreSQL role of iam.store lacks a permission verifyiam needs ({0}); grant it on \
+         the database's schema and tables (e.g. `GRANT CREATE, USAGE ON SCHEMA public TO <role>;` \
+         and `GRANT ALL ON ALL TABLES IN SCHEMA public TO <role>;`), or let the schema's owner \
+         run `verifyiam store migrate` first"
+    )]
+    Privilege(String),
     /// The COMMIT was sent but its answer was lost, and the database could not be asked in time
     /// whether it took effect: the change may or may not have been applied (HTTP 503 / gRPC
     /// `UNAVAILABLE`, never "not applied").
@@ -100,6 +123,19 @@ pub enum StoreError {
         /// The newest this binary has.
         known: i64,
     },
+}
+
+impl StoreError {
+    /// Whether retrying cannot help until the configuration (or the database's set-up) changes:
+    /// a refused login, a missing database or permission. `serve` and `store migrate` exit 2.
+    pub fn is_configuration(&self) -> bool {
+        matches!(
+            self,
+            StoreError::Login { .. }
+                | StoreError::MissingDatabase { .. }
+                | StoreError::Privilege(_)
+        )
+    }
 }
 
 /// How long a write waits for the writer's turn (the writes of this replica ahead of it, and

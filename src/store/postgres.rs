@@ -70,6 +70,9 @@ const UPSERT: &str = "INSERT INTO verifyiam_records (kind, name, value, revision
 /// A database error as a store error (the messages of tokio-postgres never carry the password).
 pub(super) fn pg_error(e: tokio_postgres::Error) -> StoreError {
     match e.as_db_error() {
+        Some(db) if db.code() == &tokio_postgres::error::SqlState::INSUFFICIENT_PRIVILEGE => {
+            StoreError::Privilege(db.message().to_owned())
+        }
         Some(db) => StoreError::Io(format!("{}: {}", db.code().code(), db.message())),
         None if e.is_closed() => StoreError::Unavailable("the database connection closed".into()),
         None => StoreError::Unavailable(e.to_string()),
@@ -473,7 +476,8 @@ fn jitter() -> f64 {
 /// Keeps the replica's snapshot in step with the database until `stop`: connects (retrying
 /// with backoff), migrates on the first connection, `LISTEN`s, loads, then applies every
 /// notified change and checks the revision every [`REVISION_CHECK`]. Returns an error only for
-/// what retrying cannot fix before the first load (a refused login, a newer schema).
+/// what retrying cannot fix before the first load (a refused login, a missing database or
+/// permission, a newer schema).
 pub(super) async fn run(
     store: Arc<PolicyStore>,
     pg: &Postgres,
@@ -488,10 +492,8 @@ pub(super) async fn run(
             Err(e) => e,
         };
         metrics::counter!("verifyiam_store_connection_errors_total").increment(1);
-        let fatal = matches!(
-            e,
-            StoreError::Login { .. } | StoreError::SchemaTooNew { .. }
-        );
+        // Only an unreachable server is worth waiting for; these need someone to act.
+        let fatal = e.is_configuration() || matches!(e, StoreError::SchemaTooNew { .. });
         if fatal && !store.is_loaded() {
             return Err(e);
         }

@@ -2,6 +2,7 @@
 //! minted here, and small clients for Check (envoy-types' gRPC client) and the admin REST API.
 #![allow(dead_code)]
 
+pub mod certs;
 pub mod google;
 
 use std::collections::HashMap;
@@ -555,6 +556,16 @@ jwks_uri = "{jwks}"
             // A plaintext health probe cannot reach a TLS listener; /readyz follows the same
             // freshness as the ext_authz port's health.
             wait_readyz(self.admin).await;
+        } else if self.config.server.admin_tls.is_some() {
+            // Only the admin listener speaks TLS: the ext_authz port's health says enough.
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+            while !serving(self.extauthz).await {
+                assert!(
+                    tokio::time::Instant::now() < deadline,
+                    "server did not become ready"
+                );
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
         } else {
             wait_ready(self.admin, self.extauthz).await;
         }

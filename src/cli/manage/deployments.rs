@@ -6,7 +6,7 @@ use serde_json::{Value, json};
 
 use super::policy::{PolicyCommand, policy_command};
 use super::{Connection, Printed, enc, segment};
-use crate::client::{AdminClient, ClientError};
+use crate::client::ClientError;
 
 /// `deployments …`
 #[derive(Debug, Args)]
@@ -69,7 +69,7 @@ pub enum DeploymentsCommand {
 
 /// Runs a `deployments` command.
 pub(super) async fn run(a: DeploymentsArgs) -> Result<Printed, ClientError> {
-    let client = AdminClient::new(&a.connection.admin_url, a.connection.token)?;
+    let client = a.connection.client()?;
     let format = a.connection.format;
     let env_path = || -> Result<String, ClientError> {
         Ok(format!(

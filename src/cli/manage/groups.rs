@@ -5,7 +5,7 @@ use reqwest::Method;
 use serde_json::{Value, json};
 
 use super::{Connection, Printed, enc};
-use crate::client::{AdminClient, ClientError};
+use crate::client::ClientError;
 
 /// `groups …`
 #[derive(Debug, Args)]
@@ -48,7 +48,7 @@ pub enum GroupsCommand {
 
 /// Runs a `groups` command.
 pub(super) async fn run(a: GroupsArgs) -> Result<Printed, ClientError> {
-    let client = AdminClient::new(&a.connection.admin_url, a.connection.token)?;
+    let client = a.connection.client()?;
     let format = a.connection.format;
     let show = |v: Value, note: Option<String>| Printed {
         stdout: format.render(&v),

@@ -37,6 +37,16 @@ pub struct Connection {
     /// Output format.
     #[arg(long, global = true, value_enum, default_value = "json")]
     pub format: crate::client::Format,
+    /// TLS toward an `https://` admin endpoint.
+    #[command(flatten)]
+    pub tls: crate::client::TlsArgs,
+}
+
+impl Connection {
+    /// The admin API client this connection describes.
+    pub fn client(&self) -> Result<AdminClient, ClientError> {
+        AdminClient::with_tls(&self.admin_url, self.token.clone(), &self.tls)
+    }
 }
 
 /// `projects …`
@@ -91,12 +101,12 @@ pub(super) fn enc(s: &str) -> String {
 pub async fn manage(command: Command) -> Result<Printed, ClientError> {
     match command {
         Command::Projects(a) => {
-            let client = AdminClient::new(&a.connection.admin_url, a.connection.token)?;
+            let client = a.connection.client()?;
             let path = |p: &str| Ok(format!("/v1/projects/{}", segment("PROJECT", Some(p))?));
             policy_command(&client, a.connection.format, "project", path, a.command).await
         }
         Command::Environments(a) => {
-            let client = AdminClient::new(&a.connection.admin_url, a.connection.token)?;
+            let client = a.connection.client()?;
             let org = a.organization.clone();
             let path = |e: &str| {
                 Ok(format!(

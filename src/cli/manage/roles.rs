@@ -5,7 +5,7 @@ use reqwest::Method;
 use serde_json::{Value, json};
 
 use super::{Connection, Printed, enc, segment};
-use crate::client::{AdminClient, ClientError};
+use crate::client::ClientError;
 
 /// `roles …`
 #[derive(Debug, Args)]
@@ -95,7 +95,7 @@ fn role_body(fields: &RoleFieldArgs) -> (Value, Vec<&'static str>) {
 
 /// Runs a `roles` command.
 pub(super) async fn run(a: RolesArgs) -> Result<Printed, ClientError> {
-    let client = AdminClient::new(&a.connection.admin_url, a.connection.token)?;
+    let client = a.connection.client()?;
     let format = a.connection.format;
     let base = format!(
         "/v1/projects/{}/roles",

@@ -241,6 +241,35 @@ impl PgUrl {
         }
     }
 
+    /// `config check --connect`: connects, and checks that the store's tables exist or that the
+    /// role may create them. What was found, or why the database cannot be used.
+    pub async fn probe(&self) -> Result<String, StoreError> {
+        let client = self.client().await?;
+        let row = client
+            .query_one(
+                "SELECT to_regclass('verifyiam_schema') IS NOT NULL, \
+                 has_schema_privilege(current_schema(), 'CREATE'), current_user::text",
+                &[],
+            )
+            .await
+            .map_err(super::pg_error)?;
+        let (migrated, may_create, user): (bool, bool, String) =
+            (row.get(0), row.get(1), row.get(2));
+        if !migrated && !may_create {
+            return Err(StoreError::Privilege(format!(
+                "role {user:?} may not create the store's tables in the schema, and they are not there yet"
+            )));
+        }
+        Ok(if migrated {
+            format!("connected to {} as {user}; the schema is there", self.shown)
+        } else {
+            format!(
+                "connected to {} as {user}; the schema will be created at the first start",
+                self.shown
+            )
+        })
+    }
+
     /// A connection driven in the background, for writes and one-off commands.
     pub(super) async fn client(&self) -> Result<Client, StoreError> {
         let (client, connection) = self.connect().await?;
@@ -269,6 +298,14 @@ impl PgUrl {
                 text
             }
         };
+        if e.as_db_error()
+            .is_some_and(|db| db.code() == &tokio_postgres::error::SqlState::INVALID_CATALOG_NAME)
+        {
+            return StoreError::MissingDatabase {
+                target: self.shown.clone(),
+                database: self.config.get_dbname().unwrap_or_default().to_owned(),
+            };
+        }
         if login || text.contains("password missing") {
             StoreError::Login {
                 target: self.shown.clone(),
