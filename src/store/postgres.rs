@@ -436,6 +436,8 @@ pub(super) async fn run(
     metrics::gauge!("verifyiam_store_max_staleness_seconds").set(store.max_staleness.as_secs_f64());
     let connected = metrics::gauge!("verifyiam_store_connected");
     connected.set(0.0);
+    // Registered at zero: a counter that first appears at 1 hides that increase from rate().
+    metrics::counter!("verifyiam_store_connection_errors_total").increment(0);
     loop {
         let outcome = session(&store, pg, &mut migrated, &mut attempt, &stop).await;
         connected.set(0.0);
