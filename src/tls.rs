@@ -126,7 +126,13 @@ impl Files {
         CertificateDer::pem_slice_iter(&self.cert)
             .filter_map(Result::ok)
             .filter_map(|der| x509_cert::Certificate::from_der(der.as_ref()).ok())
-            .map(|c| c.tbs_certificate.validity.not_after.to_unix_duration().as_secs())
+            .map(|c| {
+                c.tbs_certificate
+                    .validity
+                    .not_after
+                    .to_unix_duration()
+                    .as_secs()
+            })
             .min()
     }
 
