@@ -319,3 +319,50 @@ impl Reloading {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A PEM certificate valid until `year`-01-01, signed by `issuer` (self-signed without one).
+    fn certificate(year: i32, issuer: Option<&rcgen::Issuer<'_, rcgen::KeyPair>>) -> String {
+        let mut params = rcgen::CertificateParams::new(vec!["localhost".to_owned()]).unwrap();
+        params.not_after = rcgen::date_time_ymd(year, 1, 1);
+        let key = rcgen::KeyPair::generate().unwrap();
+        match issuer {
+            Some(issuer) => params.signed_by(&key, issuer).unwrap().pem(),
+            None => params.self_signed(&key).unwrap().pem(),
+        }
+    }
+
+    fn files(cert: String) -> Files {
+        Files {
+            cert: cert.into_bytes(),
+            key: Vec::new(),
+            client_ca: None,
+        }
+    }
+
+    #[test]
+    fn the_expiry_is_the_earliest_not_after_of_the_chain() {
+        // 2100-01-01 and 2090-01-01 in Unix seconds.
+        assert_eq!(
+            files(certificate(2100, None)).expires_at(),
+            Some(4_102_444_800)
+        );
+        let mut ca = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        ca.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        ca.not_after = rcgen::date_time_ymd(2090, 1, 1);
+        let ca =
+            rcgen::CertifiedIssuer::self_signed(ca, rcgen::KeyPair::generate().unwrap()).unwrap();
+        let chain = certificate(2100, Some(&ca)) + &ca.pem();
+        assert_eq!(files(chain).expires_at(), Some(3_786_912_000));
+    }
+
+    #[test]
+    fn a_file_without_a_readable_certificate_has_no_expiry() {
+        assert_eq!(files(String::new()).expires_at(), None);
+        let garbage = "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n";
+        assert_eq!(files(garbage.to_owned()).expires_at(), None);
+    }
+}
