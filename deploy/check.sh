@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Validates everything under deploy/ (Envoy, Kubernetes, Istio, Docker files).
+# Validates everything under deploy/ (Envoy, Kubernetes, Istio, Docker files, Prometheus
+# rules and the Grafana dashboard).
 #
 #   bash deploy/check.sh            # from anywhere; paths resolve from the repo root
 #
@@ -8,7 +9,10 @@
 # pinned packages of deploy/requirements.txt into it, and runs the tests in
 # deploy/tests. Later runs reuse the environment and reinstall only when
 # requirements.txt changed, so they need no network at all. Needs Python >= 3.11
-# (set PYTHON to choose the interpreter); never needs root.
+# (set PYTHON to choose the interpreter). Prometheus's promtool checks and unit-tests the
+# alerting rules: when it is missing and this runs as root with apt-get, Debian's
+# `prometheus` package is installed for it; otherwise the rule tests are skipped, loudly (and
+# fail under CI=true).
 set -euo pipefail
 
 repo_root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -45,6 +49,14 @@ if [[ "$want" != "$have" ]]; then
     export PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_INPUT=1
     "$venv/bin/python" -m pip install --quiet --requirement "$requirements"
     echo "$want" > "$stamp"
+fi
+
+if ! command -v promtool >/dev/null 2>&1 && [[ "$(id -u)" == 0 ]] && command -v apt-get >/dev/null 2>&1; then
+    echo "deploy/check.sh: installing promtool (Debian package prometheus)" >&2
+    export DEBIAN_FRONTEND=noninteractive
+    if ! { apt-get update -qq && apt-get install -y -qq --no-install-recommends prometheus; } >&2; then
+        echo "deploy/check.sh: could not install promtool; the Prometheus rule tests will not run" >&2
+    fi
 fi
 
 # No bytecode or pytest cache left in the work tree.

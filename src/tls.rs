@@ -6,6 +6,9 @@
 //! CA is used from the next connection after the reload; connections already up keep theirs.
 //! A change that does not load (a half-written pair, a key that does not match) is refused and
 //! the previous configuration stays in force until the files are whole again.
+//!
+//! The certificate in force is measured: [`CERTIFICATE_EXPIRY`] holds when it expires, so an
+//! alert can fire before a rotation that never came.
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -20,6 +23,10 @@ use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::TlsConfig;
+
+/// When the certificate a listener serves expires (its chain's earliest `notAfter`), in seconds
+/// since the Unix epoch, by `listener` (`server.tls`, `server.admin_tls`).
+pub const CERTIFICATE_EXPIRY: &str = "verifyiam_tls_certificate_expiry_timestamp_seconds";
 
 /// Why a listener's TLS files cannot be used; each names the configuration field.
 #[derive(Debug, thiserror::Error)]
@@ -109,6 +116,24 @@ impl Files {
                 None => None,
             },
         })
+    }
+
+    /// When the certificate chain of `cert_file` stops being valid: the earliest `notAfter` of
+    /// its certificates, in seconds since the Unix epoch (`None` when none can be read as X.509;
+    /// rustls then refuses the file anyway).
+    fn expires_at(&self) -> Option<u64> {
+        use x509_cert::der::Decode as _;
+        CertificateDer::pem_slice_iter(&self.cert)
+            .filter_map(Result::ok)
+            .filter_map(|der| x509_cert::Certificate::from_der(der.as_ref()).ok())
+            .map(|c| {
+                c.tbs_certificate
+                    .validity
+                    .not_after
+                    .to_unix_duration()
+                    .as_secs()
+            })
+            .min()
     }
 
     /// A digest of all three, to notice a change.
@@ -206,6 +231,13 @@ pub fn check(config: &TlsConfig, field: &str) -> Result<(), TlsError> {
     Ok(())
 }
 
+/// Sets [`CERTIFICATE_EXPIRY`] for `listener` from the files just put in force.
+fn record_expiry(listener: &'static str, files: &Files) {
+    if let Some(at) = files.expires_at() {
+        metrics::gauge!(CERTIFICATE_EXPIRY, "listener" => listener).set(at as f64);
+    }
+}
+
 /// A listener's TLS configuration, replaced when its files change.
 pub struct Reloading {
     config: TlsConfig,
@@ -221,6 +253,7 @@ impl Reloading {
     pub fn load(config: &TlsConfig, field: &'static str, alpn: Alpn) -> Result<Self, TlsError> {
         let files = Files::read(config, field)?;
         let server = files.server_config(config, field, alpn)?;
+        record_expiry(field, &files);
         Ok(Reloading {
             config: config.clone(),
             field,
@@ -245,6 +278,7 @@ impl Reloading {
         }
         let server = files.server_config(&self.config, self.field, self.alpn)?;
         self.current.store(Arc::new(server));
+        record_expiry(self.field, &files);
         *self.fingerprint.lock().unwrap_or_else(|p| p.into_inner()) = fingerprint;
         Ok(true)
     }
@@ -283,5 +317,52 @@ impl Reloading {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A PEM certificate valid until `year`-01-01, signed by `issuer` (self-signed without one).
+    fn certificate(year: i32, issuer: Option<&rcgen::Issuer<'_, rcgen::KeyPair>>) -> String {
+        let mut params = rcgen::CertificateParams::new(vec!["localhost".to_owned()]).unwrap();
+        params.not_after = rcgen::date_time_ymd(year, 1, 1);
+        let key = rcgen::KeyPair::generate().unwrap();
+        match issuer {
+            Some(issuer) => params.signed_by(&key, issuer).unwrap().pem(),
+            None => params.self_signed(&key).unwrap().pem(),
+        }
+    }
+
+    fn files(cert: String) -> Files {
+        Files {
+            cert: cert.into_bytes(),
+            key: Vec::new(),
+            client_ca: None,
+        }
+    }
+
+    #[test]
+    fn the_expiry_is_the_earliest_not_after_of_the_chain() {
+        // 2100-01-01 and 2090-01-01 in Unix seconds.
+        assert_eq!(
+            files(certificate(2100, None)).expires_at(),
+            Some(4_102_444_800)
+        );
+        let mut ca = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        ca.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        ca.not_after = rcgen::date_time_ymd(2090, 1, 1);
+        let ca =
+            rcgen::CertifiedIssuer::self_signed(ca, rcgen::KeyPair::generate().unwrap()).unwrap();
+        let chain = certificate(2100, Some(&ca)) + &ca.pem();
+        assert_eq!(files(chain).expires_at(), Some(3_786_912_000));
+    }
+
+    #[test]
+    fn a_file_without_a_readable_certificate_has_no_expiry() {
+        assert_eq!(files(String::new()).expires_at(), None);
+        let garbage = "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n";
+        assert_eq!(files(garbage.to_owned()).expires_at(), None);
     }
 }

@@ -305,6 +305,8 @@ impl Authorizer {
             };
             metrics::counter!("verifyiam_cache_evictions_total", "cache" => "decision", "cause" => cause).increment(1);
         };
+        // Registered at zero: a counter that first appears at 1 hides that increase from rate().
+        metrics::counter!("verifyiam_decision_stale_served_total").increment(0);
         Authorizer {
             store,
             strict_deployments: false,

@@ -350,10 +350,14 @@ impl CheckMetrics {
 impl CheckService {
     /// Serves `checker`; `on_failure` says how a dependency failure is answered.
     pub fn new(checker: Arc<Checker>, on_failure: OnDependencyFailure) -> CheckService {
+        let metrics = CheckMetrics::new();
+        // The deadline beside the latency histogram, so dashboards and alerts compare the two
+        // without restating the configuration.
+        metrics::gauge!("verifyiam_check_deadline_seconds").set(checker.deadline.as_secs_f64());
         CheckService {
             checker,
             on_failure,
-            metrics: CheckMetrics::new(),
+            metrics,
         }
     }
 

@@ -485,8 +485,15 @@ pub(super) async fn run(
 ) -> Result<(), StoreError> {
     let mut attempt = 0u32;
     let mut migrated = false;
+    // Beside the staleness, so an alert can say how close a replica is to refusing Checks.
+    metrics::gauge!("verifyiam_store_max_staleness_seconds").set(store.max_staleness.as_secs_f64());
+    let connected = metrics::gauge!("verifyiam_store_connected");
+    connected.set(0.0);
+    // Registered at zero: a counter that first appears at 1 hides that increase from rate().
+    metrics::counter!("verifyiam_store_connection_errors_total").increment(0);
     loop {
         let outcome = session(&store, pg, &mut migrated, &mut attempt, &stop).await;
+        connected.set(0.0);
         let e = match outcome {
             Ok(()) => return Ok(()),
             Err(e) => e,
@@ -563,6 +570,9 @@ async fn session(
             .map_err(timed("catching up"))??;
     }
     *attempt = 0;
+    metrics::gauge!("verifyiam_store_connected").set(1.0);
+    // Set here too: a catch-up that found nothing new (an empty database) sets nothing.
+    metrics::gauge!("verifyiam_store_revision").set(store.snapshot().epoch as f64);
     if !store.is_loaded() {
         store.seed_pending().await?;
         store.mark_loaded();
