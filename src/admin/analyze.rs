@@ -58,12 +58,12 @@ impl AnalyzeSource for View<'_> {
 impl AdminState {
     /// `AnalyzeIamPolicy`: the grants that answer `query`, for a caller who may read the
     /// project's policies. Audited.
-    pub fn analyze_iam_policy(
+    pub async fn analyze_iam_policy(
         &self,
         caller: &Principal,
         query: pb::IamPolicyAnalysisQuery,
     ) -> Result<pb::AnalyzeIamPolicyResponse, ApiError> {
-        let answer = self.analyze_unaudited(caller, &query);
+        let answer = self.analyze_unaudited(caller, &query).await;
         tracing::info!(
             target: AUDIT_TARGET,
             caller = %caller.id.escape_debug(),
@@ -99,7 +99,7 @@ impl AdminState {
         })
     }
 
-    fn analyze_unaudited(
+    async fn analyze_unaudited(
         &self,
         caller: &Principal,
         query: &pb::IamPolicyAnalysisQuery,
@@ -112,11 +112,13 @@ impl AdminState {
                 query.scope
             )));
         }
-        let operation = self.require(
-            caller,
-            &self.project_resource(),
-            PermissionSet::PROJECTS_GET_IAM_POLICY,
-        )?;
+        let operation = self
+            .require(
+                caller,
+                &self.project_resource(),
+                PermissionSet::PROJECTS_GET_IAM_POLICY,
+            )
+            .await?;
         let options = query.options.unwrap_or_default();
         if options.analyze_service_account_impersonation {
             return Err(ApiError::InvalidArgument(
@@ -248,7 +250,7 @@ impl AssetService for AnalyzerService {
         }
         let query = request.analysis_query.unwrap_or_default();
         Ok(tonic::Response::new(
-            self.state.analyze_iam_policy(&caller, query)?,
+            self.state.analyze_iam_policy(&caller, query).await?,
         ))
     }
 }
@@ -264,7 +266,7 @@ pub async fn rest(
 ) -> Result<Response, ApiError> {
     let caller = state.caller(headers).await?;
     let query = rest_query(scope, raw)?;
-    let answer = state.analyze_iam_policy(&caller, query)?;
+    let answer = state.analyze_iam_policy(&caller, query).await?;
     Ok(axum::Json(response_json(&answer)).into_response())
 }
 
@@ -445,6 +447,15 @@ mod tests {
         }
     }
 
+    /// Runs `f` to completion on this thread (the audit capture is this thread's).
+    fn block_on<T>(f: impl std::future::Future<Output = T>) -> T {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+            .block_on(f)
+    }
+
     fn caller(email: &str) -> Principal {
         Principal {
             id: email.into(),
@@ -474,8 +485,9 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let state = admin(dir.path());
         let orders = "organizations/p/environments/prod/deployments/orders";
-        let (answer, events, _) =
-            audit_events(|| state.analyze_iam_policy(&caller(OWNER), who_can_invoke(orders)));
+        let (answer, events, _) = audit_events(|| {
+            block_on(state.analyze_iam_policy(&caller(OWNER), who_can_invoke(orders)))
+        });
         // The bootstrap owner holds invoke through the project.
         let answer = answer.unwrap();
         let results = &answer.main_analysis.unwrap().analysis_results;
@@ -491,7 +503,7 @@ mod tests {
         assert_eq!(field(&events[0], "outcome"), "ok");
 
         let (answer, events, _) = audit_events(|| {
-            state.analyze_iam_policy(&caller("eve@example.org"), who_can_invoke(orders))
+            block_on(state.analyze_iam_policy(&caller("eve@example.org"), who_can_invoke(orders)))
         });
         assert!(
             matches!(answer, Err(ApiError::PermissionDenied(_))),
