@@ -66,6 +66,15 @@ impl Pki {
         self.path(name).to_str().unwrap().to_owned()
     }
 
+    /// The `--cacert`, `--cert` and `--key` arguments of a client that presents its certificate.
+    fn client_files(&self) -> (String, String, String) {
+        (
+            self.arg("ca.crt"),
+            self.arg("client.crt"),
+            self.arg("client.key"),
+        )
+    }
+
     fn table(&self, table: &str, mtls: bool) -> String {
         let mut out = format!(
             "[server.{table}]\ncert_file = {:?}\nkey_file = {:?}\n",
@@ -109,15 +118,7 @@ async fn check_reaches_a_tls_listener_with_its_ca_and_says_why_without_it() {
         .await;
     let alice = token(ALICE);
     let https = format!("https://127.0.0.1:{}", s.extauthz.port());
-    let base = [
-        "check",
-        "--addr",
-        &https,
-        "--deployment",
-        "prod/orders",
-        "--token",
-        &alice,
-    ];
+    let base = check_args(&https, "prod/orders", &alice);
     let with = |extra: &[&str]| {
         let mut args = base.to_vec();
         args.extend_from_slice(extra);
@@ -171,27 +172,10 @@ async fn check_presents_a_client_certificate_to_an_mtls_listener() {
     let s = tls_server(pki.table("tls", true)).await;
     let https = format!("https://127.0.0.1:{}", s.extauthz.port());
     let alice = token(ALICE);
-    let (ca, cert, key) = (
-        pki.arg("ca.crt"),
-        pki.arg("client.crt"),
-        pki.arg("client.key"),
-    );
-    let (code, out, err) = run(&[
-        "check",
-        "--addr",
-        &https,
-        "--deployment",
-        "prod/orders",
-        "--token",
-        &alice,
-        "--cacert",
-        &ca,
-        "--cert",
-        &cert,
-        "--key",
-        &key,
-    ])
-    .await;
+    let (ca, cert, key) = pki.client_files();
+    let mut args = check_args(&https, "prod/orders", &alice);
+    args.extend(["--cacert", &ca, "--cert", &cert, "--key", &key]);
+    let (code, out, err) = run(&args).await;
     assert_eq!(code, 1, "answered, and denied: {out}{err}");
     assert!(out.contains("reason: permission_denied"), "{out}");
 
@@ -221,19 +205,9 @@ async fn management_commands_reach_an_mtls_admin_listener() {
     let s = tls_server(pki.table("admin_tls", true)).await;
     let url = format!("https://127.0.0.1:{}", s.admin.port());
     let admin = token(ADMIN);
-    let (ca, cert, key) = (
-        pki.arg("ca.crt"),
-        pki.arg("client.crt"),
-        pki.arg("client.key"),
-    );
-    let (code, out, err) = run(&[
-        "projects",
-        "add-iam-policy-binding",
-        PROJECT,
-        "--member",
-        &format!("user:{ALICE}"),
-        "--role",
-        INVOKER,
+    let (ca, cert, key) = pki.client_files();
+    // Every command below reaches the admin listener with the client's certificate.
+    let through_mtls = [
         "--admin-url",
         &url,
         "--token",
@@ -244,28 +218,35 @@ async fn management_commands_reach_an_mtls_admin_listener() {
         &cert,
         "--key",
         &key,
-    ])
+    ];
+    let (code, out, err) = run(&[
+        &[
+            "projects",
+            "add-iam-policy-binding",
+            PROJECT,
+            "--member",
+            &format!("user:{ALICE}"),
+            "--role",
+            INVOKER,
+        ][..],
+        &through_mtls[..],
+    ]
+    .concat())
     .await;
     assert_eq!(code, 0, "{out}{err}");
     assert!(out.contains(&format!("user:{ALICE}")), "{out}");
 
     let (code, out, err) = run(&[
-        "policy",
-        "troubleshoot",
-        &format!("projects/{PROJECT}"),
-        "--principal-email",
-        ALICE,
-        "--admin-url",
-        &url,
-        "--token",
-        &admin,
-        "--cacert",
-        &ca,
-        "--cert",
-        &cert,
-        "--key",
-        &key,
-    ])
+        &[
+            "policy",
+            "troubleshoot",
+            &format!("projects/{PROJECT}"),
+            "--principal-email",
+            ALICE,
+        ][..],
+        &through_mtls[..],
+    ]
+    .concat())
     .await;
     assert_eq!(code, 0, "{out}{err}");
     assert!(out.starts_with(&format!("{ALICE} CAN invoke")), "{out}");

@@ -114,6 +114,14 @@ async fn get_policy(s: &Server, api: &str) -> Value {
     v
 }
 
+/// Runs `store import` of `file` into the store of `config`, with `flags` before the file.
+async fn store_import(config: &Path, flags: &[&str], file: &Path) -> (i32, String, String) {
+    let mut args = vec!["import", "--config", config.to_str().unwrap()];
+    args.extend_from_slice(flags);
+    args.push(file.to_str().unwrap());
+    store_cli(&args).await
+}
+
 /// Exports the store of `config` to a file in `dir`; its text.
 async fn export(dir: &Path, config: &Path, name: &str) -> String {
     let file = dir.join(name);
@@ -284,10 +292,7 @@ async fn a_truncated_or_malformed_export_is_refused_with_its_line_and_nothing_is
         let file = dir.path().join("bad.jsonl");
         std::fs::write(&file, &content).unwrap();
         for mode in [&[][..], &["--replace"][..]] {
-            let mut args = vec!["import", "--config", target_config.to_str().unwrap()];
-            args.extend_from_slice(mode);
-            args.push(file.to_str().unwrap());
-            let (code, out, err) = store_cli(&args).await;
+            let (code, out, err) = store_import(&target_config, mode, &file).await;
             assert_eq!(code, 2, "{what} {mode:?}: {out}{err}");
             assert!(err.contains(&says), "{what}: should say {says:?}: {err}");
         }
@@ -300,28 +305,14 @@ async fn a_truncated_or_malformed_export_is_refused_with_its_line_and_nothing_is
 
     // A good file into a store that holds something else: refused without --replace.
     let good = dir.path().join("a.jsonl");
-    let (code, out, err) = store_cli(&[
-        "import",
-        "--config",
-        target_config.to_str().unwrap(),
-        good.to_str().unwrap(),
-    ])
-    .await;
+    let (code, out, err) = store_import(&target_config, &[], &good).await;
     assert_eq!(code, 3, "{out}{err}");
     assert!(
         err.contains("not empty") && err.contains("--replace"),
         "{err}"
     );
     // --dry-run says what --replace would do and writes nothing.
-    let (code, out, err) = store_cli(&[
-        "import",
-        "--config",
-        target_config.to_str().unwrap(),
-        "--replace",
-        "--dry-run",
-        good.to_str().unwrap(),
-    ])
-    .await;
+    let (code, out, err) = store_import(&target_config, &["--replace", "--dry-run"], &good).await;
     assert_eq!(code, 0, "{out}{err}");
     assert!(
         out.contains(&format!("change policy projects/{PROJECT}")),
@@ -333,14 +324,7 @@ async fn a_truncated_or_malformed_export_is_refused_with_its_line_and_nothing_is
         before
     );
     // --replace makes the store hold the file's records and nothing else.
-    let (code, out, err) = store_cli(&[
-        "import",
-        "--config",
-        target_config.to_str().unwrap(),
-        "--replace",
-        good.to_str().unwrap(),
-    ])
-    .await;
+    let (code, out, err) = store_import(&target_config, &["--replace"], &good).await;
     assert_eq!(code, 0, "{out}{err}");
     let replaced = export(dir.path(), &target_config, "after.jsonl").await;
     assert_eq!(records(&replaced), records(&text));
@@ -353,14 +337,15 @@ async fn store_copy_verifies_counts_and_etags() {
     let (_source, source_config, policy) = filled(dir.path()).await;
     let text = export(dir.path(), &source_config, "a.jsonl").await;
     let target = Arc::new(TestStore::for_suite().await);
-    let (code, out, err) = store_cli(&[
+    let to = target.location();
+    let copy = [
         "copy",
         "--from",
         source_config.to_str().unwrap(),
         "--to",
-        &target.location(),
-    ])
-    .await;
+        &to,
+    ];
+    let (code, out, err) = store_cli(&copy).await;
     assert_eq!(code, 0, "{out}{err}");
     let n = records(&text).len();
     assert!(
@@ -373,14 +358,7 @@ async fn store_copy_verifies_counts_and_etags() {
         records(&text)
     );
     // Copying again finds the same records: nothing to do, still verified.
-    let (code, out, err) = store_cli(&[
-        "copy",
-        "--from",
-        source_config.to_str().unwrap(),
-        "--to",
-        &target.location(),
-    ])
-    .await;
+    let (code, out, err) = store_cli(&copy).await;
     assert_eq!(code, 0, "{out}{err}");
     let s = Server::start_with(Options {
         store: Some(target),

@@ -124,19 +124,18 @@ fn bearer(t: &str) -> String {
     format!("Bearer {t}")
 }
 
+/// A Check by the bearer of `t` on deployment `api` of `prod`.
+async fn check_as(s: &Server, t: &str, api: &str) -> Outcome {
+    s.check(Some(&bearer(t)), "prod", api).await
+}
+
 #[tokio::test]
 async fn kubernetes_service_account_is_allowed_through_its_subject_and_no_other() {
     let s = server().await;
     s.grant_deployment("prod", "orders", &principal(K8S_POOL, ORDERS), INVOKER)
         .await;
 
-    let o = s
-        .check(
-            Some(&bearer(&k8s_token("default", "orders"))),
-            "prod",
-            "orders",
-        )
-        .await;
+    let o = check_as(&s, &k8s_token("default", "orders"), "orders").await;
     assert!(o.allowed(), "{o:#?}");
     let name = principal(K8S_POOL, ORDERS);
     assert_eq!(o.header("x-verifyiam-principal"), Some(name.as_str()));
@@ -144,23 +143,11 @@ async fn kubernetes_service_account_is_allowed_through_its_subject_and_no_other(
     assert_eq!(o.metadata["decision"], "allow");
 
     // Another service account of the same namespace: a valid token, no grant.
-    let o = s
-        .check(
-            Some(&bearer(&k8s_token("default", "billing"))),
-            "prod",
-            "orders",
-        )
-        .await;
+    let o = check_as(&s, &k8s_token("default", "billing"), "orders").await;
     o.assert_denied(PERMISSION_DENIED, 403, None);
     assert_eq!(o.metadata["principal"], principal(K8S_POOL, BILLING));
     // The grant is on one deployment only.
-    let o = s
-        .check(
-            Some(&bearer(&k8s_token("default", "orders"))),
-            "prod",
-            "payments",
-        )
-        .await;
+    let o = check_as(&s, &k8s_token("default", "orders"), "payments").await;
     o.assert_denied(PERMISSION_DENIED, 403, None);
 }
 
@@ -175,22 +162,14 @@ async fn a_namespace_attribute_grant_admits_every_service_account_of_the_namespa
     )
     .await;
     for name in ["orders", "billing"] {
-        let o = s
-            .check(Some(&bearer(&k8s_token("default", name))), "prod", "orders")
-            .await;
+        let o = check_as(&s, &k8s_token("default", name), "orders").await;
         assert!(o.allowed(), "{name}: {o:#?}");
         assert_eq!(
             o.header("x-verifyiam-principal"),
             Some(principal(K8S_POOL, &format!("system:serviceaccount:default:{name}")).as_str())
         );
     }
-    let o = s
-        .check(
-            Some(&bearer(&k8s_token("kube-system", "orders"))),
-            "prod",
-            "orders",
-        )
-        .await;
+    let o = check_as(&s, &k8s_token("kube-system", "orders"), "orders").await;
     o.assert_denied(PERMISSION_DENIED, 403, None);
 }
 
@@ -199,17 +178,9 @@ async fn the_whole_pool_is_granted_by_its_star_member_and_only_that_pool() {
     let s = server().await;
     s.grant_project(&principal_set(K8S_POOL, "*"), INVOKER)
         .await;
-    let o = s
-        .check(Some(&bearer(&k8s_token("team-a", "any"))), "prod", "orders")
-        .await;
+    let o = check_as(&s, &k8s_token("team-a", "any"), "orders").await;
     assert!(o.allowed(), "{o:#?}");
-    let o = s
-        .check(
-            Some(&bearer(&github_token("acme", "orders"))),
-            "prod",
-            "orders",
-        )
-        .await;
+    let o = check_as(&s, &github_token("acme", "orders"), "orders").await;
     o.assert_denied(PERMISSION_DENIED, 403, None);
 }
 
@@ -223,35 +194,17 @@ async fn github_repository_grant_and_the_owner_condition() {
         INVOKER,
     )
     .await;
-    let o = s
-        .check(
-            Some(&bearer(&github_token("acme", "orders"))),
-            "prod",
-            "orders",
-        )
-        .await;
+    let o = check_as(&s, &github_token("acme", "orders"), "orders").await;
     assert!(o.allowed(), "{o:#?}");
     assert_eq!(
         o.header("x-verifyiam-principal"),
         Some(principal(GITHUB_POOL, "repo:acme/orders:ref:refs/heads/main").as_str())
     );
     // Another repository of the owner passes the condition and has no grant.
-    let o = s
-        .check(
-            Some(&bearer(&github_token("acme", "billing"))),
-            "prod",
-            "orders",
-        )
-        .await;
+    let o = check_as(&s, &github_token("acme", "billing"), "orders").await;
     o.assert_denied(PERMISSION_DENIED, 403, None);
     // Another owner is refused by the pool itself, whatever the grants.
-    let o = s
-        .check(
-            Some(&bearer(&github_token("evil", "orders"))),
-            "prod",
-            "orders",
-        )
-        .await;
+    let o = check_as(&s, &github_token("evil", "orders"), "orders").await;
     o.assert_denied(UNAUTHENTICATED, 401, Some("invalid_token"));
     assert!(
         o.message().contains("attribute condition"),
@@ -270,7 +223,7 @@ async fn a_mapping_that_fails_is_a_clear_401() {
     let t = rsa().sign(&json!({
         "iss": K8S_ISSUER, "aud": K8S_AUDIENCE, "sub": ORDERS, "iat": n, "exp": n + 600,
     }));
-    let o = s.check(Some(&bearer(&t)), "prod", "orders").await;
+    let o = check_as(&s, &t, "orders").await;
     o.assert_denied(UNAUTHENTICATED, 401, Some("invalid_token"));
     assert!(
         o.message().contains("attribute.namespace"),
@@ -283,7 +236,7 @@ async fn a_mapping_that_fails_is_a_clear_401() {
         "iss": K8S_ISSUER, "aud": K8S_AUDIENCE, "sub": long, "iat": n, "exp": n + 600,
         "kubernetes.io": {"namespace": "default"},
     }));
-    let o = s.check(Some(&bearer(&t)), "prod", "orders").await;
+    let o = check_as(&s, &t, "orders").await;
     o.assert_denied(UNAUTHENTICATED, 401, Some("invalid_token"));
     assert!(o.message().contains("at most 127"), "{}", o.message());
     // A pool token for another audience is refused before any mapping.
@@ -291,7 +244,7 @@ async fn a_mapping_that_fails_is_a_clear_401() {
         "iss": K8S_ISSUER, "aud": "https://kubernetes.default.svc", "sub": ORDERS,
         "iat": n, "exp": n + 600, "kubernetes.io": {"namespace": "default"},
     }));
-    let o = s.check(Some(&bearer(&t)), "prod", "orders").await;
+    let o = check_as(&s, &t, "orders").await;
     o.assert_denied(UNAUTHENTICATED, 401, Some("invalid_token"));
     assert!(o.message().contains("audience"), "{}", o.message());
 }
@@ -310,9 +263,9 @@ async fn same_subject_with_other_attributes_never_shares_a_cached_decision() {
     let outsider = partner_token("u-1001", "payments", json!({}));
     // The allowed decision is made (and cached) first; then the same subject with another team.
     for _ in 0..2 {
-        let o = s.check(Some(&bearer(&member)), "prod", "orders").await;
+        let o = check_as(&s, &member, "orders").await;
         assert!(o.allowed(), "{o:#?}");
-        let o = s.check(Some(&bearer(&outsider)), "prod", "orders").await;
+        let o = check_as(&s, &outsider, "orders").await;
         o.assert_denied(PERMISSION_DENIED, 403, None);
         assert_eq!(o.metadata["principal"], principal(PARTNER_POOL, "u-1001"));
     }
@@ -325,11 +278,11 @@ async fn same_subject_with_other_attributes_never_shares_a_cached_decision() {
     )
     .await;
     let sre = partner_token("u-1001", "payments", json!({"groups": ["sre"]}));
-    let o = s.check(Some(&bearer(&outsider)), "prod", "payments").await;
+    let o = check_as(&s, &outsider, "payments").await;
     o.assert_denied(PERMISSION_DENIED, 403, None);
-    let o = s.check(Some(&bearer(&sre)), "prod", "payments").await;
+    let o = check_as(&s, &sre, "payments").await;
     assert!(o.allowed(), "{o:#?}");
-    let o = s.check(Some(&bearer(&outsider)), "prod", "payments").await;
+    let o = check_as(&s, &outsider, "payments").await;
     o.assert_denied(PERMISSION_DENIED, 403, None);
 }
 
@@ -345,7 +298,7 @@ async fn a_pool_token_is_never_matched_by_email_members_and_an_email_never_by_po
         "x",
         json!({"email": "alice@example.com", "email_verified": true}),
     );
-    let o = s.check(Some(&bearer(&t)), "prod", "orders").await;
+    let o = check_as(&s, &t, "orders").await;
     o.assert_denied(PERMISSION_DENIED, 403, None);
     assert_eq!(o.metadata["principal"], principal(PARTNER_POOL, "alice"));
     // And alice's own Google-style token is not admitted by the pool's members.
@@ -359,15 +312,9 @@ async fn a_pool_token_is_never_matched_by_email_members_and_an_email_never_by_po
     let path = format!("/v1/projects/{PROJECT}:setIamPolicy");
     let (status, v) = s.post(&path, Some(&token(ADMIN)), r#"{"policy":{}}"#).await;
     assert_eq!(status, 200, "{v}");
-    let o = s
-        .check(
-            Some(&bearer(&token("alice@example.com"))),
-            "prod",
-            "payments",
-        )
-        .await;
+    let o = check_as(&s, &token("alice@example.com"), "payments").await;
     o.assert_denied(PERMISSION_DENIED, 403, None);
-    let o = s.check(Some(&bearer(&t)), "prod", "payments").await;
+    let o = check_as(&s, &t, "payments").await;
     assert!(o.allowed(), "{o:#?}");
 }
 
@@ -457,9 +404,7 @@ async fn deleted_members_are_accepted_kept_and_inert() {
         "alice@example.com",
         "builder@demo-project.iam.gserviceaccount.com",
     ] {
-        let o = s
-            .check(Some(&bearer(&token(email))), "prod", "orders")
-            .await;
+        let o = check_as(&s, &token(email), "orders").await;
         o.assert_denied(PERMISSION_DENIED, 403, None);
     }
 }
@@ -552,13 +497,7 @@ async fn the_troubleshooter_explains_pool_members_and_agrees_with_the_check() {
         "MEMBERSHIP_MATCHED",
         "{explained:#}"
     );
-    let o = s
-        .check(
-            Some(&bearer(&k8s_token("default", "orders"))),
-            "prod",
-            "orders",
-        )
-        .await;
+    let o = check_as(&s, &k8s_token("default", "orders"), "orders").await;
     assert!(o.allowed(), "{o:#?}");
     // Another pool's identity is not included.
     let (status, answer) = s

@@ -164,6 +164,17 @@ async fn until(what: &str, mut check: impl AsyncFnMut() -> bool) -> Duration {
     panic!("{what}: not within 60 s");
 }
 
+/// Two replicas started together and both ready: `a` on `store_a` with `iam_a` in its `[iam]`
+/// section, `b` on `store_b` with the defaults.
+async fn two_ready(up: &Upstream, store_a: &str, iam_a: &str, store_b: &str) -> (Replica, Replica) {
+    let (a, b) = tokio::join!(
+        Replica::spawn(up, store_a, iam_a),
+        Replica::spawn(up, store_b, "")
+    );
+    tokio::join!(a.ready(), b.ready());
+    (a, b)
+}
+
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
     sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
 }
@@ -197,11 +208,7 @@ async fn changes_through_one_replica_apply_on_another_within_a_second() {
         return;
     };
     let up = upstream().await;
-    let (a, b) = tokio::join!(
-        Replica::spawn(&up, &db.url, ""),
-        Replica::spawn(&up, &db.url, "")
-    );
-    tokio::join!(a.ready(), b.ready());
+    let (a, b) = two_ready(&up, &db.url, "", &db.url).await;
     let bearer = format!("Bearer {}", token(ALICE));
     let alice = format!("user:{ALICE}");
     let mut client = b.client().await;
@@ -254,11 +261,7 @@ async fn an_etag_read_on_one_replica_is_spent_once_across_the_fleet() {
         return;
     };
     let up = upstream().await;
-    let (a, b) = tokio::join!(
-        Replica::spawn(&up, &db.url, ""),
-        Replica::spawn(&up, &db.url, "")
-    );
-    tokio::join!(a.ready(), b.ready());
+    let (a, b) = two_ready(&up, &db.url, "", &db.url).await;
     let (status, read) = a
         .post(
             &dep_path("orders", "getIamPolicy"),
@@ -283,11 +286,7 @@ async fn two_cli_processes_through_two_replicas_keep_all_thirty_bindings() {
         return;
     };
     let up = upstream().await;
-    let (a, b) = tokio::join!(
-        Replica::spawn(&up, &db.url, ""),
-        Replica::spawn(&up, &db.url, "")
-    );
-    tokio::join!(a.ready(), b.ready());
+    let (a, b) = two_ready(&up, &db.url, "", &db.url).await;
     let admin = token(ADMIN);
     let writer = |replica: &Replica, who: &'static str| {
         let url = format!("http://{}", replica.admin);
@@ -343,11 +342,7 @@ async fn a_replica_killed_during_a_write_storm_loses_no_acknowledged_write() {
         return;
     };
     let up = upstream().await;
-    let (mut a, b) = tokio::join!(
-        Replica::spawn(&up, &db.url, ""),
-        Replica::spawn(&up, &db.url, "")
-    );
-    tokio::join!(a.ready(), b.ready());
+    let (mut a, b) = two_ready(&up, &db.url, "", &db.url).await;
     // Eight writers, each on its own deployment, writing generation after generation through A.
     let acked: Arc<Mutex<Vec<u32>>> = Arc::new(Mutex::new(vec![0; 8]));
     let stop = Arc::new(AtomicBool::new(false));
@@ -460,23 +455,28 @@ impl Proxy {
     }
 }
 
+impl Proxy {
+    /// A proxy in front of the test database, and the store URL that reaches it through the proxy.
+    async fn in_front_of(db: &TestDatabase) -> (Proxy, String) {
+        let mut url = url::Url::parse(&db.url).unwrap();
+        let target: SocketAddr =
+            format!("{}:{}", url.host_str().unwrap(), url.port().unwrap_or(5432))
+                .parse()
+                .expect("the test server is addressed by IP");
+        let proxy = Proxy::start(target).await;
+        url.set_port(Some(proxy.addr.port())).unwrap();
+        (proxy, url.into())
+    }
+}
+
 #[tokio::test]
 async fn a_replica_cut_off_from_the_database_fails_static_then_closed_and_catches_up() {
     let Some(db) = TestDatabase::create().await else {
         return;
     };
-    let mut url = url::Url::parse(&db.url).unwrap();
-    let target: SocketAddr = format!("{}:{}", url.host_str().unwrap(), url.port().unwrap_or(5432))
-        .parse()
-        .expect("the test server is addressed by IP");
-    let proxy = Proxy::start(target).await;
-    url.set_port(Some(proxy.addr.port())).unwrap();
+    let (proxy, url) = Proxy::in_front_of(&db).await;
     let up = upstream().await;
-    let (a, b) = tokio::join!(
-        Replica::spawn(&up, url.as_str(), "max_staleness = \"8s\""),
-        Replica::spawn(&up, &db.url, "")
-    );
-    tokio::join!(a.ready(), b.ready());
+    let (a, b) = two_ready(&up, &url, "max_staleness = \"8s\"", &db.url).await;
     let alice = format!("user:{ALICE}");
     let bearer = format!("Bearer {}", token(ALICE));
     b.grant_deployment("prod", "orders", &alice, INVOKER).await;
@@ -534,15 +534,10 @@ async fn an_unreachable_database_at_start_is_retried_until_it_answers() {
     let Some(db) = TestDatabase::create().await else {
         return;
     };
-    let mut url = url::Url::parse(&db.url).unwrap();
-    let target: SocketAddr = format!("{}:{}", url.host_str().unwrap(), url.port().unwrap_or(5432))
-        .parse()
-        .unwrap();
-    let proxy = Proxy::start(target).await;
+    let (proxy, url) = Proxy::in_front_of(&db).await;
     proxy.cut();
-    url.set_port(Some(proxy.addr.port())).unwrap();
     let up = upstream().await;
-    let mut a = Replica::spawn(&up, url.as_str(), "").await;
+    let mut a = Replica::spawn(&up, &url, "").await;
     until("the failed attempt is logged", async || {
         a.logged("cannot load the policy store from PostgreSQL yet")
     })
@@ -936,11 +931,7 @@ impl DumpedAtRevision2 {
             return None;
         }
         let up = upstream().await;
-        let (a, b) = tokio::join!(
-            Replica::spawn(&up, &db.url, ""),
-            Replica::spawn(&up, &db.url, ""),
-        );
-        tokio::join!(a.ready(), b.ready());
+        let (a, b) = two_ready(&up, &db.url, "", &db.url).await;
         for api in ["unrelated-1", "unrelated-2"] {
             let bob = "user:bob@example.com";
             assert_eq!(set_policy(&a, api, invokers(&[bob])).await.0, 200);
@@ -1140,11 +1131,7 @@ async fn a_revoke_queued_before_a_self_grant_refuses_the_self_grant() {
         return;
     };
     let up = upstream().await;
-    let (a, b) = tokio::join!(
-        Replica::spawn(&up, &db.url, ""),
-        Replica::spawn(&up, &db.url, "")
-    );
-    tokio::join!(a.ready(), b.ready());
+    let (a, b) = two_ready(&up, &db.url, "", &db.url).await;
     let project = format!("/v1/projects/{PROJECT}:setIamPolicy");
     let mallory = format!("user:{MALLORY}");
     let grant =
@@ -1245,14 +1232,9 @@ async fn a_stale_replica_answers_admin_reads_503() {
     let Some(db) = TestDatabase::create().await else {
         return;
     };
-    let mut url = url::Url::parse(&db.url).unwrap();
-    let target: SocketAddr = format!("{}:{}", url.host_str().unwrap(), url.port().unwrap_or(5432))
-        .parse()
-        .expect("the test server is addressed by IP");
-    let proxy = Proxy::start(target).await;
-    url.set_port(Some(proxy.addr.port())).unwrap();
+    let (proxy, url) = Proxy::in_front_of(&db).await;
     let up = upstream().await;
-    let a = Replica::spawn(&up, url.as_str(), "max_staleness = \"4s\"").await;
+    let a = Replica::spawn(&up, &url, "max_staleness = \"4s\"").await;
     a.ready().await;
     let alice = format!("user:{ALICE}");
     assert_eq!(set_policy(&a, "orders", invokers(&[&alice])).await.0, 200);
@@ -1322,11 +1304,7 @@ async fn a_write_through_one_replica_is_read_back_through_another_at_once_every_
         return;
     };
     let up = upstream().await;
-    let (a, b) = tokio::join!(
-        Replica::spawn(&up, &db.url, ""),
-        Replica::spawn(&up, &db.url, "")
-    );
-    tokio::join!(a.ready(), b.ready());
+    let (a, b) = two_ready(&up, &db.url, "", &db.url).await;
     let admin = token(ADMIN);
     for i in 0..100 {
         let (writer, reader) = if i % 2 == 0 { (&a, &b) } else { (&b, &a) };
@@ -1388,18 +1366,9 @@ async fn a_replica_that_cannot_reach_the_database_answers_admin_reads_503_not_st
     let Some(db) = TestDatabase::create().await else {
         return;
     };
-    let mut url = url::Url::parse(&db.url).unwrap();
-    let target: SocketAddr = format!("{}:{}", url.host_str().unwrap(), url.port().unwrap_or(5432))
-        .parse()
-        .expect("the test server is addressed by IP");
-    let proxy = Proxy::start(target).await;
-    url.set_port(Some(proxy.addr.port())).unwrap();
+    let (proxy, url) = Proxy::in_front_of(&db).await;
     let up = upstream().await;
-    let (a, b) = tokio::join!(
-        Replica::spawn(&up, url.as_str(), ""),
-        Replica::spawn(&up, &db.url, "")
-    );
-    tokio::join!(a.ready(), b.ready());
+    let (a, b) = two_ready(&up, &url, "", &db.url).await;
     let alice = format!("user:{ALICE}");
     assert_eq!(set_policy(&b, "orders", invokers(&[&alice])).await.0, 200);
     let admin = token(ADMIN);

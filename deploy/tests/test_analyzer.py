@@ -4,10 +4,9 @@ REST. "Who can invoke orders" lists the project's and the deployment's grants wi
 members, not the environment's; "what can dave invoke" expands the project grant to every
 deployed deployment; refused combinations are INVALID_ARGUMENT.
 
-The binary is found as in test_troubleshooter.py; without one the tests are skipped."""
+The binary is found as conftest.binary finds it; without one the tests are skipped."""
 
 import json
-import subprocess
 import urllib.request
 
 import grpc
@@ -18,7 +17,7 @@ from google.auth.credentials import AnonymousCredentials
 from google.cloud import asset_v1
 from google.cloud.asset_v1.services.asset_service.transports import AssetServiceGrpcTransport
 
-from test_troubleshooter import binary
+from conftest import dev_server
 
 PROJECT = "dev-project"
 PROD = f"organizations/{PROJECT}/environments/prod"
@@ -32,25 +31,8 @@ PROJECT_FULL = f"//cloudresourcemanager.googleapis.com/projects/{PROJECT}"
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    exe = binary()
-    if exe is None:
-        pytest.skip("no verifyiam binary: run `cargo build` (or set VERIFYIAM_BIN)")
-    data = tmp_path_factory.mktemp("verifyiam-analyzer")
-    proc = subprocess.Popen(
-        [exe, "serve", "--dev", "--data-dir", data,
-         "--extauthz-addr", "127.0.0.1:0", "--admin-addr", "127.0.0.1:0"],
-        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
-    try:
-        admin = None
-        for line in proc.stdout:
-            if line.strip().startswith("admin HTTP"):
-                admin = line.split("http://", 1)[1].split()[0]
-                break
-        assert admin, "serve --dev printed no admin address"
-        token = subprocess.run(
-            [exe, "token", "mint", "--email", "admin@example.com", "--data-dir", data],
-            check=True, capture_output=True, text=True).stdout.strip()
-        s = {"admin": admin, "token": token}
+    with dev_server(tmp_path_factory, "verifyiam-analyzer") as (admin, mint):
+        s = {"admin": admin, "token": mint("admin@example.com")}
         for api in ("orders", "payments"):
             call(s, f"/v1/{PROD}/apis/{api}/revisions/1/deployments", {})
         call(s, "/v1/groups/eng@example.com:addMember", {"member": "user:dave@example.com"})
@@ -58,9 +40,6 @@ def server(tmp_path_factory):
         set_policy(s, ORDERS, "user:alice@example.com")
         set_policy(s, PROD, "user:bob@example.com")
         yield s
-    finally:
-        proc.terminate()
-        proc.wait(timeout=30)
 
 
 def call(server, path, body):

@@ -7,9 +7,6 @@ $CARGO_TARGET_DIR or the repository; without one the tests are skipped (build it
 with `cargo build`)."""
 
 import json
-import os
-import pathlib
-import subprocess
 import urllib.request
 
 import grpc
@@ -25,7 +22,8 @@ from google.cloud.policytroubleshooter_iam_v3.services.policy_troubleshooter.tra
     PolicyTroubleshooterGrpcTransport,
 )
 
-REPO = pathlib.Path(__file__).resolve().parents[2]
+from conftest import dev_server
+
 PROJECT = "dev-project"
 PROD = f"organizations/{PROJECT}/environments/prod"
 ORDERS = f"{PROD}/deployments/orders"
@@ -34,46 +32,10 @@ INVOKER = "roles/apigee.deploymentInvoker"
 State = v3.TroubleshootIamPolicyResponse.OverallAccessState
 
 
-def binary():
-    if os.environ.get("VERIFYIAM_BIN"):
-        return pathlib.Path(os.environ["VERIFYIAM_BIN"])
-    roots = [pathlib.Path(os.environ["CARGO_TARGET_DIR"])] if os.environ.get("CARGO_TARGET_DIR") else []
-    roots.append(REPO / "target")
-    for root in roots:
-        for profile in ("debug", "release"):
-            candidate = root / profile / "verifyiam"
-            if candidate.is_file():
-                return candidate
-    return None
-
-
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    exe = binary()
-    if exe is None:
-        pytest.skip("no verifyiam binary: run `cargo build` (or set VERIFYIAM_BIN)")
-    data = tmp_path_factory.mktemp("verifyiam-dev")
-    proc = subprocess.Popen(
-        [exe, "serve", "--dev", "--data-dir", data,
-         "--extauthz-addr", "127.0.0.1:0", "--admin-addr", "127.0.0.1:0"],
-        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
-    try:
-        admin = None
-        for line in proc.stdout:
-            if line.strip().startswith("admin HTTP"):
-                admin = line.split("http://", 1)[1].split()[0]
-                break
-        assert admin, "serve --dev printed no admin address"
-
-        def mint(email):
-            return subprocess.run(
-                [exe, "token", "mint", "--email", email, "--data-dir", data],
-                check=True, capture_output=True, text=True).stdout.strip()
-
+    with dev_server(tmp_path_factory, "verifyiam-dev") as (admin, mint):
         yield {"admin": admin, "token": mint("admin@example.com")}
-    finally:
-        proc.terminate()
-        proc.wait(timeout=30)
 
 
 def set_policy(server, resource, role, member):

@@ -421,31 +421,9 @@ pub fn response_json(r: &pb::AnalyzeIamPolicyResponse) -> Value {
 mod tests {
     use super::*;
     use crate::admin::audit::capture::{audit_events, field};
-    use crate::authn::Authenticator;
-    use crate::config::TokenConfig;
-    use crate::store::PolicyStore;
+    use crate::admin::operation::tests::admin;
 
     const OWNER: &str = "root@example.com";
-
-    fn admin(dir: &std::path::Path) -> AdminState {
-        let store = PolicyStore::open(dir, "p", &[format!("user:{OWNER}")]).unwrap();
-        AdminState {
-            store: Arc::new(store),
-            authenticator: Arc::new(Authenticator::new(
-                &TokenConfig::default(),
-                reqwest::Client::new(),
-                Vec::new(),
-            )),
-            project: "p".into(),
-            organization: "p".into(),
-            dev_jwks: None,
-            metrics: metrics_exporter_prometheus::PrometheusBuilder::new()
-                .build_recorder()
-                .handle(),
-            strict_deployments: false,
-            route_deployments: Vec::new(),
-        }
-    }
 
     /// Runs `f` to completion on this thread (the audit capture is this thread's).
     fn block_on<T>(f: impl std::future::Future<Output = T>) -> T {
@@ -483,7 +461,7 @@ mod tests {
     #[test]
     fn every_analysis_is_audited_answered_or_refused() {
         let dir = tempfile::tempdir().unwrap();
-        let state = admin(dir.path());
+        let state = admin(dir.path(), OWNER);
         let orders = "organizations/p/environments/prod/deployments/orders";
         let (answer, events, _) = audit_events(|| {
             block_on(state.analyze_iam_policy(&caller(OWNER), who_can_invoke(orders)))

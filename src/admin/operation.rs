@@ -199,7 +199,7 @@ pub(super) fn invalid(e: impl std::fmt::Display) -> ApiError {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
     use crate::authn::Authenticator;
     use crate::config::TokenConfig;
@@ -209,9 +209,9 @@ mod tests {
     const OWNER: &str = "ops@example.com";
     const MALLORY: &str = "mallory@example.com";
 
-    /// The admin operations over an embedded store in `dir`, `OWNER` its bootstrap owner.
-    fn admin(dir: &std::path::Path) -> AdminState {
-        let store = PolicyStore::open(dir, "p", &[format!("user:{OWNER}")]).unwrap();
+    /// The admin operations over an embedded store in `dir`, `owner` its bootstrap owner.
+    pub(in crate::admin) fn admin(dir: &std::path::Path, owner: &str) -> AdminState {
+        let store = PolicyStore::open(dir, "p", &[format!("user:{owner}")]).unwrap();
         AdminState {
             store: Arc::new(store),
             authenticator: Arc::new(Authenticator::new(
@@ -260,7 +260,7 @@ mod tests {
     #[tokio::test]
     async fn a_permission_revoked_before_the_writers_turn_refuses_the_write() {
         let dir = tempfile::tempdir().unwrap();
-        let admin = admin(dir.path());
+        let admin = admin(dir.path(), OWNER);
         let (owner, mallory) = (caller(OWNER), caller(MALLORY));
         let project = admin.project_resource();
         let member = format!("user:{MALLORY}");
@@ -314,7 +314,7 @@ mod tests {
     #[tokio::test]
     async fn a_role_no_wider_than_its_author_is_judged_on_the_state_it_commits_on() {
         let dir = tempfile::tempdir().unwrap();
-        let admin = Arc::new(admin(dir.path()));
+        let admin = Arc::new(admin(dir.path(), OWNER));
         let owner = caller(OWNER);
         let project = admin.project_resource();
         let carol = "user:carol@example.com";
