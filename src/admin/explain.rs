@@ -377,12 +377,7 @@ fn binding_to_v3(b: ExplainedBinding) -> pb::AllowBindingExplanation {
             })
             .collect(),
         relevance: relevance(b.relevance),
-        condition: b.condition.map(|c| crate::proto::google::r#type::Expr {
-            expression: c.expression,
-            title: c.title.unwrap_or_default(),
-            description: c.description.unwrap_or_default(),
-            location: c.location.unwrap_or_default(),
-        }),
+        condition: b.condition.map(expr_to_proto),
     }
 }
 
@@ -652,17 +647,7 @@ pub fn v3_json(r: &pb::TroubleshootIamPolicyResponse, numbers: bool) -> Value {
                 (!memberships.is_empty()).then_some(Value::Object(memberships)),
             ),
             ("relevance", rel(b.relevance)),
-            (
-                "condition",
-                b.condition.as_ref().map(|c| {
-                    object([
-                        ("expression", text(&c.expression)),
-                        ("title", text(&c.title)),
-                        ("description", text(&c.description)),
-                        ("location", text(&c.location)),
-                    ])
-                }),
-            ),
+            ("condition", b.condition.as_ref().map(expr_json)),
         ])
     };
     let explained = |p: &pb::ExplainedAllowPolicy| {
@@ -831,12 +816,7 @@ fn binding_to_v1(b: ExplainedBinding) -> pb1::BindingExplanation {
             })
             .collect(),
         relevance: relevance_v1(b.relevance),
-        condition: b.condition.map(|c| crate::proto::google::r#type::Expr {
-            expression: c.expression,
-            title: c.title.unwrap_or_default(),
-            description: c.description.unwrap_or_default(),
-            location: c.location.unwrap_or_default(),
-        }),
+        condition: b.condition.map(expr_to_proto),
     }
 }
 
@@ -928,17 +908,7 @@ pub fn v1_json(r: &pb1::TroubleshootIamPolicyResponse, numbers: bool) -> Value {
                 (!memberships.is_empty()).then_some(Value::Object(memberships)),
             ),
             ("relevance", rel(b.relevance)),
-            (
-                "condition",
-                b.condition.as_ref().map(|c| {
-                    object([
-                        ("expression", text(&c.expression)),
-                        ("title", text(&c.title)),
-                        ("description", text(&c.description)),
-                        ("location", text(&c.location)),
-                    ])
-                }),
-            ),
+            ("condition", b.condition.as_ref().map(expr_json)),
         ])
     };
     let explained = |p: &pb1::ExplainedPolicy| {
@@ -976,6 +946,26 @@ pub fn v1_json(r: &pb1::TroubleshootIamPolicyResponse, numbers: bool) -> Value {
 }
 
 /// A `google.iam.v1.Policy` in Google's JSON mapping.
+/// A binding's condition as both troubleshooter versions carry it (`google.type.Expr`).
+fn expr_to_proto(c: crate::iam::policy::Expr) -> crate::proto::google::r#type::Expr {
+    crate::proto::google::r#type::Expr {
+        expression: c.expression,
+        title: c.title.unwrap_or_default(),
+        description: c.description.unwrap_or_default(),
+        location: c.location.unwrap_or_default(),
+    }
+}
+
+/// A `google.type.Expr` in the JSON answers of both versions.
+fn expr_json(c: &crate::proto::google::r#type::Expr) -> Value {
+    object([
+        ("expression", text(&c.expression)),
+        ("title", text(&c.title)),
+        ("description", text(&c.description)),
+        ("location", text(&c.location)),
+    ])
+}
+
 fn policy_json(p: &crate::proto::google::iam::v1::Policy) -> Value {
     let bindings: Vec<Value> = p
         .bindings
