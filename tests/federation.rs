@@ -528,3 +528,53 @@ async fn the_troubleshooter_explains_pool_members_and_agrees_with_the_check() {
         "{answer}"
     );
 }
+
+/// The `caller` of every audit event logged on this thread (the test's runtime runs the
+/// server's tasks too).
+#[derive(Clone, Default)]
+struct AuditCallers(std::sync::Arc<std::sync::Mutex<Vec<String>>>);
+
+impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for AuditCallers {
+    fn on_event(&self, event: &tracing::Event<'_>, _: tracing_subscriber::layer::Context<'_, S>) {
+        struct Caller(Option<String>);
+        impl tracing::field::Visit for Caller {
+            fn record_debug(&mut self, f: &tracing::field::Field, v: &dyn std::fmt::Debug) {
+                if f.name() == "caller" {
+                    self.0 = Some(format!("{v:?}"));
+                }
+            }
+        }
+        if event.metadata().target() != verifyiam::admin::audit::AUDIT_TARGET {
+            return;
+        }
+        let mut c = Caller(None);
+        event.record(&mut c);
+        self.0.lock().unwrap().extend(c.0);
+    }
+}
+
+#[tokio::test]
+async fn a_pool_caller_is_audited_by_its_principal_name() {
+    use tracing_subscriber::layer::SubscriberExt as _;
+    let callers = AuditCallers::default();
+    let _guard =
+        tracing::subscriber::set_default(tracing_subscriber::registry().with(callers.clone()));
+    let s = server().await;
+    let body = json!({"accessTuple": {"principal": principal(K8S_POOL, ORDERS),
+        "fullResourceName": format!("organizations/{PROJECT}/environments/prod/deployments/orders"),
+        "permission": "apigee.deployments.invoke"}});
+    let (status, answer) = s
+        .post(
+            "/v3/iam:troubleshoot",
+            Some(&k8s_token("default", "orders")),
+            &body.to_string(),
+        )
+        .await;
+    // It may read no policy: answered, nothing shown, and audited under its pool name.
+    assert_eq!(status, 200, "{answer}");
+    let callers = callers.0.lock().unwrap().clone();
+    assert!(
+        callers.contains(&principal(K8S_POOL, ORDERS)),
+        "audit callers: {callers:?}"
+    );
+}
